@@ -1,0 +1,1 @@
+"""Hubbub fan-out worker: routes published messages to gateway inboxes."""

@@ -1,0 +1,1 @@
+"""Hubbub gateway: SignalR WebSockets for clients, REST for internal services."""

@@ -1,0 +1,181 @@
+"""The gateway application: SignalR endpoints for clients, REST for internal services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from hubbub import redis as hubbub_redis
+from hubbub.keys import KeySchema
+from hubbub.membership import Membership
+from hubbub.settings import Settings
+from hubbub.stream import PublishStream
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import connect, errors, ingest, negotiate
+from .errors import error_response
+from .inbox import InboxReader
+from .state import GatewayState
+
+log = logging.getLogger("hubbub.gateway")
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413 before anything parses them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await self._too_large(scope, receive, send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(
+            413, "Error.PayloadTooLarge", f"request body exceeds {self.limit} bytes"
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _heartbeat(state: GatewayState, reader: InboxReader) -> None:
+    """Keep this gateway's entry alive; if it was reaped meanwhile, make clients reconnect."""
+    settings, redis, schema = state.settings, state.redis, state.schema
+    first = True
+    while True:
+        try:
+            added = await redis.zadd(
+                schema.gateways, {settings.gateway_id: time.time() + settings.gateway_ttl}
+            )
+            if added and not first:
+                log.warning("this gateway was reaped while unreachable; closing its clients")
+                await reader.create_inbox()
+                for conn in tuple(state.index.connections.values()):
+                    conn.close(allow_reconnect=True)
+            first = False
+            state.redis_ok = True
+        except RedisError as exc:
+            state.redis_ok = False
+            log.warning("heartbeat failed: %r", exc)
+        await asyncio.sleep(settings.heartbeat_interval)
+
+
+async def _ticker(state: GatewayState) -> None:
+    keepalive = max(1, round(state.settings.keepalive_interval))
+    timeout = max(1, round(state.settings.client_timeout))
+    while True:
+        await asyncio.sleep(1.0)
+        state.index.tick(keepalive, timeout)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = hubbub_redis.connect(settings.redis_url)
+        schema = KeySchema(settings.key_prefix)
+        state = GatewayState(
+            settings=settings,
+            redis=redis,
+            schema=schema,
+            membership=Membership(redis, schema),
+            publish=PublishStream(redis, schema, settings.publish_stream_maxlen),
+        )
+        app.state.hubbub = state
+        reader = InboxReader(
+            redis,
+            schema,
+            settings.gateway_id,
+            state.index,
+            settings.read_batch,
+            settings.read_block_ms,
+            settings.inbox_maxlen,
+        )
+        await reader.start_positions()
+        tasks = [
+            asyncio.create_task(reader.run(), name="inbox"),
+            asyncio.create_task(_heartbeat(state, reader), name="heartbeat"),
+            asyncio.create_task(_ticker(state), name="ticker"),
+        ]
+        log.info("gateway %s ready", settings.gateway_id)
+        try:
+            yield
+        finally:
+            await _shutdown(state, tasks)
+
+    app = FastAPI(
+        title="Hubbub",
+        version="0.1.0",
+        summary="SignalR-compatible real-time messaging on Redis",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(negotiate.router)
+    app.include_router(connect.router)
+    app.include_router(ingest.router)
+
+    @app.api_route("/api/health", methods=["GET", "HEAD"], tags=["health"])
+    async def health(request: Request) -> Response:
+        state: GatewayState = request.app.state.hubbub
+        if state.draining or not state.redis_ok:
+            return error_response(503, "Error.NotReady", "draining or Redis unreachable")
+        return Response(status_code=200)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_size)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=".*" if "*" in settings.cors_origins else None,
+        allow_origins=[o for o in settings.cors_origins if o != "*"],
+        allow_credentials=True,
+        allow_methods=["*"],
+        allow_headers=["*"],
+    )
+    return app
+
+
+async def _shutdown(state: GatewayState, tasks: list[asyncio.Task[None]]) -> None:
+    """Ask clients to reconnect elsewhere, deregister, and stop."""
+    state.draining = True
+    connections = tuple(state.index.connections.values())
+    for conn in connections:
+        conn.close(allow_reconnect=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            asyncio.gather(*(c.closed() for c in connections), return_exceptions=True), 5.0
+        )
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    try:
+        await state.membership.reap_gateway(state.settings.gateway_id)
+    except RedisError as exc:
+        log.warning("could not deregister on shutdown: %r", exc)
+    await state.redis.aclose()

@@ -1,0 +1,75 @@
+"""Inbox: the gateway reads its own inbox stream and the broadcast feed, nothing else.
+
+It keeps the id of the last entry it handled for each stream, so when its Redis connection
+drops and comes back it resumes exactly where it stopped; entries are never lost to a
+reconnect the way pub/sub messages are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from hubbub.envelopes import Delivery, hello
+from hubbub.keys import KeySchema
+from hubbub.stream import last_entry_id
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .deliver import LocalIndex
+
+log = logging.getLogger("hubbub.gateway.inbox")
+
+
+class InboxReader:
+    def __init__(
+        self,
+        redis: Redis,
+        schema: KeySchema,
+        gateway_id: str,
+        index: LocalIndex,
+        batch: int,
+        block_ms: int,
+        maxlen: int,
+    ) -> None:
+        self.redis = redis
+        self.gateway_id = gateway_id
+        self.maxlen = maxlen
+        self.index = index
+        self.batch = batch
+        self.block_ms = block_ms
+        self.inbox = schema.inbox(gateway_id).encode()
+        self.feed = schema.broadcast_feed.encode()
+        self.positions: dict[bytes, bytes] = {}
+
+    async def start_positions(self) -> None:
+        """Start after what is already there: earlier entries were for an earlier life."""
+        for key in (self.inbox, self.feed):
+            self.positions[key] = await last_entry_id(self.redis, key.decode())
+        await self.create_inbox()
+
+    async def create_inbox(self) -> None:
+        """Deliveries never create an inbox (NOMKSTREAM): the gateway does, when it lives."""
+        await self.redis.xadd(self.inbox, hello(self.gateway_id), maxlen=self.maxlen)
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                response = await self.redis.xread(
+                    self.positions, count=self.batch, block=self.block_ms
+                )
+                backoff = 0.05
+            except RedisError as exc:
+                log.warning("inbox read failed, retrying in %.2fs: %r", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for stream, entries in response or ():
+                handle = self.index.handle
+                for entry_id, fields in entries:
+                    try:
+                        handle(Delivery.from_fields(fields))
+                    except Exception:
+                        log.exception("dropping malformed inbox entry %r", entry_id)
+                self.positions[stream] = entries[-1][0]

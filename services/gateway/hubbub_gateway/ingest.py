@@ -1,0 +1,266 @@
+"""Ingest: the REST API internal services call, shaped after Azure SignalR Service's.
+
+A send is validated, encoded into its SignalR frame once, and appended to the publish stream;
+the ``202`` carries the stream entry id as the message id. Membership calls change Redis
+atomically and tell the gateways concerned. Paths exist under ``/api/hubs`` and the legacy
+``/api/v1/hubs``; ``api-version`` is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from hubbub import names
+from hubbub.envelopes import Kind, Publish
+from hubbub.signalr import encode_invocation
+from hubbub.tokens import TokenError, mint_token, verify_service_token
+from pydantic import BaseModel, Field
+
+from .errors import ApiError
+from .state import GatewayState
+
+
+class SendBody(BaseModel):
+    """A message for SignalR clients: the client method to call and its arguments."""
+
+    target: str = Field(min_length=1, max_length=1024, description="Client method name")
+    arguments: list[Any] = Field(default_factory=list)
+
+
+class Accepted(BaseModel):
+    messageId: str
+
+
+class TokenAnswer(BaseModel):
+    token: str
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.hubbub
+    return state
+
+
+async def authenticate(request: Request) -> None:
+    """Service callers sign a JWT with the access key; ``aud`` is the request URL."""
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() != "bearer ":
+        raise ApiError(401, "Error.Unauthorized", "missing 'Authorization: Bearer <token>'")
+    try:
+        verify_service_token(
+            auth[7:].strip(), _state(request).settings.access_keys, str(request.url)
+        )
+    except TokenError as exc:
+        raise ApiError(401, "Error.Unauthorized", str(exc)) from None
+
+
+def hub_param(hub: str, application: str | None = None) -> str:
+    return names.hub_name(hub, application)
+
+
+Hub = Annotated[str, Depends(hub_param)]
+Excluded = Annotated[list[str] | None, Query(description="Connection ids to leave out")]
+State = Annotated[GatewayState, Depends(_state)]
+
+router = APIRouter(dependencies=[Depends(authenticate)], tags=["REST API"])
+
+
+async def _publish(
+    state: GatewayState,
+    request: Request,
+    kind: Kind,
+    hub: str,
+    target: str,
+    body: SendBody,
+    excluded: list[str] | None = None,
+) -> JSONResponse:
+    if state.draining:
+        raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
+    for conn in excluded or ():
+        names.connection_id(conn)
+    message = Publish(
+        kind=kind,
+        hub=hub,
+        target=target,
+        frame=encode_invocation(body.target, body.arguments),
+        excluded=tuple(excluded or ()),
+        traceparent=request.headers.get("traceparent"),
+    )
+    message_id = await state.publish.append(message)
+    return JSONResponse({"messageId": message_id}, status_code=202)
+
+
+def _not_found(code: str, what: str) -> ApiError:
+    return ApiError(404, code, f"{what} does not exist")
+
+
+def _exists(found: bool, code: str, what: str, request: Request) -> Response:
+    if not found:
+        if request.method == "HEAD":
+            return Response(status_code=404, headers={"x-ms-error-code": code})
+        raise _not_found(code, what)
+    return Response(status_code=200)
+
+
+def routes(prefix: str) -> APIRouter:
+    r = APIRouter()
+    accepted = {202: {"model": Accepted}}
+
+    @r.post(prefix + "/:send", status_code=202, responses=accepted, summary="Broadcast")
+    async def broadcast(
+        request: Request, state: State, hub: Hub, body: SendBody, excluded: Excluded = None
+    ) -> JSONResponse:
+        return await _publish(state, request, Kind.ALL, hub, "", body, excluded)
+
+    @r.post(prefix + "/users/{user}/:send", status_code=202, responses=accepted)
+    async def send_to_user(
+        request: Request, state: State, hub: Hub, user: str, body: SendBody
+    ) -> JSONResponse:
+        return await _publish(state, request, Kind.USER, hub, names.user_id(user), body)
+
+    @r.post(prefix + "/groups/{group}/:send", status_code=202, responses=accepted)
+    async def send_to_group(
+        request: Request,
+        state: State,
+        hub: Hub,
+        group: str,
+        body: SendBody,
+        excluded: Excluded = None,
+    ) -> JSONResponse:
+        target = names.group_name(group)
+        return await _publish(state, request, Kind.GROUP, hub, target, body, excluded)
+
+    @r.post(prefix + "/connections/{connection}/:send", status_code=202, responses=accepted)
+    async def send_to_connection(
+        request: Request, state: State, hub: Hub, connection: str, body: SendBody
+    ) -> JSONResponse:
+        target = names.connection_id(connection)
+        return await _publish(state, request, Kind.CONNECTION, hub, target, body)
+
+    # ------------------------------------------------------------ connection <-> group
+
+    @r.put(prefix + "/groups/{group}/connections/{connection}")
+    async def add_connection_to_group(
+        state: State, hub: Hub, group: str, connection: str
+    ) -> Response:
+        done = await state.membership.add_connection_to_group(
+            hub, names.connection_id(connection), names.group_name(group)
+        )
+        if not done:
+            raise _not_found("Error.Connection.NotExisted", "connection")
+        return Response(status_code=200)
+
+    @r.delete(prefix + "/groups/{group}/connections/{connection}")
+    async def remove_connection_from_group(
+        state: State, hub: Hub, group: str, connection: str
+    ) -> Response:
+        done = await state.membership.remove_connection_from_group(
+            hub, names.connection_id(connection), names.group_name(group)
+        )
+        if not done:
+            raise _not_found("Warning.Connection.NotExisted", "connection")
+        return Response(status_code=200)
+
+    @r.delete(prefix + "/connections/{connection}/groups")
+    async def remove_connection_from_all_groups(
+        state: State, hub: Hub, connection: str
+    ) -> Response:
+        await state.membership.remove_connection_from_all_groups(
+            hub, names.connection_id(connection)
+        )
+        return Response(status_code=200)
+
+    # ------------------------------------------------------------ user <-> group
+
+    @r.put(prefix + "/users/{user}/groups/{group}")
+    async def add_user_to_group(
+        state: State,
+        hub: Hub,
+        user: str,
+        group: str,
+        ttl: Annotated[int | None, Query(ge=0, description="Seconds; absent = durable")] = None,
+    ) -> Response:
+        await state.membership.add_user_to_group(
+            hub, names.user_id(user), names.group_name(group), ttl
+        )
+        return Response(status_code=200)
+
+    @r.delete(prefix + "/users/{user}/groups/{group}", status_code=204)
+    async def remove_user_from_group(state: State, hub: Hub, user: str, group: str) -> Response:
+        await state.membership.remove_user_from_group(
+            hub, names.user_id(user), names.group_name(group)
+        )
+        return Response(status_code=204)
+
+    @r.delete(prefix + "/users/{user}/groups", status_code=204)
+    async def remove_user_from_all_groups(state: State, hub: Hub, user: str) -> Response:
+        await state.membership.remove_user_from_all_groups(hub, names.user_id(user))
+        return Response(status_code=204)
+
+    @r.api_route(prefix + "/users/{user}/groups/{group}", methods=["GET", "HEAD"])
+    async def user_in_group(
+        request: Request, state: State, hub: Hub, user: str, group: str
+    ) -> Response:
+        found = await state.membership.user_in_group(
+            hub, names.user_id(user), names.group_name(group)
+        )
+        return _exists(found, "Info.User.NotInGroup", "user in group", request)
+
+    # ------------------------------------------------------------ existence and close
+
+    @r.api_route(prefix + "/connections/{connection}", methods=["GET", "HEAD"])
+    async def connection_exists(
+        request: Request, state: State, hub: Hub, connection: str
+    ) -> Response:
+        found = await state.membership.connection_exists(hub, names.connection_id(connection))
+        return _exists(found, "Warning.Connection.NotExisted", "connection", request)
+
+    @r.api_route(prefix + "/users/{user}", methods=["GET", "HEAD"])
+    async def user_exists(request: Request, state: State, hub: Hub, user: str) -> Response:
+        found = await state.membership.user_exists(hub, names.user_id(user))
+        return _exists(found, "Warning.User.NotExisted", "user", request)
+
+    @r.api_route(prefix + "/groups/{group}", methods=["GET", "HEAD"])
+    async def group_exists(request: Request, state: State, hub: Hub, group: str) -> Response:
+        found = await state.membership.group_exists(hub, names.group_name(group))
+        return _exists(found, "Warning.Group.NotExisted", "group", request)
+
+    @r.delete(prefix + "/connections/{connection}")
+    async def close_connection(
+        state: State,
+        hub: Hub,
+        connection: str,
+        reason: Annotated[str | None, Query(max_length=1024)] = None,
+    ) -> Response:
+        await state.membership.close_connection(hub, names.connection_id(connection), reason)
+        return Response(status_code=200)
+
+    # ------------------------------------------------------------ client tokens
+
+    @r.post(prefix + "/:generateToken", response_model=TokenAnswer)
+    async def generate_token(
+        request: Request,
+        state: State,
+        hub: Hub,
+        userId: Annotated[str | None, Query()] = None,
+        minutesToExpire: Annotated[int, Query(ge=1, le=60 * 24 * 365)] = 60,
+        role: Annotated[list[str] | None, Query()] = None,
+    ) -> TokenAnswer:
+        user = names.user_id(userId) if userId is not None else None
+        audience = str(request.base_url).rstrip("/") + f"/hubs/{hub}"
+        token = mint_token(
+            state.settings.access_key,
+            audience,
+            minutes=minutesToExpire,
+            user_id=user,
+            hub=hub,
+            roles=role,
+        )
+        return TokenAnswer(token=token)
+
+    return r
+
+
+router.include_router(routes("/api/hubs/{hub}"))
+router.include_router(routes("/api/v1/hubs/{hub}"), include_in_schema=False)

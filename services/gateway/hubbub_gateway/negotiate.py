@@ -1,0 +1,54 @@
+"""Negotiate: the HTTP step before a SignalR client opens its WebSocket.
+
+Stateless by design: the connection token is signed, so whichever gateway receives the
+WebSocket can accept it. No sticky sessions.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from hubbub import names
+from hubbub.tokens import TokenError, connection_token, new_connection_id, verify_client_token
+
+from .errors import ApiError
+from .state import GatewayState
+
+router = APIRouter(tags=["SignalR clients"])
+
+TRANSPORTS = [{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}]
+
+
+def bearer_token(authorization: str | None, query_token: str | None) -> str | None:
+    """The client token: ``Authorization: Bearer`` first, else the ``access_token`` query."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return query_token
+
+
+@router.post("/hubs/{hub}/negotiate")
+async def negotiate(request: Request, hub: str, negotiateVersion: int = 0) -> JSONResponse:
+    """Answer v0 (pysignalr, signalrcore) and v1 (the JS client) negotiation."""
+    state: GatewayState = request.app.state.hubbub
+    try:
+        hub = names.hub_name(hub)
+    except names.InvalidName as exc:
+        raise ApiError(404, "Error.Hub.Invalid", str(exc)) from None
+    token = bearer_token(
+        request.headers.get("authorization"), request.query_params.get("access_token")
+    )
+    if token is None:
+        raise ApiError(401, "Error.Unauthorized", "an access token is required")
+    try:
+        verify_client_token(token, state.settings.access_keys, hub)
+    except TokenError as exc:
+        raise ApiError(401, "Error.Unauthorized", str(exc)) from None
+    connection_id = new_connection_id()
+    body: dict[str, object] = {
+        "connectionId": connection_id,
+        "negotiateVersion": 1 if negotiateVersion >= 1 else 0,
+        "availableTransports": TRANSPORTS,
+    }
+    if negotiateVersion >= 1:
+        body["connectionToken"] = connection_token(state.settings.access_key, connection_id)
+    return JSONResponse(body)

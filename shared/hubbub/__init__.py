@@ -1,0 +1,1 @@
+"""Hubbub core library shared by the gateway and the fan-out worker."""

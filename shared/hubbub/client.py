@@ -1,0 +1,144 @@
+"""A small async client for Hubbub's REST API, used by ``hubbub send`` and the tests.
+
+It signs each request with a short-lived JWT whose ``aud`` is the request URL, the way the
+Azure SignalR Management SDK does, so it works against any gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .tokens import mint_token
+
+
+class ServiceAuth(httpx.Auth):
+    def __init__(self, access_key: str) -> None:
+        self.access_key = access_key
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        audience = str(request.url.copy_with(query=None))
+        token = mint_token(self.access_key, audience, minutes=5)
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+def _q(name: str) -> str:
+    return quote(name, safe="")
+
+
+class HubbubClient:
+    """REST calls for one hub. ``async with HubbubClient(url, key, hub) as c: ...``"""
+
+    def __init__(
+        self, base_url: str, access_key: str, hub: str, *, timeout: float = 10.0
+    ) -> None:
+        self.hub = hub
+        self.http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), auth=ServiceAuth(access_key), timeout=timeout
+        )
+
+    async def __aenter__(self) -> HubbubClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    def _path(self, tail: str) -> str:
+        return f"/api/hubs/{_q(self.hub)}{tail}"
+
+    async def _send(
+        self, tail: str, target: str, arguments: Sequence[Any], excluded: Sequence[str] = ()
+    ) -> str:
+        response = await self.http.post(
+            self._path(tail),
+            json={"target": target, "arguments": list(arguments)},
+            params=[("excluded", c) for c in excluded],
+        )
+        response.raise_for_status()
+        message_id: str = response.json()["messageId"]
+        return message_id
+
+    async def send_to_all(
+        self, target: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()
+    ) -> str:
+        return await self._send("/:send", target, arguments, excluded)
+
+    async def send_to_group(
+        self,
+        group: str,
+        target: str,
+        arguments: Sequence[Any] = (),
+        excluded: Sequence[str] = (),
+    ) -> str:
+        return await self._send(f"/groups/{_q(group)}/:send", target, arguments, excluded)
+
+    async def send_to_user(self, user: str, target: str, arguments: Sequence[Any] = ()) -> str:
+        return await self._send(f"/users/{_q(user)}/:send", target, arguments)
+
+    async def send_to_connection(
+        self, connection: str, target: str, arguments: Sequence[Any] = ()
+    ) -> str:
+        return await self._send(f"/connections/{_q(connection)}/:send", target, arguments)
+
+    async def add_connection_to_group(self, group: str, connection: str) -> None:
+        url = self._path(f"/groups/{_q(group)}/connections/{_q(connection)}")
+        (await self.http.put(url)).raise_for_status()
+
+    async def remove_connection_from_group(self, group: str, connection: str) -> None:
+        url = self._path(f"/groups/{_q(group)}/connections/{_q(connection)}")
+        (await self.http.delete(url)).raise_for_status()
+
+    async def add_user_to_group(self, group: str, user: str, ttl: int | None = None) -> None:
+        params = {"ttl": ttl} if ttl is not None else {}
+        url = self._path(f"/users/{_q(user)}/groups/{_q(group)}")
+        (await self.http.put(url, params=params)).raise_for_status()
+
+    async def remove_user_from_group(self, group: str, user: str) -> None:
+        url = self._path(f"/users/{_q(user)}/groups/{_q(group)}")
+        (await self.http.delete(url)).raise_for_status()
+
+    async def remove_user_from_all_groups(self, user: str) -> None:
+        (await self.http.delete(self._path(f"/users/{_q(user)}/groups"))).raise_for_status()
+
+    async def close_connection(self, connection: str, reason: str | None = None) -> None:
+        params = {"reason": reason} if reason else {}
+        url = self._path(f"/connections/{_q(connection)}")
+        (await self.http.delete(url, params=params)).raise_for_status()
+
+    async def _exists(self, tail: str) -> bool:
+        response = await self.http.head(self._path(tail))
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return True
+
+    async def connection_exists(self, connection: str) -> bool:
+        return await self._exists(f"/connections/{_q(connection)}")
+
+    async def user_exists(self, user: str) -> bool:
+        return await self._exists(f"/users/{_q(user)}")
+
+    async def group_exists(self, group: str) -> bool:
+        return await self._exists(f"/groups/{_q(group)}")
+
+    async def user_in_group(self, group: str, user: str) -> bool:
+        return await self._exists(f"/users/{_q(user)}/groups/{_q(group)}")
+
+    async def generate_token(
+        self, user_id: str | None = None, minutes: int = 60, roles: Sequence[str] = ()
+    ) -> str:
+        params: list[tuple[str, str | int]] = [("minutesToExpire", minutes)]
+        if user_id is not None:
+            params.append(("userId", user_id))
+        params += [("role", r) for r in roles]
+        response = await self.http.post(self._path("/:generateToken"), params=params)
+        response.raise_for_status()
+        token: str = response.json()["token"]
+        return token

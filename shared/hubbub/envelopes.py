@@ -1,0 +1,133 @@
+"""What travels through Redis: publish-stream entries and gateway deliveries.
+
+Both are flat Redis stream field maps with short byte keys. The SignalR frame is encoded once,
+at ingest, and travels as opaque bytes to every gateway, which writes the same bytes to every
+socket. The publish entry's stream id is the message id used for de-duplication.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+Fields = dict[bytes, bytes]
+
+
+class Kind(bytes, enum.Enum):
+    """Recipients of a message, or what a control entry asks a gateway to do."""
+
+    ALL = b"a"
+    GROUP = b"g"
+    USER = b"u"
+    CONNECTION = b"c"
+    # Control entries, written straight to a gateway inbox by membership changes.
+    JOIN = b"J"
+    LEAVE = b"L"
+    CLOSE = b"X"
+    # Written by a gateway to create its inbox; deliveries use NOMKSTREAM so that nothing
+    # recreates the inbox of a gateway that was reaped.
+    HELLO = b"H"
+
+
+MESSAGE_KINDS = frozenset({Kind.ALL, Kind.GROUP, Kind.USER, Kind.CONNECTION})
+
+
+def _join_ids(ids: tuple[str, ...]) -> bytes:
+    # Connection ids are [A-Za-z0-9_-], so a comma never occurs inside one.
+    return ",".join(ids).encode()
+
+
+def _split_ids(raw: bytes | None) -> tuple[str, ...]:
+    return tuple(raw.decode().split(",")) if raw else ()
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """One accepted REST send, as appended to the publish stream."""
+
+    kind: Kind
+    hub: str
+    target: str  # group, user or connection id; "" for ALL
+    frame: bytes
+    excluded: tuple[str, ...] = ()
+    traceparent: str | None = None
+
+    def to_fields(self) -> Fields:
+        fields: Fields = {
+            b"k": self.kind.value,
+            b"h": self.hub.encode(),
+            b"t": self.target.encode(),
+            b"f": self.frame,
+        }
+        if self.excluded:
+            fields[b"x"] = _join_ids(self.excluded)
+        if self.traceparent:
+            fields[b"tp"] = self.traceparent.encode()
+        return fields
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> Publish:
+        tp = fields.get(b"tp")
+        return cls(
+            kind=Kind(fields[b"k"]),
+            hub=fields[b"h"].decode(),
+            target=fields[b"t"].decode(),
+            frame=fields[b"f"],
+            excluded=_split_ids(fields.get(b"x")),
+            traceparent=tp.decode() if tp else None,
+        )
+
+    def delivery(self, message_id: bytes) -> Fields:
+        """The inbox entry for this message: the same fields plus the message id."""
+        fields = self.to_fields()
+        fields[b"m"] = message_id
+        return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An inbox or broadcast-feed entry as a gateway reads it."""
+
+    kind: Kind
+    hub: str
+    target: str
+    message_id: bytes = b""
+    frame: bytes = b""
+    connections: tuple[str, ...] = ()  # excluded ids for messages; subjects for control
+    reason: str | None = None
+    traceparent: str | None = None
+
+    @classmethod
+    def from_fields(cls, fields: Fields) -> Delivery:
+        kind = Kind(fields[b"k"])
+        tp = fields.get(b"tp")
+        reason = fields.get(b"r")
+        return cls(
+            kind=kind,
+            hub=fields[b"h"].decode(),
+            target=fields.get(b"t", b"").decode(),
+            message_id=fields.get(b"m", b""),
+            frame=fields.get(b"f", b""),
+            connections=_split_ids(fields.get(b"x") or fields.get(b"cs")),
+            reason=reason.decode() if reason is not None else None,
+            traceparent=tp.decode() if tp else None,
+        )
+
+
+def control(
+    kind: Kind, hub: str, connections: tuple[str, ...], target: str = "", reason: str | None = None
+) -> Fields:
+    """A control entry: JOIN/LEAVE ``connections`` to/from group ``target``, or CLOSE them."""
+    fields: Fields = {
+        b"k": kind.value,
+        b"h": hub.encode(),
+        b"t": target.encode(),
+        b"cs": _join_ids(connections),
+    }
+    if reason is not None:
+        fields[b"r"] = reason.encode()
+    return fields
+
+
+def hello(gateway: str) -> Fields:
+    return {b"k": Kind.HELLO.value, b"h": b"", b"t": gateway.encode()}

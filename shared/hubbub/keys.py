@@ -1,0 +1,96 @@
+"""The Redis key schema: every key Hubbub touches is built here and nowhere else.
+
+Keys that belong to one hub share the hash tag ``{<prefix>:<hub>}`` so that the membership
+scripts, which touch group, user and connection keys of one hub atomically, run unchanged on
+Redis Cluster. The variable part of each key (group, user or connection name) comes last, after
+a fixed kind marker, so no two names can ever produce the same key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Kind markers of per-hub keys. The membership scripts build keys from the same markers.
+CONNECTION = "c"
+CONNECTION_GROUPS = "cg"
+GROUP_CONNECTIONS = "gc"
+GROUP_GATEWAYS = "gg"
+USER_CONNECTIONS = "uc"
+USER_GATEWAYS = "ug"
+USER_GROUPS = "ugr"
+GATEWAY_CONNECTIONS = "gwc"
+
+
+@dataclass(frozen=True, slots=True)
+class HubKeys:
+    """Keys of one hub. Group, user and connection names go in verbatim."""
+
+    base: str  # "<prefix>:{<prefix>:<hub>}"
+
+    def connection(self, conn: str) -> str:
+        """Hash: ``gw`` (gateway id) and ``user`` of a live connection."""
+        return f"{self.base}:{CONNECTION}:{conn}"
+
+    def connection_groups(self, conn: str) -> str:
+        """Set of groups the connection is in."""
+        return f"{self.base}:{CONNECTION_GROUPS}:{conn}"
+
+    def group_connections(self, group: str) -> str:
+        """Set of connection ids in the group."""
+        return f"{self.base}:{GROUP_CONNECTIONS}:{group}"
+
+    def group_gateways(self, group: str) -> str:
+        """Hash gateway id -> number of the group's connections on that gateway."""
+        return f"{self.base}:{GROUP_GATEWAYS}:{group}"
+
+    def user_connections(self, user: str) -> str:
+        """Set of the user's live connection ids."""
+        return f"{self.base}:{USER_CONNECTIONS}:{user}"
+
+    def user_gateways(self, user: str) -> str:
+        """Hash gateway id -> number of the user's connections on that gateway."""
+        return f"{self.base}:{USER_GATEWAYS}:{user}"
+
+    def user_groups(self, user: str) -> str:
+        """Sorted set group -> expiry (unix seconds, ``inf`` = durable) of user-bound groups."""
+        return f"{self.base}:{USER_GROUPS}:{user}"
+
+    def gateway_connections(self, gateway: str) -> str:
+        """Set of this hub's connection ids held by a gateway, for the reaper."""
+        return f"{self.base}:{GATEWAY_CONNECTIONS}:{gateway}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySchema:
+    """Process-wide keys, and the factory for per-hub keys."""
+
+    prefix: str = "hubbub"
+
+    def hub(self, hub: str) -> HubKeys:
+        return HubKeys(f"{self.prefix}:{{{self.prefix}:{hub}}}")
+
+    @property
+    def publish_stream(self) -> str:
+        """Stream of accepted REST requests, consumed by the fan-out workers' group."""
+        return f"{self.prefix}:publish"
+
+    @property
+    def broadcast_feed(self) -> str:
+        """Stream every gateway reads: one entry per hub-wide broadcast."""
+        return f"{self.prefix}:broadcast"
+
+    def inbox(self, gateway: str) -> str:
+        """Stream of deliveries and control entries for one gateway."""
+        return f"{self.prefix}:inbox:{gateway}"
+
+    @property
+    def gateways(self) -> str:
+        """Sorted set gateway id -> heartbeat deadline (unix seconds)."""
+        return f"{self.prefix}:gateways"
+
+    def gateway_hubs(self, gateway: str) -> str:
+        """Set of hubs a gateway has held connections of, for the reaper."""
+        return f"{self.prefix}:gwh:{gateway}"
+
+    def reaper_lock(self, gateway: str) -> str:
+        return f"{self.prefix}:reaping:{gateway}"

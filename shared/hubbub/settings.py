@@ -1,0 +1,80 @@
+"""All configuration in one class, read from ``HUBBUB_*`` environment variables."""
+
+from __future__ import annotations
+
+import secrets
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _new_gateway_id() -> str:
+    return "gw-" + secrets.token_hex(6)
+
+
+class Settings(BaseSettings):
+    """Settings shared by every Hubbub process; each process reads the fields it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="HUBBUB_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "hubbub"
+
+    # Gateway process.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    gateway_id: str = Field(default_factory=_new_gateway_id)
+    access_key: str = "hubbub-dev-access-key-change-me"
+    access_key_secondary: str | None = None
+    cors_origins: list[str] = ["*"]
+
+    # SignalR client protocol.
+    keepalive_interval: float = 15.0
+    client_timeout: float = 30.0
+    handshake_timeout: float = 15.0
+    max_message_size: int = 32 * 1024
+    send_queue_max: int = 1024
+
+    # REST API.
+    max_body_size: int = 1024 * 1024
+    token_default_minutes: int = 60
+
+    # Liveness of gateways.
+    heartbeat_interval: float = 2.0
+    gateway_ttl: float = 10.0
+
+    # Streams.
+    publish_stream_maxlen: int = 1_000_000
+    inbox_maxlen: int = 100_000
+    read_batch: int = 512
+    read_block_ms: int = 1000
+
+    # Fan-out worker.
+    worker_group: str = "fanout"
+    worker_name: str | None = None
+    claim_idle_ms: int = 15_000
+    claim_interval: float = 5.0
+    reap_interval: float = 2.0
+
+    log_level: str = "INFO"
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_has_no_hash_tag(cls, value: str) -> str:
+        if not value or "{" in value or "}" in value:
+            raise ValueError("key_prefix must be non-empty and must not contain '{' or '}'")
+        return value
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _gateway_id_is_simple(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_." for c in value):
+            raise ValueError("gateway_id may only hold letters, digits, '-', '_' and '.'")
+        return value
+
+    @property
+    def access_keys(self) -> tuple[str, ...]:
+        """Keys accepted for signatures; the first one signs."""
+        if self.access_key_secondary:
+            return (self.access_key, self.access_key_secondary)
+        return (self.access_key,)

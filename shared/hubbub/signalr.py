@@ -1,0 +1,340 @@
+"""SignalR JSON hub protocol, sans-I/O: bytes in, messages out, and back.
+
+Follows dotnet/aspnetcore ``src/SignalR/docs/specs/HubProtocol.md``. Nothing here touches a
+socket, so it can be unit-tested and fuzzed directly; the gateway feeds it what the WebSocket
+receives and writes what it returns.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+
+RS = b"\x1e"
+
+
+class MessageType(enum.IntEnum):
+    INVOCATION = 1
+    STREAM_ITEM = 2
+    COMPLETION = 3
+    STREAM_INVOCATION = 4
+    CANCEL_INVOCATION = 5
+    PING = 6
+    CLOSE = 7
+    ACK = 8
+    SEQUENCE = 9
+
+
+class ProtocolError(ValueError):
+    """The peer broke the protocol; the message is fit to send back as a Close ``error``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    target: str
+    arguments: list[Any]
+    invocation_id: str | None = None
+    stream_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInvocation:
+    target: str
+    arguments: list[Any]
+    invocation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamItem:
+    invocation_id: str
+    item: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    invocation_id: str
+    result: Any = None
+    error: str | None = None
+    has_result: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CancelInvocation:
+    invocation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    error: str | None = None
+    allow_reconnect: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    sequence_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Sequence:
+    sequence_id: int
+
+
+HubMessage = (
+    Invocation
+    | StreamInvocation
+    | StreamItem
+    | Completion
+    | CancelInvocation
+    | Ping
+    | Close
+    | Ack
+    | Sequence
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRequest:
+    protocol: str
+    version: int
+
+
+# ---------------------------------------------------------------- encoding (server -> client)
+
+PING_RECORD = b'{"type":6}' + RS
+HANDSHAKE_OK = b"{}" + RS
+
+
+def encode_invocation(target: str, arguments: list[Any] | tuple[Any, ...]) -> bytes:
+    """A non-blocking Invocation record (no invocationId), ready to write to any socket."""
+    return orjson.dumps({"type": 1, "target": target, "arguments": arguments}) + RS
+
+
+def encode_completion(invocation_id: str, result: Any = None, error: str | None = None) -> bytes:
+    msg: dict[str, Any] = {"type": 3, "invocationId": invocation_id}
+    if error is not None:
+        msg["error"] = error
+    elif result is not None:
+        msg["result"] = result
+    return orjson.dumps(msg) + RS
+
+
+def encode_close(error: str | None = None, allow_reconnect: bool = False) -> bytes:
+    msg: dict[str, Any] = {"type": 7}
+    if error is not None:
+        msg["error"] = error
+    if allow_reconnect:
+        msg["allowReconnect"] = True
+    return orjson.dumps(msg) + RS
+
+
+def encode_handshake_error(error: str) -> bytes:
+    return orjson.dumps({"error": error}) + RS
+
+
+# ---------------------------------------------------------------- decoding (client -> server)
+
+
+class RecordBuffer:
+    """Splits a byte stream into ``0x1e``-terminated records, bounding what it will hold.
+
+    Real clients send whole records per WebSocket frame, several per frame at most; a record
+    split across frames is still accepted. A record longer than ``max_size`` is an error.
+    """
+
+    __slots__ = ("_buf", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self._buf = b""
+        self.max_size = max_size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        parts = data.split(RS)
+        tail = parts.pop()
+        for part in parts:
+            if len(part) > self.max_size:
+                raise ProtocolError(f"message exceeds the maximum size of {self.max_size} bytes")
+        if len(tail) > self.max_size:
+            raise ProtocolError(f"message exceeds the maximum size of {self.max_size} bytes")
+        self._buf = tail
+        return parts
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+def _loads(record: bytes) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(record)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"message is not valid JSON: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("message must be a JSON object")
+    return obj
+
+
+def _str(obj: dict[str, Any], key: str, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise ProtocolError(f"missing required property '{key}'")
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"property '{key}' must be a string")
+    return value
+
+
+def _arguments(obj: dict[str, Any]) -> list[Any]:
+    args = obj.get("arguments", [])
+    if not isinstance(args, list):
+        raise ProtocolError("property 'arguments' must be an array")
+    return args
+
+
+def parse_handshake(record: bytes) -> HandshakeRequest:
+    obj = _loads(record)
+    protocol = obj.get("protocol")
+    version = obj.get("version")
+    if not isinstance(protocol, str) or not protocol:
+        raise ProtocolError("handshake is missing 'protocol'")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ProtocolError("handshake is missing an integer 'version'")
+    return HandshakeRequest(protocol, version)
+
+
+def parse_message(record: bytes) -> HubMessage:
+    """One record (without its separator) to a message; unknown types are an error."""
+    obj = _loads(record)
+    kind = obj.get("type")
+    if not isinstance(kind, int) or isinstance(kind, bool):
+        raise ProtocolError("message is missing an integer 'type'")
+    if kind == MessageType.INVOCATION:
+        stream_ids = obj.get("streamIds") or []
+        if not isinstance(stream_ids, list) or not all(isinstance(s, str) for s in stream_ids):
+            raise ProtocolError("property 'streamIds' must be an array of strings")
+        return Invocation(
+            target=_str(obj, "target") or "",
+            arguments=_arguments(obj),
+            invocation_id=_str(obj, "invocationId", required=False),
+            stream_ids=stream_ids,
+        )
+    if kind == MessageType.STREAM_INVOCATION:
+        return StreamInvocation(
+            target=_str(obj, "target") or "",
+            arguments=_arguments(obj),
+            invocation_id=_str(obj, "invocationId") or "",
+        )
+    if kind == MessageType.STREAM_ITEM:
+        return StreamItem(_str(obj, "invocationId") or "", obj.get("item"))
+    if kind == MessageType.COMPLETION:
+        error = _str(obj, "error", required=False)
+        return Completion(
+            _str(obj, "invocationId") or "",
+            result=obj.get("result"),
+            error=error,
+            has_result="result" in obj,
+        )
+    if kind == MessageType.CANCEL_INVOCATION:
+        return CancelInvocation(_str(obj, "invocationId") or "")
+    if kind == MessageType.PING:
+        return Ping()
+    if kind == MessageType.CLOSE:
+        return Close(_str(obj, "error", required=False), bool(obj.get("allowReconnect")))
+    if kind in (MessageType.ACK, MessageType.SEQUENCE):
+        seq = obj.get("sequenceId")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise ProtocolError("property 'sequenceId' must be an integer")
+        return Ack(seq) if kind == MessageType.ACK else Sequence(seq)
+    raise ProtocolError(f"unknown message type {kind}")
+
+
+# ---------------------------------------------------------------- connection state machine
+
+
+class Phase(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeAccepted:
+    request: HandshakeRequest
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRejected:
+    error: str
+
+
+Event = HandshakeAccepted | HandshakeRejected | HubMessage
+
+
+class ServerProtocol:
+    """Server side of one SignalR connection: feed it received data, act on the events.
+
+    ``receive`` raises :class:`ProtocolError` for anything the connection cannot survive
+    (garbage, oversized records, data after close); the caller closes with that message.
+    A rejected handshake comes back as an event so the caller can answer it before closing.
+    """
+
+    SUPPORTED: ClassVar[dict[str, int]] = {"json": 1}
+
+    __slots__ = ("_records", "phase", "protocol")
+
+    def __init__(self, max_message_size: int) -> None:
+        self._records = RecordBuffer(max_message_size)
+        self.phase = Phase.HANDSHAKE
+        self.protocol: str | None = None
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self.phase is Phase.CLOSED:
+            raise ProtocolError("data received after the connection closed")
+        events: list[Event] = []
+        for record in self._records.feed(data):
+            if self.phase is Phase.HANDSHAKE:
+                events.append(self._handshake(record))
+                if self.phase is Phase.CLOSED:
+                    return events
+                continue
+            msg = parse_message(record)
+            if isinstance(msg, Close):
+                self.phase = Phase.CLOSED
+                events.append(msg)
+                return events
+            events.append(msg)
+        return events
+
+    def _handshake(self, record: bytes) -> Event:
+        try:
+            request = parse_handshake(record)
+        except ProtocolError as exc:
+            self.phase = Phase.CLOSED
+            return HandshakeRejected(f"Invalid handshake: {exc}")
+        supported = self.SUPPORTED.get(request.protocol)
+        if supported is None:
+            self.phase = Phase.CLOSED
+            return HandshakeRejected(f"The protocol '{request.protocol}' is not supported.")
+        if request.version != supported:
+            self.phase = Phase.CLOSED
+            return HandshakeRejected(
+                f"The server does not support version {request.version} of the "
+                f"'{request.protocol}' protocol."
+            )
+        self.phase = Phase.OPEN
+        self.protocol = request.protocol
+        return HandshakeAccepted(request)
+
+    def close(self) -> None:
+        self.phase = Phase.CLOSED
