@@ -33,9 +33,7 @@ def _q(name: str) -> str:
 class HubbubClient:
     """REST calls for one hub. ``async with HubbubClient(url, key, hub) as c: ...``"""
 
-    def __init__(
-        self, base_url: str, access_key: str, hub: str, *, timeout: float = 10.0
-    ) -> None:
+    def __init__(self, base_url: str, access_key: str, hub: str, *, timeout: float = 10.0) -> None:
         self.hub = hub
         self.http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), auth=ServiceAuth(access_key), timeout=timeout

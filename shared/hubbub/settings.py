@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     gateway_id: str = Field(default_factory=_new_gateway_id)
-    access_key: str = "hubbub-dev-access-key-change-me"
+    access_key: str = "hubbub-development-access-key-change-me"
     access_key_secondary: str | None = None
     cors_origins: list[str] = ["*"]
 

@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import jwt
 
@@ -61,7 +61,11 @@ def _decode(token: str, keys: tuple[str, ...], **options: Any) -> dict[str, Any]
 
 def _normalise_url(url: str) -> tuple[str, str, str]:
     parts = urlsplit(url.strip())
-    return (parts.scheme.lower(), (parts.hostname or "").lower(), parts.path.rstrip("/").lower())
+    return (
+        parts.scheme.lower(),
+        (parts.hostname or "").lower(),
+        unquote(parts.path).rstrip("/").lower(),
+    )
 
 
 def verify_service_token(token: str, keys: tuple[str, ...], request_url: str) -> dict[str, Any]:

@@ -9,16 +9,17 @@ from typing import Any
 import httpx
 import orjson
 import websockets
-from websockets.asyncio.client import ClientConnection
-
 from hubbub.tokens import mint_token
+from websockets.asyncio.client import ClientConnection
 
 from .processes import ACCESS_KEY
 
 RS = b"\x1e"
 
 
-def client_token(user: str | None = None, roles: list[str] | None = None, key: str = ACCESS_KEY) -> str:
+def client_token(
+    user: str | None = None, roles: list[str] | None = None, key: str = ACCESS_KEY
+) -> str:
     return mint_token(key, "http://test/client", user_id=user, roles=roles)
 
 
@@ -36,14 +37,16 @@ class RawClient:
         token: str | None = None,
         handshake: bool = True,
         negotiate: bool = True,
+        negotiate_base: str | None = None,
     ) -> RawClient:
+        """Negotiate at ``negotiate_base`` (default ``base``), then open the socket at ``base``."""
         token = token if token is not None else client_token()
         connection_id = None
         query = f"access_token={token}"
         if negotiate:
             async with httpx.AsyncClient() as http:
                 r = await http.post(
-                    f"{base}/hubs/{hub}/negotiate?negotiateVersion=1",
+                    f"{negotiate_base or base}/hubs/{hub}/negotiate?negotiateVersion=1",
                     headers={"Authorization": f"Bearer {token}"},
                 )
                 r.raise_for_status()

@@ -1,0 +1,217 @@
+"""``hubbub``: run a local deployment (``dev``), publish (``send``), mint tokens (``token``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .client import HubbubClient
+from .embedded import RedisProcess
+from .settings import Settings
+from .tokens import mint_token
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"a gateway exited during start-up (code {process.returncode})")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"gateway at {url} did not become healthy")
+
+
+def dev(args: argparse.Namespace) -> int:
+    """Embedded Redis, two gateways and two workers on this machine, until Ctrl-C."""
+    settings = Settings()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    redis: RedisProcess | None = None
+    redis_url = args.redis_url
+    if redis_url is None:
+        redis_dir = workdir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        redis = RedisProcess(port=args.redis_port, directory=str(redis_dir), appendonly=True)
+        redis.start()
+        redis_url = redis.url
+    children: list[subprocess.Popen[bytes]] = []
+    base_env = dict(os.environ, HUBBUB_REDIS_URL=redis_url, HUBBUB_ACCESS_KEY=settings.access_key)
+    urls = []
+    try:
+        for i in range(args.gateways):
+            port = args.port + i
+            env = dict(base_env, HUBBUB_PORT=str(port), HUBBUB_GATEWAY_ID=f"dev-gw{i + 1}")
+            env["HUBBUB_HOST"] = args.host
+            children.append(
+                subprocess.Popen([sys.executable, "-m", "hubbub_gateway.main"], env=env)
+            )
+            urls.append(f"http://{args.host}:{port}")
+        for i in range(args.workers):
+            env = dict(base_env, HUBBUB_WORKER_NAME=f"dev-worker{i + 1}")
+            children.append(subprocess.Popen([sys.executable, "-m", "hubbub_fanout.main"], env=env))
+        for url, child in zip(urls, children, strict=False):
+            _wait_healthy(url, child)
+        _print_banner(urls, redis_url, settings.access_key)
+        return _wait(children)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis is not None:
+            redis.stop()
+        print("hubbub dev: stopped", file=sys.stderr)
+
+
+def _wait(children: list[subprocess.Popen[bytes]]) -> int:
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop:
+        if any(c.poll() is not None for c in children):
+            print("hubbub dev: a child process exited; stopping", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+    return 0
+
+
+def _print_banner(urls: list[str], redis_url: str, key: str) -> None:
+    first = urls[0]
+    client = mint_token(key, f"{first}/client", user_id="alice")
+    send_url = f"{first}/api/hubs/chat/:send"
+    service = mint_token(key, send_url, minutes=60)
+    print(
+        f"""
+Hubbub is running.
+  gateways : {", ".join(urls)}   (REST docs: {first}/docs)
+  redis    : {redis_url}
+
+Connect a SignalR client to {urls[-1]}/hubs/chat with this access token (user "alice"):
+  {client}
+
+Broadcast to every client of hub "chat":
+  hubbub send --url {first} --hub chat newMessage '"hello from hubbub"'
+or with curl (token valid 60 minutes):
+  curl -i -X POST '{send_url}' -H 'Authorization: Bearer {service}' \\
+       -H 'Content-Type: application/json' -d '{{"target":"newMessage","arguments":["hi"]}}'
+
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+async def _send(args: argparse.Namespace) -> str:
+    arguments = [_json_or_text(a) for a in args.arguments]
+    async with HubbubClient(args.url, args.access_key, args.hub) as client:
+        if args.group:
+            return await client.send_to_group(args.group, args.target, arguments, args.exclude)
+        if args.user:
+            return await client.send_to_user(args.user, args.target, arguments)
+        if args.connection:
+            return await client.send_to_connection(args.connection, args.target, arguments)
+        return await client.send_to_all(args.target, arguments, args.exclude)
+
+
+def send(args: argparse.Namespace) -> int:
+    try:
+        message_id = asyncio.run(_send(args))
+    except httpx.HTTPStatusError as exc:
+        print(f"error {exc.response.status_code}: {exc.response.text}", file=sys.stderr)
+        return 1
+    except httpx.TransportError as exc:
+        print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    print(message_id)
+    return 0
+
+
+def token(args: argparse.Namespace) -> int:
+    audience = args.audience or f"{args.url.rstrip('/')}/client"
+    print(
+        mint_token(
+            args.access_key,
+            audience,
+            minutes=args.minutes,
+            user_id=args.user,
+            hub=args.hub.lower() if args.hub else None,
+            roles=args.role,
+        )
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    settings = Settings()
+    p = argparse.ArgumentParser(prog="hubbub", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("dev", help="run Redis, 2 gateways and 2 workers locally")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=settings.port, help="first gateway port")
+    d.add_argument("--gateways", type=int, default=2)
+    d.add_argument("--workers", type=int, default=2)
+    d.add_argument("--redis-url", help="use this Redis instead of an embedded one")
+    d.add_argument("--redis-port", type=int, default=None, help="embedded Redis port")
+    d.add_argument("--workdir", default=".hubbub", help="where the embedded Redis keeps data")
+    d.set_defaults(func=dev)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=f"http://127.0.0.1:{settings.port}")
+    common.add_argument("--hub", default="chat")
+    common.add_argument(
+        "--access-key", default=settings.access_key, help="default: $HUBBUB_ACCESS_KEY"
+    )
+
+    s = sub.add_parser("send", parents=[common], help="publish a message through the REST API")
+    who = s.add_mutually_exclusive_group()
+    who.add_argument("--group")
+    who.add_argument("--user")
+    who.add_argument("--connection")
+    s.add_argument("--exclude", action="append", default=[], help="connection id to leave out")
+    s.add_argument("target", help="client method, e.g. newMessage")
+    s.add_argument("arguments", nargs="*", help="arguments (JSON, else taken as strings)")
+    s.set_defaults(func=send)
+
+    t = sub.add_parser("token", parents=[common], help="mint a client access token")
+    t.add_argument("--user")
+    t.add_argument("--minutes", type=float, default=60)
+    t.add_argument("--role", action="append", help="e.g. hubbub.joinLeaveGroup")
+    t.add_argument("--audience")
+    t.set_defaults(func=token)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    sys.exit(args.func(args))
