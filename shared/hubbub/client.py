@@ -132,7 +132,7 @@ class HubbubClient:
     async def generate_token(
         self, user_id: str | None = None, minutes: int = 60, roles: Sequence[str] = ()
     ) -> str:
-        params: list[tuple[str, str | int]] = [("minutesToExpire", minutes)]
+        params: list[tuple[str, str | int | float | bool | None]] = [("minutesToExpire", minutes)]
         if user_id is not None:
             params.append(("userId", user_id))
         params += [("role", r) for r in roles]

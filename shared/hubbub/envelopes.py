@@ -10,7 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-Fields = dict[bytes, bytes]
+from redis.typing import EncodableT, FieldT
+
+Fields = dict[bytes, bytes]  # as read back from Redis
+OutFields = dict[FieldT, EncodableT]  # as redis-py's xadd takes them (dicts are invariant)
 
 
 class Kind(bytes, enum.Enum):
@@ -52,8 +55,8 @@ class Publish:
     excluded: tuple[str, ...] = ()
     traceparent: str | None = None
 
-    def to_fields(self) -> Fields:
-        fields: Fields = {
+    def to_fields(self) -> OutFields:
+        fields: OutFields = {
             b"k": self.kind.value,
             b"h": self.hub.encode(),
             b"t": self.target.encode(),
@@ -77,7 +80,7 @@ class Publish:
             traceparent=tp.decode() if tp else None,
         )
 
-    def delivery(self, message_id: bytes) -> Fields:
+    def delivery(self, message_id: bytes) -> OutFields:
         """The inbox entry for this message: the same fields plus the message id."""
         fields = self.to_fields()
         fields[b"m"] = message_id
@@ -116,9 +119,9 @@ class Delivery:
 
 def control(
     kind: Kind, hub: str, connections: tuple[str, ...], target: str = "", reason: str | None = None
-) -> Fields:
+) -> OutFields:
     """A control entry: JOIN/LEAVE ``connections`` to/from group ``target``, or CLOSE them."""
-    fields: Fields = {
+    fields: OutFields = {
         b"k": kind.value,
         b"h": hub.encode(),
         b"t": target.encode(),
@@ -129,5 +132,5 @@ def control(
     return fields
 
 
-def hello(gateway: str) -> Fields:
+def hello(gateway: str) -> OutFields:
     return {b"k": Kind.HELLO.value, b"h": b"", b"t": gateway.encode()}

@@ -298,7 +298,7 @@ class Membership:
         if not gw:
             return False
         await self.redis.xadd(
-            self.schema.inbox(gw.decode()),
+            self.schema.inbox(gw.decode() if isinstance(gw, bytes) else gw),
             control(Kind.CLOSE, hub, (conn,), reason=reason),
             nomkstream=True,
         )
@@ -329,10 +329,11 @@ class Membership:
         removed = 0
         hubs_key = self.schema.gateway_hubs(gateway)
         for raw_hub in await self.redis.smembers(hubs_key):
-            hub = raw_hub.decode()
+            hub = raw_hub.decode() if isinstance(raw_hub, bytes) else raw_hub
             hk = self.schema.hub(hub)
             for raw_conn in await self.redis.smembers(hk.gateway_connections(gateway)):
-                if await self.unregister(hub, raw_conn.decode()):
+                conn = raw_conn.decode() if isinstance(raw_conn, bytes) else raw_conn
+                if await self.unregister(hub, conn):
                     removed += 1
             await self.redis.delete(hk.gateway_connections(gateway))
         await self.redis.delete(hubs_key, self.schema.inbox(gateway))

@@ -304,8 +304,9 @@ class ServerProtocol:
         events: list[Event] = []
         for record in self._records.feed(data):
             if self.phase is Phase.HANDSHAKE:
-                events.append(self._handshake(record))
-                if self.phase is Phase.CLOSED:
+                answer = self._handshake(record)
+                events.append(answer)
+                if isinstance(answer, HandshakeRejected):
                     return events
                 continue
             msg = parse_message(record)

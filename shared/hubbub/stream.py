@@ -17,10 +17,10 @@ class PublishStream:
         self.maxlen = maxlen
 
     async def append(self, message: Publish) -> str:
-        entry_id: bytes = await self.redis.xadd(
+        entry_id = await self.redis.xadd(
             self.key, message.to_fields(), maxlen=self.maxlen, approximate=True
         )
-        return entry_id.decode()
+        return _text(entry_id)
 
     async def append_many(self, messages: list[Publish]) -> list[str]:
         """One round trip for a batch; ids come back in order."""
@@ -28,10 +28,17 @@ class PublishStream:
             for message in messages:
                 pipe.xadd(self.key, message.to_fields(), maxlen=self.maxlen, approximate=True)
             ids: list[bytes] = await pipe.execute()
-        return [i.decode() for i in ids]
+        return [_text(i) for i in ids]
 
 
 async def last_entry_id(redis: Redis, key: str) -> bytes:
     """Id of the newest entry, or ``0-0``: where a reader that wants only new entries starts."""
     entries = await redis.xrevrange(key, count=1)
-    return entries[0][0] if entries else b"0-0"
+    if not entries:
+        return b"0-0"
+    entry_id = entries[0][0]
+    return entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

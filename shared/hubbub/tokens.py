@@ -37,7 +37,7 @@ class ClientIdentity:
         return JOIN_LEAVE_ROLE in self.roles or f"{JOIN_LEAVE_ROLE}.{group}" in self.roles
 
 
-def _decode(token: str, keys: tuple[str, ...], **options: Any) -> dict[str, Any]:
+def _decode(token: str, keys: tuple[str, ...]) -> dict[str, Any]:
     last: Exception | None = None
     for key in keys:
         try:
@@ -45,7 +45,7 @@ def _decode(token: str, keys: tuple[str, ...], **options: Any) -> dict[str, Any]
                 token,
                 key.encode(),
                 algorithms=ALGORITHMS,
-                options={"require": ["exp"], "verify_aud": False, **options},
+                options={"require": ["exp"], "verify_aud": False},
                 leeway=30,
             )
             return claims
