@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     handshake_timeout: float = 15.0
     max_message_size: int = 32 * 1024
     send_queue_max: int = 1024
+    drain_timeout: float = 10.0
 
     # REST API.
     max_body_size: int = 1024 * 1024

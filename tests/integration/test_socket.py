@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 import httpx
 import pytest
 import websockets
@@ -182,3 +185,14 @@ async def test_client_close_message_unregisters(cluster: Deployment, api: Hubbub
     await client.send({"type": 7})
     await client.ws.wait_closed()
     await gone(api, client)
+
+
+async def test_sigterm_drains_with_allow_reconnect(cluster: Deployment, api: HubbubClient) -> None:
+    leaving = cluster.gateways[1]
+    client = await RawClient.connect(leaving.url)
+    leaving.signal(signal.SIGTERM)
+    assert await client.recv() == {"type": 7, "allowReconnect": True}
+    await client.ws.wait_closed()
+    assert await asyncio.to_thread(leaving.process.wait, 20) == 0
+    assert client.connection_id
+    assert not await api.connection_exists(client.connection_id)

@@ -161,16 +161,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _shutdown(state: GatewayState, tasks: list[asyncio.Task[None]]) -> None:
-    """Ask clients to reconnect elsewhere, deregister, and stop."""
+async def drain(state: GatewayState, deadline: float) -> None:
+    """Refuse new clients and ask every connected one to reconnect (to another gateway).
+
+    Close carries ``allowReconnect`` and no ``error``: the JS client then reconnects with
+    a new connection id, and pysignalr does not raise.
+    """
     state.draining = True
     connections = tuple(state.index.connections.values())
     for conn in connections:
         conn.close(allow_reconnect=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(
-            asyncio.gather(*(c.closed() for c in connections), return_exceptions=True), 5.0
+            asyncio.gather(*(c.closed() for c in connections), return_exceptions=True), deadline
         )
+    log.info("drained %d connections", len(connections))
+
+
+async def _shutdown(state: GatewayState, tasks: list[asyncio.Task[None]]) -> None:
+    """Drain if nobody did yet, stop the background tasks, deregister."""
+    if not state.draining:
+        await drain(state, state.settings.drain_timeout)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+from types import FrameType
+
 import uvicorn
+from fastapi import FastAPI
+
 from hubbub.logs import configure
 from hubbub.settings import Settings
 
-from .app import create_app
+from .app import create_app, drain
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM, send clients a SignalR Close(allowReconnect) *before* uvicorn closes their
+    sockets (it would otherwise close them with a bare 1012 and no SignalR reason)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings) -> None:
+        super().__init__(config)
+        self.hubbub_app = app
+        self.settings = settings
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # A drain on SIGTERM is the normal way out: exit 0 rather than re-raise the signal.
+        if sig == signal.SIGTERM:
+            self._captured_signals.remove(sig)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state = getattr(self.hubbub_app.state, "hubbub", None)
+        if state is not None:
+            await drain(state, self.settings.drain_timeout)
+        await super().shutdown(sockets)
 
 
 def main() -> None:
     settings = Settings()
     configure(settings.log_level, f"gateway[{settings.gateway_id}]")
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -25,8 +54,9 @@ def main() -> None:
         ws_max_size=max(1024 * 1024, settings.max_message_size * 4),
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
     )
+    DrainingServer(config, app, settings).run()
 
 
 if __name__ == "__main__":
