@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from hubbub.client import HubbubClient
-from hubbub.embedded import RedisProcess
 from redis.asyncio import Redis
 
+from hubbub.client import HubbubClient
+from hubbub.embedded import RedisProcess
 from tests.support.processes import ACCESS_KEY, Deployment
 
 _prefixes = itertools.count(1)

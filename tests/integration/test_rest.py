@@ -6,11 +6,11 @@ import asyncio
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+
 from hubbub.client import HubbubClient
 from hubbub.keys import KeySchema
 from hubbub.tokens import mint_token
-from redis.asyncio import Redis
-
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 

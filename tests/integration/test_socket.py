@@ -8,9 +8,9 @@ import signal
 import httpx
 import pytest
 import websockets
-from hubbub.client import HubbubClient
 from websockets.exceptions import InvalidStatus
 
+from hubbub.client import HubbubClient
 from tests.support.processes import Deployment, eventually
 from tests.support.rawclient import RS, RawClient, client_token
 

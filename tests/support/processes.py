@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
 from hubbub.embedded import free_port
 
 ACCESS_KEY = "test-access-key-0123456789abcdef"

@@ -9,8 +9,9 @@ from typing import Any
 import httpx
 import orjson
 import websockets
-from hubbub.tokens import mint_token
 from websockets.asyncio.client import ClientConnection
+
+from hubbub.tokens import mint_token
 
 from .processes import ACCESS_KEY
 

@@ -14,13 +14,14 @@ import socket
 import time
 
 import uvloop
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from hubbub import redis as hubbub_redis
 from hubbub.keys import KeySchema
 from hubbub.logs import configure
 from hubbub.membership import Membership
 from hubbub.settings import Settings
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from .route import Router
 

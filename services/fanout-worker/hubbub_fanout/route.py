@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from hubbub.envelopes import Fields, Kind, Publish
-from hubbub.keys import KeySchema
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
+from hubbub.envelopes import Fields, Kind, Publish
+from hubbub.keys import KeySchema
 
 log = logging.getLogger("hubbub.fanout.route")
 

@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from hubbub import redis as hubbub_redis
 from hubbub.keys import KeySchema
 from hubbub.membership import Membership
 from hubbub.settings import Settings
 from hubbub.stream import PublishStream
-from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import connect, errors, ingest, negotiate
 from .errors import error_response

@@ -12,6 +12,8 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
 from hubbub import names
 from hubbub.membership import ConnectionExists
 from hubbub.signalr import (
@@ -36,7 +38,6 @@ from hubbub.tokens import (
     open_connection_token,
     verify_client_token,
 )
-from redis.exceptions import RedisError
 
 from .deliver import LocalConnection
 from .negotiate import bearer_token

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from hubbub.envelopes import Delivery, hello
 from hubbub.keys import KeySchema
 from hubbub.stream import last_entry_id
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from .deliver import LocalIndex
 

@@ -12,11 +12,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
 from hubbub import names
 from hubbub.envelopes import Kind, Publish
 from hubbub.signalr import encode_invocation
 from hubbub.tokens import TokenError, mint_token, verify_service_token
-from pydantic import BaseModel, Field
 
 from .errors import ApiError
 from .state import GatewayState

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from redis.asyncio import Redis
+
 from hubbub.keys import KeySchema
 from hubbub.membership import Membership
 from hubbub.settings import Settings
 from hubbub.stream import PublishStream
-from redis.asyncio import Redis
 
 from .deliver import LocalIndex
 
