@@ -64,7 +64,7 @@ class Deployment:
             HUBBUB_REDIS_URL=self.redis_url,
             HUBBUB_ACCESS_KEY=ACCESS_KEY,
             HUBBUB_KEY_PREFIX=self.prefix,
-            HUBBUB_LOG_LEVEL="INFO",
+            HUBBUB_LOG_LEVEL=os.environ.get("TEST_HUBBUB_LOG_LEVEL", "INFO"),
             HUBBUB_HEARTBEAT_INTERVAL="0.5",
             HUBBUB_GATEWAY_TTL="3",
             HUBBUB_REAP_INTERVAL="0.5",

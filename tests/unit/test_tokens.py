@@ -1,0 +1,316 @@
+"""Access tokens (client and service JWTs) and signed connection tokens."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import jwt
+import pytest
+
+from hubbub import names
+from hubbub.tokens import (
+    JOIN_LEAVE_ROLE,
+    ClientIdentity,
+    TokenError,
+    connection_token,
+    mint_token,
+    new_connection_id,
+    open_connection_token,
+    verify_client_token,
+    verify_service_token,
+)
+
+# At least 64 bytes, so PyJWT does not warn about short HMAC keys even for HS512.
+PRIMARY = "primary-access-key-" + "0123456789abcdef" * 4
+SECONDARY = "secondary-access-key-" + "0123456789abcdef" * 4
+OTHER = "somebody-elses-key-" + "0123456789abcdef" * 4
+KEYS = (PRIMARY,)
+BOTH = (PRIMARY, SECONDARY)
+HUB_URL = "https://hubbub.example/client/?hub=chat"
+
+
+def signed(claims: dict[str, Any], key: str = PRIMARY, algorithm: str = "HS256") -> str:
+    """A token with arbitrary claims; ``exp`` defaults to an hour from now."""
+    body = {"exp": int(time.time()) + 3600, **claims}
+    return jwt.encode(body, key.encode(), algorithm=algorithm)
+
+
+# ---------------------------------------------------------------- client tokens
+
+
+class TestClientToken:
+    def test_mint_then_verify(self) -> None:
+        token = mint_token(PRIMARY, HUB_URL, user_id="alice", hub="chat", roles=["r1", "r2"])
+        identity = verify_client_token(token, KEYS, "chat")
+        assert identity == ClientIdentity("alice", frozenset({"r1", "r2"}))
+
+    def test_minted_claims(self) -> None:
+        before = int(time.time())
+        token = mint_token(PRIMARY, HUB_URL, minutes=2, user_id="u", hub="chat", roles=["r"])
+        claims = jwt.decode(token, PRIMARY.encode(), algorithms=["HS256"], audience=HUB_URL)
+        assert claims["sub"] == "u"
+        assert claims["hub"] == "chat"
+        assert claims["role"] == ["r"]
+        assert before <= claims["iat"] <= before + 2
+        assert claims["exp"] - claims["iat"] == 120
+
+    def test_anonymous_token_has_no_user_and_no_roles(self) -> None:
+        token = mint_token(PRIMARY, HUB_URL)
+        claims = jwt.decode(token, PRIMARY.encode(), algorithms=["HS256"], audience=HUB_URL)
+        assert not {"sub", "hub", "role"} & set(claims)
+        assert verify_client_token(token, KEYS, "chat") == ClientIdentity(None, frozenset())
+
+    def test_user_from_sub(self) -> None:
+        assert verify_client_token(signed({"sub": "s"}), KEYS, "chat").user_id == "s"
+
+    def test_user_from_nameid(self) -> None:
+        assert verify_client_token(signed({"nameid": "n"}), KEYS, "chat").user_id == "n"
+
+    def test_user_from_asrs_uid(self) -> None:
+        assert verify_client_token(signed({"asrs.s.uid": "a"}), KEYS, "chat").user_id == "a"
+
+    def test_nameid_wins_over_sub(self) -> None:
+        token = signed({"sub": "s", "nameid": "n"})
+        assert verify_client_token(token, KEYS, "chat").user_id == "n"
+
+    def test_asrs_uid_wins_over_nameid_and_sub(self) -> None:
+        token = signed({"sub": "s", "nameid": "n", "asrs.s.uid": "a"})
+        assert verify_client_token(token, KEYS, "chat").user_id == "a"
+
+    def test_empty_user_claim_falls_through(self) -> None:
+        token = signed({"sub": "s", "asrs.s.uid": ""})
+        assert verify_client_token(token, KEYS, "chat").user_id == "s"
+
+    def test_role_as_a_string(self) -> None:
+        identity = verify_client_token(signed({"role": JOIN_LEAVE_ROLE}), KEYS, "chat")
+        assert identity.roles == frozenset({JOIN_LEAVE_ROLE})
+
+    def test_role_as_a_list_drops_non_strings(self) -> None:
+        identity = verify_client_token(signed({"role": ["a", 5, None, "b"]}), KEYS, "chat")
+        assert identity.roles == frozenset({"a", "b"})
+
+    @pytest.mark.xfail(
+        strict=True,
+        raises=TypeError,
+        reason="tokens.py:92-97 iterates any non-str `role`: null or a number raises TypeError",
+    )
+    @pytest.mark.parametrize("role", [None, 5, True])
+    def test_unusable_role_claim_is_ignored_or_refused(self, role: object) -> None:
+        # A validly signed token with a malformed role claim must not crash the caller,
+        # which only catches TokenError: it either grants no role or is refused.
+        token = signed({"sub": "u", "role": role})
+        try:
+            identity = verify_client_token(token, KEYS, "chat")
+        except TokenError:
+            return
+        assert identity.roles == frozenset()
+
+    def test_may_join_with_the_global_role(self) -> None:
+        identity = verify_client_token(signed({"role": [JOIN_LEAVE_ROLE]}), KEYS, "chat")
+        assert identity.may_join("g1")
+        assert identity.may_join("anything at all")
+
+    def test_may_join_with_a_per_group_role(self) -> None:
+        token = signed({"role": f"{JOIN_LEAVE_ROLE}.g1"})
+        identity = verify_client_token(token, KEYS, "chat")
+        assert identity.may_join("g1")
+        assert not identity.may_join("g2")
+        assert not identity.may_join("g")
+        assert not identity.may_join("g1.sub")
+
+    def test_may_not_join_without_a_role(self) -> None:
+        identity = verify_client_token(signed({"role": ["other"]}), KEYS, "chat")
+        assert not identity.may_join("g1")
+        assert not ClientIdentity("u", frozenset()).may_join("g1")
+
+    def test_hub_claim_matches_case_insensitively(self) -> None:
+        assert verify_client_token(signed({"sub": "u", "hub": "Chat"}), KEYS, "chat").user_id
+
+    def test_hub_claim_mismatch_refused(self) -> None:
+        with pytest.raises(TokenError, match="another hub"):
+            verify_client_token(signed({"sub": "u", "hub": "news"}), KEYS, "chat")
+
+    def test_no_hub_claim_is_valid_for_any_hub(self) -> None:
+        token = signed({"sub": "u"})
+        assert verify_client_token(token, KEYS, "chat").user_id == "u"
+        assert verify_client_token(token, KEYS, "news").user_id == "u"
+
+    def test_expired_refused(self) -> None:
+        token = mint_token(PRIMARY, HUB_URL, minutes=-5, user_id="u")
+        with pytest.raises(TokenError, match="expired"):
+            verify_client_token(token, KEYS, "chat")
+
+    def test_expiry_has_a_little_leeway(self) -> None:
+        token = signed({"sub": "u", "exp": int(time.time()) - 5})
+        assert verify_client_token(token, KEYS, "chat").user_id == "u"
+
+    def test_missing_exp_refused(self) -> None:
+        token = jwt.encode({"sub": "u"}, PRIMARY.encode(), algorithm="HS256")
+        with pytest.raises(TokenError, match="exp"):
+            verify_client_token(token, KEYS, "chat")
+
+    def test_wrong_key_refused(self) -> None:
+        token = mint_token(OTHER, HUB_URL, user_id="u")
+        with pytest.raises(TokenError, match="invalid token"):
+            verify_client_token(token, KEYS, "chat")
+        with pytest.raises(TokenError):
+            verify_client_token(token, BOTH, "chat")
+
+    def test_secondary_key_accepted(self) -> None:
+        token = mint_token(SECONDARY, HUB_URL, user_id="u")
+        assert verify_client_token(token, BOTH, "chat").user_id == "u"
+        with pytest.raises(TokenError):
+            verify_client_token(token, KEYS, "chat")
+
+    def test_expired_token_under_the_secondary_key_reports_expiry(self) -> None:
+        token = mint_token(SECONDARY, HUB_URL, minutes=-5, user_id="u")
+        with pytest.raises(TokenError, match="expired"):
+            verify_client_token(token, BOTH, "chat")
+
+    def test_hs512_accepted(self) -> None:
+        token = signed({"sub": "u"}, algorithm="HS512")
+        assert verify_client_token(token, KEYS, "chat").user_id == "u"
+
+    def test_unsigned_token_refused(self) -> None:
+        token = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, None, algorithm="none")
+        with pytest.raises(TokenError):
+            verify_client_token(token, KEYS, "chat")
+
+    @pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "a.b"])
+    def test_malformed_token_refused(self, token: str) -> None:
+        with pytest.raises(TokenError):
+            verify_client_token(token, KEYS, "chat")
+
+
+# ---------------------------------------------------------------- service tokens
+
+REST_URL = "https://hubbub.example/api/v1/hubs/chat/groups/g1"
+
+
+class TestServiceToken:
+    def test_exact_audience(self) -> None:
+        claims = verify_service_token(mint_token(PRIMARY, REST_URL), KEYS, REST_URL)
+        assert claims["aud"] == REST_URL
+
+    @pytest.mark.parametrize(
+        "request_url",
+        [
+            "HTTPS://HUBBUB.EXAMPLE/API/V1/HUBS/CHAT/GROUPS/G1",  # case
+            "https://hubbub.example:8443/api/v1/hubs/chat/groups/g1",  # port
+            "https://hubbub.example/api/v1/hubs/chat/groups/g1?api-version=2022-06-01",  # query
+            "https://hubbub.example/api/v1/hubs/chat/groups/g1/",  # trailing slash
+            "  https://hubbub.example/api/v1/hubs/chat/groups/g1  ",  # whitespace
+        ],
+    )
+    def test_audience_matching_ignores(self, request_url: str) -> None:
+        verify_service_token(mint_token(PRIMARY, REST_URL), KEYS, request_url)
+        # ...and the same holds the other way round: the SDK puts query and port in aud.
+        verify_service_token(mint_token(PRIMARY, request_url.strip()), KEYS, REST_URL)
+
+    def test_percent_encoding_is_ignored(self) -> None:
+        aud = "https://hubbub.example/api/v1/hubs/chat/groups/a%20b"
+        verify_service_token(mint_token(PRIMARY, aud), KEYS, aud.replace("%20", " "))
+
+    @pytest.mark.parametrize(
+        "request_url",
+        [
+            "https://hubbub.example/api/v1/hubs/chat/groups/g2",
+            "https://hubbub.example/api/v1/hubs/chat/groups",
+            "https://hubbub.example/api/v1/hubs/news/groups/g1",
+            "https://other.example/api/v1/hubs/chat/groups/g1",
+            "http://hubbub.example/api/v1/hubs/chat/groups/g1",
+        ],
+    )
+    def test_different_url_refused(self, request_url: str) -> None:
+        with pytest.raises(TokenError, match="audience"):
+            verify_service_token(mint_token(PRIMARY, REST_URL), KEYS, request_url)
+
+    def test_audience_list_with_a_match(self) -> None:
+        token = signed({"aud": ["https://elsewhere.example/x", REST_URL]})
+        verify_service_token(token, KEYS, REST_URL)
+
+    def test_audience_list_without_a_match_refused(self) -> None:
+        token = signed({"aud": ["https://elsewhere.example/x", 5, None]})
+        with pytest.raises(TokenError, match="audience"):
+            verify_service_token(token, KEYS, REST_URL)
+
+    @pytest.mark.parametrize("claims", [{}, {"aud": None}, {"aud": 5}, {"aud": []}])
+    def test_missing_or_bad_audience_refused(self, claims: dict[str, Any]) -> None:
+        with pytest.raises(TokenError, match="audience"):
+            verify_service_token(signed(claims), KEYS, REST_URL)
+
+    def test_wrong_key_refused(self) -> None:
+        with pytest.raises(TokenError, match="invalid token"):
+            verify_service_token(mint_token(OTHER, REST_URL), KEYS, REST_URL)
+
+    def test_secondary_key_accepted(self) -> None:
+        verify_service_token(mint_token(SECONDARY, REST_URL), BOTH, REST_URL)
+
+    def test_expired_refused(self) -> None:
+        with pytest.raises(TokenError, match="expired"):
+            verify_service_token(mint_token(PRIMARY, REST_URL, minutes=-5), KEYS, REST_URL)
+
+
+# ---------------------------------------------------------------- connection tokens
+
+
+class TestConnectionToken:
+    def test_round_trip(self) -> None:
+        conn = new_connection_id()
+        assert open_connection_token(connection_token(PRIMARY, conn), KEYS) == conn
+
+    def test_is_url_safe_and_deterministic(self) -> None:
+        token = connection_token(PRIMARY, "abc")
+        assert re.fullmatch(r"abc\.[A-Za-z0-9_-]+", token)
+        assert token == connection_token(PRIMARY, "abc")
+        assert token != connection_token(SECONDARY, "abc")
+
+    def test_connection_id_with_dots_round_trips(self) -> None:
+        assert open_connection_token(connection_token(PRIMARY, "a.b.c"), KEYS) == "a.b.c"
+
+    def test_tampered_mac_refused(self) -> None:
+        token = connection_token(PRIMARY, "abc")
+        last = token[-1]
+        tampered = token[:-1] + ("A" if last != "A" else "B")
+        assert open_connection_token(tampered, KEYS) is None
+        assert open_connection_token(token[:-1], KEYS) is None
+
+    def test_tampered_connection_id_refused(self) -> None:
+        token = connection_token(PRIMARY, "abc")
+        assert open_connection_token("abd" + token[3:], KEYS) is None
+
+    def test_mac_of_one_id_does_not_open_another(self) -> None:
+        mac = connection_token(PRIMARY, "abc").rpartition(".")[2]
+        assert open_connection_token(f"xyz.{mac}", KEYS) is None
+
+    def test_wrong_key_refused(self) -> None:
+        assert open_connection_token(connection_token(OTHER, "abc"), BOTH) is None
+
+    def test_secondary_key_accepted(self) -> None:
+        assert open_connection_token(connection_token(SECONDARY, "abc"), BOTH) == "abc"
+        assert open_connection_token(connection_token(SECONDARY, "abc"), KEYS) is None
+
+    @pytest.mark.parametrize("token", ["", "abc", "nodot" * 10, ".", ".mac", "abc."])
+    def test_no_dot_or_empty_part_refused(self, token: str) -> None:
+        assert open_connection_token(token, KEYS) is None
+
+    def test_bare_v0_connection_id_is_not_a_token(self) -> None:
+        assert open_connection_token(new_connection_id(), KEYS) is None
+
+    @pytest.mark.xfail(
+        strict=True,
+        raises=TypeError,
+        reason="tokens.py:144 hmac.compare_digest on str raises TypeError for non-ASCII input",
+    )
+    @pytest.mark.parametrize("token", ["abc.\u00e9", "abc.mac\u00e9\U0001f600", "\u00e9.\u00e9"])
+    def test_non_ascii_token_refused_not_crashing(self, token: str) -> None:
+        # The token is the client-supplied ?id= query value.
+        assert open_connection_token(token, KEYS) is None
+
+    def test_new_connection_ids_are_valid_and_unique(self) -> None:
+        ids = {new_connection_id() for _ in range(200)}
+        assert len(ids) == 200
+        for conn in ids:
+            assert names.connection_id(conn) == conn
