@@ -220,8 +220,10 @@ def parse_message(record: bytes) -> HubMessage:
     if not isinstance(kind, int) or isinstance(kind, bool):
         raise ProtocolError("message is missing an integer 'type'")
     if kind == MessageType.INVOCATION:
-        stream_ids = obj.get("streamIds") or []
-        if not isinstance(stream_ids, list) or not all(isinstance(s, str) for s in stream_ids):
+        stream_ids = obj.get("streamIds")
+        if stream_ids is None:
+            stream_ids = []
+        elif not isinstance(stream_ids, list) or not all(isinstance(s, str) for s in stream_ids):
             raise ProtocolError("property 'streamIds' must be an array of strings")
         return Invocation(
             target=_str(obj, "target") or "",
@@ -239,6 +241,8 @@ def parse_message(record: bytes) -> HubMessage:
         return StreamItem(_str(obj, "invocationId") or "", obj.get("item"))
     if kind == MessageType.COMPLETION:
         error = _str(obj, "error", required=False)
+        if error is not None and "result" in obj:
+            raise ProtocolError("a completion carries a result or an error, not both")
         return Completion(
             _str(obj, "invocationId") or "",
             result=obj.get("result"),
@@ -250,7 +254,10 @@ def parse_message(record: bytes) -> HubMessage:
     if kind == MessageType.PING:
         return Ping()
     if kind == MessageType.CLOSE:
-        return Close(_str(obj, "error", required=False), bool(obj.get("allowReconnect")))
+        allow = obj.get("allowReconnect", False)
+        if not isinstance(allow, bool):
+            raise ProtocolError("property 'allowReconnect' must be a boolean")
+        return Close(_str(obj, "error", required=False), allow)
     if kind in (MessageType.ACK, MessageType.SEQUENCE):
         seq = obj.get("sequenceId")
         if not isinstance(seq, int) or isinstance(seq, bool):

@@ -89,9 +89,11 @@ def verify_client_token(token: str, keys: tuple[str, ...], hub: str) -> ClientId
     if token_hub is not None and str(token_hub).lower() != hub:
         raise TokenError("token was issued for another hub")
     user = next((claims[c] for c in USER_CLAIMS if claims.get(c)), None)
-    roles = claims.get("role", [])
+    roles = claims.get("role")
     if isinstance(roles, str):
         roles = [roles]
+    elif not isinstance(roles, list):
+        roles = []  # absent or unusable: no roles
     return ClientIdentity(
         user_id=str(user) if user is not None else None,
         roles=frozenset(r for r in roles if isinstance(r, str)),
@@ -141,6 +143,7 @@ def open_connection_token(token: str, keys: tuple[str, ...]) -> str | None:
     if not dot or not connection_id:
         return None
     for key in keys:
-        if hmac.compare_digest(_mac(key, connection_id), mac):
+        # Bytes, not str: compare_digest refuses non-ASCII strings, and the id is client input.
+        if hmac.compare_digest(_mac(key, connection_id).encode(), mac.encode()):
             return connection_id
     return None

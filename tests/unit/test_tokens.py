@@ -91,11 +91,6 @@ class TestClientToken:
         identity = verify_client_token(signed({"role": ["a", 5, None, "b"]}), KEYS, "chat")
         assert identity.roles == frozenset({"a", "b"})
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=TypeError,
-        reason="tokens.py:92-97 iterates any non-str `role`: null or a number raises TypeError",
-    )
     @pytest.mark.parametrize("role", [None, 5, True])
     def test_unusable_role_claim_is_ignored_or_refused(self, role: object) -> None:
         # A validly signed token with a malformed role claim must not crash the caller,
@@ -299,11 +294,6 @@ class TestConnectionToken:
     def test_bare_v0_connection_id_is_not_a_token(self) -> None:
         assert open_connection_token(new_connection_id(), KEYS) is None
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=TypeError,
-        reason="tokens.py:144 hmac.compare_digest on str raises TypeError for non-ASCII input",
-    )
     @pytest.mark.parametrize("token", ["abc.\u00e9", "abc.mac\u00e9\U0001f600", "\u00e9.\u00e9"])
     def test_non_ascii_token_refused_not_crashing(self, token: str) -> None:
         # The token is the client-supplied ?id= query value.
