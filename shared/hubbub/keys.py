@@ -69,10 +69,22 @@ class KeySchema:
     def hub(self, hub: str) -> HubKeys:
         return HubKeys(f"{self.prefix}:{{{self.prefix}:{hub}}}")
 
+    def publish_partition(self, partition: int) -> str:
+        """Stream of accepted REST requests for one partition of the targets.
+
+        Each partition is routed by one worker at a time (it holds the partition's lease), which
+        is what keeps messages to the same target in order with any number of workers.
+        """
+        return f"{self.prefix}:publish:{partition}"
+
+    def partition_lease(self, partition: int) -> str:
+        """String: the name of the worker that routes this partition, with a TTL."""
+        return f"{self.prefix}:lease:{partition}"
+
     @property
-    def publish_stream(self) -> str:
-        """Stream of accepted REST requests, consumed by the fan-out workers' group."""
-        return f"{self.prefix}:publish"
+    def workers(self) -> str:
+        """Sorted set worker name -> heartbeat deadline, to size each worker's share."""
+        return f"{self.prefix}:workers"
 
     @property
     def broadcast_feed(self) -> str:

@@ -50,11 +50,15 @@ class Settings(BaseSettings):
     read_batch: int = 512
     read_block_ms: int = 1000
 
+    # Publish stream partitions: fixed for the life of a deployment's data (changing it
+    # reorders in-flight messages); more partitions than workers lets work spread.
+    publish_partitions: int = 16
+
     # Fan-out worker.
     worker_group: str = "fanout"
     worker_name: str | None = None
-    claim_idle_ms: int = 15_000
-    claim_interval: float = 5.0
+    lease_ms: int = 5000
+    lease_interval: float = 1.0
     reap_interval: float = 2.0
 
     log_level: str = "INFO"

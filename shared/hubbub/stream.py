@@ -1,6 +1,13 @@
-"""The publish stream: where an accepted REST request waits for a fan-out worker."""
+"""The publish stream: where an accepted REST request waits for a fan-out worker.
+
+The stream is split into partitions by target (hub, kind, name): every message to one group,
+user or connection lands in the same partition, and a partition is routed by one worker at a
+time, in order. The message id is ``<partition>:<entry id>``, unique across partitions.
+"""
 
 from __future__ import annotations
+
+import zlib
 
 from redis.asyncio import Redis
 
@@ -8,27 +15,40 @@ from .envelopes import Publish
 from .keys import KeySchema
 
 
-class PublishStream:
-    """Appends accepted messages; the entry id is the message id returned to the caller."""
+def partition_of(message: Publish, partitions: int) -> int:
+    key = b"\0".join((message.hub.encode(), message.kind.value, message.target.encode()))
+    return zlib.crc32(key) % partitions
 
-    def __init__(self, redis: Redis, schema: KeySchema, maxlen: int) -> None:
+
+def message_id(partition: int, entry_id: bytes | str) -> str:
+    entry = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return f"{partition}:{entry}"
+
+
+class PublishStream:
+    """Appends accepted messages to their partition; returns the message id."""
+
+    def __init__(self, redis: Redis, schema: KeySchema, partitions: int, maxlen: int) -> None:
         self.redis = redis
-        self.key = schema.publish_stream
+        self.partitions = partitions
+        self.keys = [schema.publish_partition(n) for n in range(partitions)]
         self.maxlen = maxlen
 
     async def append(self, message: Publish) -> str:
+        n = partition_of(message, self.partitions)
         entry_id = await self.redis.xadd(
-            self.key, message.to_fields(), maxlen=self.maxlen, approximate=True
+            self.keys[n], message.to_fields(), maxlen=self.maxlen, approximate=True
         )
-        return _text(entry_id)
+        return message_id(n, entry_id)
 
     async def append_many(self, messages: list[Publish]) -> list[str]:
         """One round trip for a batch; ids come back in order."""
+        parts = [partition_of(m, self.partitions) for m in messages]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for message in messages:
-                pipe.xadd(self.key, message.to_fields(), maxlen=self.maxlen, approximate=True)
+            for n, message in zip(parts, messages, strict=True):
+                pipe.xadd(self.keys[n], message.to_fields(), maxlen=self.maxlen, approximate=True)
             ids: list[bytes] = await pipe.execute()
-        return [_text(i) for i in ids]
+        return [message_id(n, i) for n, i in zip(parts, ids, strict=True)]
 
 
 async def last_entry_id(redis: Redis, key: str) -> bytes:
@@ -38,7 +58,3 @@ async def last_entry_id(redis: Redis, key: str) -> bytes:
         return b"0-0"
     entry_id = entries[0][0]
     return entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -68,8 +68,8 @@ class Deployment:
             HUBBUB_HEARTBEAT_INTERVAL="0.5",
             HUBBUB_GATEWAY_TTL="3",
             HUBBUB_REAP_INTERVAL="0.5",
-            HUBBUB_CLAIM_IDLE_MS="2000",
-            HUBBUB_CLAIM_INTERVAL="1",
+            HUBBUB_LEASE_MS="2000",
+            HUBBUB_LEASE_INTERVAL="0.25",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)

@@ -1,7 +1,7 @@
 """``hubbub-fanout``: a fan-out worker process.
 
-Reads the publish stream in a consumer group, routes each batch (:mod:`.route`), claims
-entries left pending by dead workers, and reaps gateways whose heartbeat expired.
+Holds leases on publish partitions (:mod:`.leases`), reads them in a consumer group, routes
+each batch (:mod:`.route`), and reaps gateways whose heartbeat expired.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from hubbub.logs import configure
 from hubbub.membership import Membership
 from hubbub.settings import Settings
 
+from .leases import Leases
 from .route import Router
 
 log = logging.getLogger("hubbub.fanout")
@@ -35,65 +36,86 @@ class Worker:
         self.schema = KeySchema(settings.key_prefix)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.router = Router(redis, self.schema, settings.worker_group, settings.inbox_maxlen)
+        self.leases = Leases(
+            redis, self.schema, self.name, settings.publish_partitions, settings.lease_ms
+        )
         self.membership = Membership(redis, self.schema)
+        self.streams = {
+            self.schema.publish_partition(n).encode(): n for n in range(settings.publish_partitions)
+        }
+        # Partitions whose pending entries (left by a previous owner, or by us before a
+        # Redis error) must be routed before anything new, to keep their order.
+        self.recovering: set[int] = set()
         self.stopping = False
 
     async def run(self) -> None:
+        settings = self.settings
         backoff = 0.05
-        # Our own pending entries first (a restart with the same name), then new ones.
-        cursor = "0"
-        next_claim = next_reap = 0.0
-        ready = False
+        next_lease = next_reap = 0.0
+        block_ms = max(1, min(settings.read_block_ms, int(settings.lease_interval * 1000)))
         while not self.stopping:
             try:
-                if not ready:
-                    await self.router.ensure_group()
-                    ready = True
                 now = time.monotonic()
-                if now >= next_claim:
-                    await self.claim()
-                    next_claim = now + self.settings.claim_interval
+                if now >= next_lease:
+                    acquired, lost = await self.leases.refresh()
+                    for n in acquired:
+                        await self.router.ensure_group(self.schema.publish_partition(n))
+                    self.recovering = (self.recovering | acquired) - lost
+                    if acquired or lost:
+                        log.info(
+                            "partitions: %s (acquired %s, released %s)",
+                            sorted(self.leases.owned),
+                            sorted(acquired),
+                            sorted(lost),
+                        )
+                    next_lease = now + settings.lease_interval
                 if now >= next_reap:
                     await self.reap()
-                    next_reap = now + self.settings.reap_interval
+                    next_reap = now + settings.reap_interval
+                for n in sorted(self.recovering):
+                    await self.recover(n)
+                    self.recovering.discard(n)
+                if not self.leases.owned:
+                    await asyncio.sleep(settings.lease_interval)
+                    continue
                 response = await self.redis.xreadgroup(
-                    self.settings.worker_group,
+                    settings.worker_group,
                     self.name,
-                    {self.schema.publish_stream: cursor},
-                    count=self.settings.read_batch,
-                    block=self.settings.read_block_ms if cursor == ">" else None,
+                    {self.schema.publish_partition(n): ">" for n in sorted(self.leases.owned)},
+                    count=settings.read_batch,
+                    block=block_ms,
                 )
-                entries = response[0][1] if response else []
-                if cursor != ">" and not entries:
-                    cursor = ">"
-                await self.router.route(entries)
+                for stream, entries in response or ():
+                    await self.router.route(self.streams[stream], entries)
                 backoff = 0.05
             except RedisError as exc:
                 log.warning("redis error, retrying in %.2fs: %r", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                cursor = "0"  # re-read what we hold but may not have delivered
-                ready = False
+                self.recovering |= self.leases.owned
+        try:
+            await self.leases.release_all()
+        except RedisError as exc:
+            log.warning("could not release leases (they will expire): %r", exc)
 
-    async def claim(self) -> None:
-        """Take over entries another worker read but never acknowledged (it died)."""
+    async def recover(self, partition: int) -> None:
+        """Route, in order, every entry of the partition that was read but not acknowledged."""
+        stream = self.schema.publish_partition(partition)
         start = "0-0"
-        for _ in range(100):
+        while True:
             start_id, entries, deleted = await self.redis.xautoclaim(
-                self.schema.publish_stream,
+                stream,
                 self.settings.worker_group,
                 self.name,
-                min_idle_time=self.settings.claim_idle_ms,
+                min_idle_time=0,
                 start_id=start,
                 count=self.settings.read_batch,
             )
             if entries:
-                log.info("claimed %d pending entries", len(entries))
-                await self.router.route(entries)
+                log.info("partition %d: routing %d pending entries", partition, len(entries))
+                await self.router.route(partition, entries)
             if deleted:
-                await self.redis.xack(
-                    self.schema.publish_stream, self.settings.worker_group, *deleted
-                )
+                await self.redis.xack(stream, self.settings.worker_group, *deleted)
             if start_id in (b"0-0", "0-0"):
                 return
             start = start_id
@@ -115,21 +137,17 @@ async def serve(settings: Settings) -> None:
     redis = hubbub_redis.connect(settings.redis_url)
     worker = Worker(settings, redis)
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
 
     def stop() -> None:
-        worker.stopping = True
-        task.cancel()
+        worker.stopping = True  # the loop ends after the current read (at most a lease interval)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     log.info("fan-out worker %s started", worker.name)
     try:
         await worker.run()
-    except asyncio.CancelledError:
-        log.info("fan-out worker %s stopping", worker.name)
     finally:
+        log.info("fan-out worker %s stopped", worker.name)
         await redis.aclose()
 
 

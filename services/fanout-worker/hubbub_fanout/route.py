@@ -17,6 +17,7 @@ from redis.exceptions import ResponseError
 
 from hubbub.envelopes import Fields, Kind, Publish
 from hubbub.keys import KeySchema
+from hubbub.stream import message_id
 
 log = logging.getLogger("hubbub.fanout.route")
 
@@ -42,20 +43,19 @@ class Router:
     ) -> None:
         self.redis = redis
         self.schema = schema
-        self.stream = schema.publish_stream
         self.group = group
         self.inbox_maxlen = inbox_maxlen
         self.stats = RouteStats()
 
-    async def ensure_group(self) -> None:
+    async def ensure_group(self, stream: str) -> None:
         """Create the consumer group from the stream's start, so nothing accepted is skipped."""
         try:
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    async def route(self, entries: list[Entry]) -> None:
+    async def route(self, partition: int, entries: list[Entry]) -> None:
         """Deliver a batch, then acknowledge it. A crash in between means a redelivery,
         which gateways drop by message id."""
         if not entries:
@@ -89,7 +89,7 @@ class Router:
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id, m in parsed:
                 stats.messages += 1
-                delivery = m.delivery(entry_id)
+                delivery = m.delivery(message_id(partition, entry_id).encode())
                 if m.kind is Kind.ALL:
                     pipe.xadd(
                         self.schema.broadcast_feed,
@@ -112,5 +112,6 @@ class Router:
                         nomkstream=True,
                     )
                     stats.deliveries += 1
-            pipe.xack(self.stream, self.group, *(entry_id for entry_id, _ in entries))
+            stream = self.schema.publish_partition(partition)
+            pipe.xack(stream, self.group, *(entry_id for entry_id, _ in entries))
             await pipe.execute()

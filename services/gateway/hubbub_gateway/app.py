@@ -108,7 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             schema=schema,
             membership=Membership(redis, schema),
-            publish=PublishStream(redis, schema, settings.publish_stream_maxlen),
+            publish=PublishStream(
+                redis, schema, settings.publish_partitions, settings.publish_stream_maxlen
+            ),
         )
         app.state.hubbub = state
         reader = InboxReader(
@@ -148,6 +150,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state: GatewayState = request.app.state.hubbub
         if state.draining or not state.redis_ok:
             return error_response(503, "Error.NotReady", "draining or Redis unreachable")
+        return Response(status_code=200)
+
+    @app.api_route("/api/live", methods=["GET", "HEAD"], tags=["health"])
+    async def live() -> Response:
+        """Liveness: the process answers. Not tied to Redis, so an outage restarts nothing."""
         return Response(status_code=200)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_size)
