@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     client_timeout: float = 30.0
     handshake_timeout: float = 15.0
     max_message_size: int = 32 * 1024
-    send_queue_max: int = 1024
+    send_buffer_max: int = 1024 * 1024
     drain_timeout: float = 10.0
 
     # REST API.

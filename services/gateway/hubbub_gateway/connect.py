@@ -38,15 +38,17 @@ from hubbub.tokens import (
     open_connection_token,
     verify_client_token,
 )
+from hubbub.wsframe import text_frame
 
 from .deliver import LocalConnection
 from .negotiate import bearer_token
 from .state import GatewayState
+from .transport import EXTENSION
 
 log = logging.getLogger("hubbub.gateway.connect")
 router = APIRouter()
 
-HANDSHAKE_OK_TEXT = HANDSHAKE_OK.decode()
+HANDSHAKE_OK_FRAME = text_frame(HANDSHAKE_OK)
 
 
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
@@ -123,7 +125,12 @@ class Session:
         self.identity = identity
         self.protocol = ServerProtocol(state.settings.max_message_size)
         self.conn = LocalConnection(
-            conn_id, hub, identity.user_id, ws, state.settings.send_queue_max
+            conn_id,
+            hub,
+            identity.user_id,
+            ws.scope["extensions"][EXTENSION],
+            ws,
+            state.settings.send_buffer_max,
         )
 
     async def run(self) -> None:
@@ -188,7 +195,7 @@ class Session:
             return False
         for group in registration.groups:
             state.index.join(self.hub, group, (conn.id,))
-        conn.start(HANDSHAKE_OK_TEXT)
+        conn.start(HANDSHAKE_OK_FRAME)
         log.debug("connection %s open on hub %s", conn.id, self.hub)
         return True
 
@@ -220,11 +227,8 @@ class Session:
             if isinstance(event, Invocation):
                 await self._invoke(event)
             elif isinstance(event, StreamInvocation):
-                self.conn.send(
-                    encode_completion(
-                        event.invocation_id, error="Streaming invocations are not supported."
-                    ).decode()
-                )
+                error = "Streaming invocations are not supported."
+                self.conn.send(text_frame(encode_completion(event.invocation_id, error=error)))
             elif isinstance(event, Close):
                 try:
                     await self.ws.close(1000)
@@ -244,7 +248,7 @@ class Session:
         else:
             result_error = f"Method '{inv.target}' does not exist on this hub."
         if inv.invocation_id is not None:
-            self.conn.send(encode_completion(inv.invocation_id, error=result_error).decode())
+            self.conn.send(text_frame(encode_completion(inv.invocation_id, error=result_error)))
 
     async def _group_invocation(self, join: bool, arguments: list[object]) -> str | None:
         if len(arguments) != 1 or not isinstance(arguments[0], str):

@@ -1,129 +1,148 @@
 """Deliver: the gateway's index of its own connections, and writes to their sockets.
 
 A delivery names its recipients the way the REST caller did (all, a group, a user, a
-connection); this index resolves that name to local sockets. Each socket has a bounded send
-queue drained by a short-lived task, so one slow client never holds up the others, and the
-frame text is decoded once per delivery, not once per socket.
+connection); this index resolves that name to local sockets. The WebSocket frame is built once
+per delivery and the same bytes are written to every recipient's transport, with no task or
+ASGI message per socket; a slow client overflows its own bounded buffer and is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from hubbub.envelopes import MESSAGE_KINDS, Delivery, Kind
 from hubbub.signalr import PING_RECORD, encode_close
+from hubbub.wsframe import text_frame
 
 log = logging.getLogger("hubbub.gateway.deliver")
 
-PING_TEXT = PING_RECORD.decode()
-OVERFLOW_REASON = "Send queue overflow: the client did not read its messages fast enough."
-CLOSE_WRITE_TIMEOUT = 5.0
+PING_FRAME = text_frame(PING_RECORD)
+OVERFLOW_REASON = "Send buffer overflow: the client did not read its messages fast enough."
+CLOSE_TIMEOUT = 5.0
 
 
-class Socket(Protocol):
-    """The part of a WebSocket the delivery path needs (Starlette's ``WebSocket`` fits)."""
+class Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
 
-    async def send_text(self, data: str) -> None: ...
+    def is_closing(self) -> bool: ...
 
+    def get_write_buffer_size(self) -> int: ...
+
+    def abort(self) -> None: ...
+
+
+class SocketProtocol(Protocol):
+    """What the delivery path needs of the server's WebSocket protocol instance."""
+
+    transport: Transport
+    close_sent: bool
+
+
+class Closable(Protocol):
     async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 class LocalConnection:
-    """One client socket on this gateway. ``__slots__`` keeps idle connections small."""
+    """One client socket on this gateway. ``__slots__`` keeps idle connections small.
+
+    Frames are written straight to the socket's transport. The transport's buffer is the
+    bounded send queue: past ``max_buffer`` bytes the client is closed with a reason, and cut
+    off if it still does not read, so it never holds memory or anyone else up.
+    """
 
     __slots__ = (
-        "_close_frame",
-        "_writer",
+        "_closer",
         "closing",
         "groups",
         "hub",
         "id",
         "idle_recv_ticks",
         "idle_send_ticks",
-        "max_queue",
-        "queue",
-        "socket",
-        "started",
+        "max_buffer",
+        "pending",
+        "proto",
         "user",
+        "ws",
     )
 
     def __init__(
-        self, conn_id: str, hub: str, user: str | None, socket: Socket, max_queue: int
+        self,
+        conn_id: str,
+        hub: str,
+        user: str | None,
+        proto: SocketProtocol,
+        ws: Closable,
+        max_buffer: int,
     ) -> None:
         self.id = conn_id
         self.hub = hub
         self.user = user
-        self.socket = socket
-        self.max_queue = max_queue
-        self.queue: deque[str] = deque()
+        self.proto = proto
+        self.ws = ws
+        self.max_buffer = max_buffer
         self.groups: set[str] = set()
         self.closing = False
-        self.started = False
+        # Frames that arrive before the handshake answer is written wait here.
+        self.pending: list[bytes] | None = []
         self.idle_send_ticks = 0
         self.idle_recv_ticks = 0
-        self._writer: asyncio.Task[None] | None = None
-        self._close_frame: str | None = None
+        self._closer: asyncio.Task[None] | None = None
 
-    def send(self, text: str) -> None:
-        """Queue a pre-encoded frame; overflowing the bound closes the connection."""
+    def send(self, frame: bytes) -> None:
+        """Write one complete WebSocket frame."""
         if self.closing:
             return
-        if len(self.queue) >= self.max_queue:
-            log.warning("closing connection %s: send queue overflow", self.id)
+        pending = self.pending
+        if pending is not None:
+            pending.append(frame)
+            return
+        transport = self.proto.transport
+        if transport.get_write_buffer_size() > self.max_buffer:
+            log.warning("closing connection %s: send buffer overflow", self.id)
             self.close(OVERFLOW_REASON)
             return
-        self.queue.append(text)
+        if self.proto.close_sent or transport.is_closing():
+            return
+        transport.write(frame)
         self.idle_send_ticks = 0
-        if self._writer is None and self.started:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
 
-    def start(self, first: str) -> None:
-        """Write ``first`` (the handshake answer), then whatever was queued meanwhile."""
-        self.queue.appendleft(first)
-        self.started = True
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+    def start(self, first: bytes) -> None:
+        """Write ``first`` (the handshake answer), then whatever arrived meanwhile."""
+        pending, self.pending = self.pending or [], None
+        self.send(first)
+        for frame in pending:
+            self.send(frame)
 
     def close(self, error: str | None = None, allow_reconnect: bool = False) -> None:
-        """Send a SignalR Close (dropping what is still queued), then close the socket."""
+        """Write a SignalR Close, then close the WebSocket (abort it if the peer is stuck)."""
         if self.closing:
             return
         self.closing = True
-        self.queue.clear()
-        self._close_frame = encode_close(error, allow_reconnect).decode()
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        transport = self.proto.transport
+        if not self.proto.close_sent and not transport.is_closing():
+            transport.write(text_frame(encode_close(error, allow_reconnect)))
+        self._closer = asyncio.get_running_loop().create_task(self._close_socket())
+
+    async def _close_socket(self) -> None:
+        transport = self.proto.transport
+        timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+        try:
+            await self.ws.close(1000)
+        except Exception as exc:  # already gone
+            log.debug("close of %s: %r", self.id, exc)
+        finally:
+            if transport.is_closing():
+                timer.cancel()
 
     async def closed(self) -> None:
-        """Wait until a close started by :meth:`close` has been written."""
-        writer = self._writer
-        if writer is not None:
-            await asyncio.shield(writer)
-
-    async def _drain(self) -> None:
-        # Sends appended while a write is awaited are picked up by the same loop, and a
-        # close() during it only sets the close frame, so one task per burst is enough.
-        try:
-            queue = self.queue
-            while queue:
-                await self.socket.send_text(queue.popleft())
-            frame, self._close_frame = self._close_frame, None
-            if frame is not None:
-                await asyncio.wait_for(self._send_close(frame), CLOSE_WRITE_TIMEOUT)
-        except Exception as exc:  # the peer went away; the receive loop cleans up
-            log.debug("write to %s failed: %r", self.id, exc)
-            self.closing = True
-            self.queue.clear()
-        finally:
-            self._writer = None
-
-    async def _send_close(self, frame: str) -> None:
-        await self.socket.send_text(frame)
-        await self.socket.close(1000)
+        """Wait until a close started by :meth:`close` is done."""
+        closer = self._closer
+        if closer is not None:
+            await asyncio.shield(closer)
 
 
 class SeenIds:
@@ -217,13 +236,13 @@ class LocalIndex:
         recipients = self._recipients(delivery)
         if not recipients:
             return
-        text = delivery.frame.decode()
+        frame = text_frame(delivery.frame)
         excluded = delivery.connections
         # Copy: a send that overflows a queue must not disturb the set being walked.
         for conn in tuple(recipients):
             if excluded and conn.id in excluded:
                 continue
-            conn.send(text)
+            conn.send(frame)
             self.delivered += 1
 
     def _recipients(self, delivery: Delivery) -> Iterable[LocalConnection] | None:
@@ -248,7 +267,7 @@ class LocalIndex:
                 continue
             conn.idle_send_ticks += 1
             if conn.idle_send_ticks >= keepalive_ticks:
-                conn.send(PING_TEXT)
+                conn.send(PING_FRAME)
 
 
 def _discard(index: dict[Any, set[LocalConnection]], key: object, conn: LocalConnection) -> None:

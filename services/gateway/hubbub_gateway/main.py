@@ -13,6 +13,7 @@ from hubbub.logs import configure
 from hubbub.settings import Settings
 
 from .app import create_app, drain
+from .transport import HubbubWebSocketProtocol
 
 
 class DrainingServer(uvicorn.Server):
@@ -47,7 +48,9 @@ def main() -> None:
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets-sansio",
+        ws=HubbubWebSocketProtocol,
+        # Frames are pre-encoded once for all recipients; compression would undo that.
+        ws_per_message_deflate=False,
         # signalrcore never answers WebSocket pings: SignalR Ping records keep connections alive.
         ws_ping_interval=None,
         # Bigger than max_message_size so oversized messages get a SignalR close reason.
