@@ -134,7 +134,9 @@ class Worker:
 
 
 async def serve(settings: Settings) -> None:
-    redis = hubbub_redis.connect(settings.redis_url)
+    name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+    settings = settings.model_copy(update={"worker_name": name})
+    redis = hubbub_redis.connect(settings.redis_url, f"hubbub-fanout-{name}")
     worker = Worker(settings, redis)
     loop = asyncio.get_running_loop()
 

@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = hubbub_redis.connect(settings.redis_url)
+        redis = hubbub_redis.connect(settings.redis_url, f"hubbub-gateway-{settings.gateway_id}")
         schema = KeySchema(settings.key_prefix)
         state = GatewayState(
             settings=settings,
@@ -193,6 +193,8 @@ async def _shutdown(state: GatewayState, tasks: list[asyncio.Task[None]]) -> Non
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    index = state.index
+    log.info("delivered %d, duplicates suppressed %d", index.delivered, index.duplicates)
     try:
         await state.membership.reap_gateway(state.settings.gateway_id)
     except RedisError as exc:

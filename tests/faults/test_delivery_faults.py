@@ -1,0 +1,175 @@
+"""At-least-once, de-duplicated, per-target ordered delivery across real faults.
+
+Each test publishes numbered sequences to a group, a user and everyone while it breaks
+something, and every client checks that each accepted number arrived once and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from hubbub.client import HubbubClient
+from hubbub.embedded import RedisProcess
+from hubbub.envelopes import Kind, Publish
+from hubbub.keys import KeySchema
+from hubbub.stream import partition_of
+from tests.support.processes import ACCESS_KEY, Deployment, eventually
+from tests.support.rawclient import RawClient, client_token
+from tests.support.sequences import Collector, check_once_in_order, publish
+
+pytestmark = pytest.mark.slow
+
+N = int(os.environ.get("HUBBUB_FAULT_N", "1000"))  # per target; three targets per test
+
+
+async def run_sequences(
+    dep: Deployment, api: HubbubClient, fault: Callable[[], Awaitable[None]], at: int
+) -> dict[str, object]:
+    """Clients on both gateways; three sequences of N; ``fault`` once ``at`` are sent."""
+    a = await RawClient.connect(dep.gateways[1].url, token=client_token("ua"))
+    b = await RawClient.connect(dep.gateways[0].url, token=client_token("ub"))
+    for c in (a, b):
+        assert c.connection_id
+        await api.add_connection_to_group("ga", c.connection_id)
+    ca, cb = Collector(a), Collector(b)
+
+    async def group_then_fault() -> object:
+        first = await publish(api, "group", "ga", "g", range(at))
+        await fault()
+        rest = await publish(api, "group", "ga", "g", range(at, N))
+        first.accepted += rest.accepted
+        first.refused += rest.refused
+        return first
+
+    g, u, everyone = await asyncio.gather(
+        group_then_fault(),
+        publish(api, "user", "ua", "u", range(N)),
+        publish(api, "all", "", "a", range(N)),
+    )
+    for collector, name, outcome in [
+        (ca, "g", g), (cb, "g", g), (ca, "u", u), (ca, "a", everyone), (cb, "a", everyone)
+    ]:  # fmt: skip
+        await collector.wait_for(name, set(outcome.accepted))  # type: ignore[attr-defined]
+    # A marker sent after everything proves nothing else is still on its way.
+    await api.send_to_all("seq", ["end", 0])
+    await ca.wait_for("end", {0})
+    await cb.wait_for("end", {0})
+    for collector, name, outcome in [
+        (ca, "g", g), (cb, "g", g), (ca, "u", u), (ca, "a", everyone), (cb, "a", everyone)
+    ]:  # fmt: skip
+        check_once_in_order(collector.got[name], outcome)  # type: ignore[arg-type]
+    assert "u" not in cb.got
+    await ca.stop()
+    await cb.stop()
+    return {"group": g, "user": u, "all": everyone}
+
+
+def duplicates_suppressed(dep: Deployment) -> int:
+    total = 0
+    for gw in dep.gateways:
+        for line in gw.output().splitlines():
+            if "duplicates suppressed" in line:
+                total += int(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_worker_sigkill_mid_stream(deployment: Deployment, redis: Redis, prefix: str) -> None:
+    await deployment.start_gateway()
+    await deployment.start_gateway()
+    for _ in range(3):
+        deployment.start_worker()
+    schema = KeySchema(prefix)
+    group_partition = partition_of(Publish(Kind.GROUP, "chat", "ga", b""), 16)
+    lease = schema.partition_lease(group_partition)
+    killed: list[str] = []
+
+    async def kill_group_owner() -> None:
+        owner = (await redis.get(lease) or b"").decode()
+        victim = next(w for w in deployment.workers if w.name == owner)
+        victim.signal(signal.SIGKILL)
+        killed.append(owner)
+
+    async with HubbubClient(deployment.gateways[0].url, ACCESS_KEY, "chat") as api:
+        # Wait until some worker holds the partition we are about to hurt.
+        async def leased() -> bool:
+            return bool(await redis.get(lease))
+
+        await eventually(leased)
+        outcome = await run_sequences(deployment, api, kill_group_owner, at=N // 3)
+    assert killed
+    new_owner = (await redis.get(lease) or b"").decode()
+    assert new_owner and new_owner != killed[0]
+    for kind, o in outcome.items():
+        assert not o.refused, kind  # type: ignore[attr-defined]
+    deployment.stop()
+    print(
+        f"\nworker SIGKILL: sent {3 * N}, all delivered once; "
+        f"duplicates suppressed at gateways: {duplicates_suppressed(deployment)}"
+    )
+
+
+async def test_gateway_redis_connections_cut(
+    deployment: Deployment, redis: Redis, prefix: str
+) -> None:
+    await deployment.start_gateway()
+    victim = await deployment.start_gateway()
+    for _ in range(3):
+        deployment.start_worker()
+    kills = 0
+
+    async def cut() -> None:
+        nonlocal kills
+        for _ in range(3):
+            for client in await redis.client_list():
+                if client.get("name") == f"hubbub-gateway-{prefix}-{victim.name}":
+                    await redis.client_kill_filter(_id=client["id"])
+                    kills += 1
+            await asyncio.sleep(0.2)
+
+    async with HubbubClient(deployment.gateways[0].url, ACCESS_KEY, "chat") as api:
+        await run_sequences(deployment, api, cut, at=N // 2)
+    assert kills >= 1
+    print(f"\ngateway Redis connections cut {kills} times; sent {3 * N}, all delivered once")
+
+
+@pytest.fixture
+async def aof_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
+    server = RedisProcess(directory=str(tmp_path / "aof"), appendonly=True, appendfsync="always")
+    (tmp_path / "aof").mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_redis_restart_with_aof(aof_redis: RedisProcess, tmp_path: Path) -> None:
+    dep = Deployment(aof_redis.url, tmp_path, "aof")
+    try:
+        await dep.start_gateway()
+        await dep.start_gateway()
+        for _ in range(3):
+            dep.start_worker()
+
+        async def restart() -> None:
+            assert aof_redis.process is not None
+            aof_redis.process.send_signal(signal.SIGKILL)  # no shutdown save: AOF only
+            aof_redis.process.wait()
+            aof_redis.process = None
+            await asyncio.sleep(0.5)
+            aof_redis.start()
+
+        async with HubbubClient(dep.gateways[0].url, ACCESS_KEY, "chat") as api:
+            outcome = await run_sequences(dep, api, restart, at=N // 2)
+        refused = sum(len(o.refused) for o in outcome.values())  # type: ignore[attr-defined]
+        print(
+            f"\nRedis SIGKILL + restart (AOF, fsync always): sent {3 * N}, "
+            f"accepted {3 * N - refused}, refused with 503 {refused}; every accepted delivered once"
+        )
+    finally:
+        dep.stop()

@@ -1,0 +1,90 @@
+"""Numbered message sequences: publish them, collect them, check once-and-in-order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import httpx
+
+from hubbub.client import HubbubClient
+
+from .rawclient import RawClient
+
+
+class Collector:
+    """Reads everything a client receives in the background, by (target, stream name)."""
+
+    def __init__(self, client: RawClient) -> None:
+        self.client = client
+        self.got: dict[str, list[int]] = defaultdict(list)
+        self.changed = asyncio.Event()
+        self.closed: dict[str, object] | None = None
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            message = await self.client.recv(timeout=3600)
+            if message.get("type") == 7:
+                self.closed = message
+                return
+            if message.get("type") == 1:
+                name, n = message["arguments"]
+                self.got[name].append(n)
+                self.changed.set()
+
+    async def wait_for(self, name: str, expected: set[int], timeout: float = 30) -> None:
+        """Until every expected number of ``name`` arrived (more may come: checked later)."""
+        async with asyncio.timeout(timeout):
+            while not expected <= set(self.got[name]):
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+@dataclass
+class Outcome:
+    accepted: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)
+
+
+async def publish(api: HubbubClient, kind: str, target: str, name: str, numbers: range) -> Outcome:
+    """One after the other, so the order of the 202s is the order of the numbers."""
+    outcome = Outcome()
+    for n in numbers:
+        try:
+            if kind == "group":
+                await api.send_to_group(target, "seq", [name, n])
+            elif kind == "user":
+                await api.send_to_user(target, "seq", [name, n])
+            else:
+                await api.send_to_all("seq", [name, n])
+            outcome.accepted.append(n)
+        except (httpx.HTTPStatusError, httpx.TransportError):
+            outcome.refused.append(n)
+    return outcome
+
+
+def check_once_in_order(got: list[int], outcome: Outcome) -> None:
+    """Every accepted number exactly once, in publish order; a refused one at most once
+    (its append may have happened with only the answer lost)."""
+    accepted = set(outcome.accepted)
+    delivered_accepted = [n for n in got if n in accepted]
+    assert delivered_accepted == outcome.accepted, _diff(delivered_accepted, outcome.accepted)
+    others = [n for n in got if n not in accepted]
+    assert len(others) == len(set(others)), "a refused message was delivered twice"
+    assert set(others) <= set(outcome.refused)
+
+
+def _diff(got: list[int], want: list[int]) -> str:
+    missing = sorted(set(want) - set(got))
+    dupes = sorted({n for n in got if got.count(n) > 1}) if len(got) < 20000 else []
+    first_bad = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), None)
+    return (
+        f"got {len(got)} of {len(want)}; missing {missing[:20]}; duplicated {dupes[:20]}; "
+        f"first out-of-order index {first_bad}"
+    )
