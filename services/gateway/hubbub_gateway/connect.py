@@ -185,6 +185,7 @@ class Session:
                 self.hub, conn.id, state.settings.gateway_id, conn.user
             )
         except (ConnectionExists, RedisError) as exc:
+            log.warning("registration of %s failed: %r", conn.id, exc)
             state.index.remove(conn)
             error = (
                 "The connection id is already in use."
