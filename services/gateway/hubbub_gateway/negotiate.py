@@ -35,6 +35,8 @@ async def negotiate(request: Request, hub: str, negotiateVersion: int = 0) -> JS
         hub = names.hub_name(hub)
     except names.InvalidName as exc:
         raise ApiError(404, "Error.Hub.Invalid", str(exc)) from None
+    if state.draining:
+        raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
     token = bearer_token(
         request.headers.get("authorization"), request.query_params.get("access_token")
     )
