@@ -191,7 +191,9 @@ def test_braces_in_names_cannot_escape_the_hash_tag(name: str) -> None:
 
 def test_process_wide_keys() -> None:
     schema = KeySchema("p")
-    assert schema.publish_stream == "p:publish"
+    assert schema.publish_partition(3) == "p:publish:3"
+    assert schema.partition_lease(3) == "p:lease:3"
+    assert schema.workers == "p:workers"
     assert schema.broadcast_feed == "p:broadcast"
     assert schema.inbox("gw-1") == "p:inbox:gw-1"
     assert schema.gateways == "p:gateways"
@@ -202,14 +204,16 @@ def test_process_wide_keys() -> None:
 def test_process_wide_keys_never_collide_with_per_hub_keys() -> None:
     schema = KeySchema()
     process = {
-        schema.publish_stream,
+        schema.publish_partition(0),
+        schema.partition_lease(0),
+        schema.workers,
         schema.broadcast_feed,
         schema.inbox("gw-1"),
         schema.gateways,
         schema.gateway_hubs("gw-1"),
         schema.reaper_lock("gw-1"),
     }
-    assert len(process) == 6
+    assert len(process) == 8
     hub_keys = {k for name in NASTY_NAMES for k in all_hub_keys(schema.hub("chat"), name)}
     assert process.isdisjoint(hub_keys)
     # Process-wide keys carry no hash tag of any hub.
