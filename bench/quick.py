@@ -8,7 +8,7 @@ What runs (every piece a separate OS process):
 - one ``redis-server`` (:class:`hubbub.embedded.RedisProcess`), two gateways
   (``python -m hubbub_gateway.main``) and two fan-out workers (``python -m hubbub_fanout.main``);
 - ``--client-procs`` load-client processes, each holding its share of raw SignalR JSON
-  WebSocket connections (``websockets``), spread evenly over both gateways;
+  WebSocket connections (the ``websockets`` library), spread evenly over both gateways;
 - the publisher, in this process: ``--rate`` REST sends/s spread over both gateways, with a
   few concurrent requests so it is not the bottleneck.
 
@@ -22,12 +22,23 @@ drain timeout), divided by the deliveries received. The load clients' own CPU is
 when a client process is near 1.0 CPU-s per second, it (not the server) is the bottleneck and the
 latency figures mostly measure it.
 
+Two WebSocket layers for the load clients, both from ``websockets``: ``--client-impl sansio``
+(default; its sans-I/O protocol on a bare asyncio transport, ~20 % less client CPU and lower
+client-side latency at 1,000 connections) and ``--client-impl websockets`` (its asyncio client).
+
 Structure, so that a comparison (python-socketio, ...) can be added later: a *target* (here
-:class:`HubbubTarget`) starts and stops the server side, names its server PIDs, publishes and
-manages groups; a *client protocol* (here ``signalr``, :func:`_signalr_connection`) connects one
-load client and feeds records to a :class:`ClientStats`; a *workload* picks each message's
-recipients and knows how many deliveries it expects. Adding a system means one more target class
-and one more client protocol; the orchestration, measurement and report stay the same.
+:class:`HubbubTarget`) starts and stops the server side, names its server PIDs, publishes,
+manages groups and answers whether a connection is still registered; a *client protocol* (here
+SignalR: :func:`open_signalr_client` and :class:`SignalRReceiver`) connects one load client and
+counts what it receives into :class:`ClientStats`; a *workload* picks each message's recipients
+and knows how many deliveries that should make. Adding a system means one more target class and
+one more client protocol (a Socket.IO receiver); orchestration, measurement and report stay.
+
+Other figures: the latency of each message's *first* recipient (the pipeline without the fan-out
+burst), the servers' idle CPU with the clients connected, connections still registered after
+their clients closed (leaks), warnings and errors in the server logs (kept in a temp dir when
+there are any), and the CPU the rest of the machine used meanwhile: on a shared machine, other
+jobs skew every figure, so look at that line before trusting a run.
 """
 
 from __future__ import annotations
@@ -49,11 +60,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 HUB = "chat"
 TARGET_METHOD = "newMessage"
 RS = b"\x1e"
@@ -89,6 +101,14 @@ def cpu_snapshot(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy (not idle/iowait), from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
 # ====================================================================== targets
 
 
@@ -121,8 +141,11 @@ class HubbubTarget:
     name = "hubbub"
     client_protocol = "signalr"
 
-    def __init__(self, workdir: Path, gateways: int = 2, workers: int = 2) -> None:
+    def __init__(
+        self, workdir: Path, gateways: int = 2, workers: int = 2, profile: bool = False
+    ) -> None:
         self.workdir = workdir
+        self.profile = profile  # run gateways and workers under cProfile (<name>.prof)
         self.n_gateways = gateways
         self.n_workers = workers
         self.redis: Any = None
@@ -147,7 +170,17 @@ class HubbubTarget:
         logfile = self.workdir / f"{name}.log"
         with logfile.open("ab") as handle:
             process = subprocess.Popen(
-                [sys.executable, "-m", module],
+                [sys.executable, "-m", module]
+                if not self.profile
+                else [
+                    sys.executable,
+                    "-m",
+                    "cProfile",
+                    "-o",
+                    f"{logfile.with_suffix('.prof')}",
+                    "-m",
+                    module,
+                ],
                 env=env,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -178,16 +211,13 @@ class HubbubTarget:
         for proc in self.workers:
             if proc.process.poll() is not None:
                 raise RuntimeError(f"{proc.name} exited:\n{proc.log.read_text(errors='replace')}")
+        # httpx's default pool (100 connections) leaves room for the concurrent publishers.
         self.rest = [HubbubClient(gw.url, ACCESS_KEY, HUB, timeout=30.0) for gw in self.gateways]
-        for client in self.rest:  # room for the concurrent publishers
-            client.http._transport = httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)
-            )
 
-    async def _wait_healthy(self, http: Any, proc: ServerProc, timeout: float = 30.0) -> None:
+    async def _wait_healthy(self, http: Any, proc: ServerProc, within: float = 30.0) -> None:
         import httpx
 
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if proc.process.poll() is not None:
                 raise RuntimeError(f"{proc.name} exited:\n{proc.log.read_text(errors='replace')}")
@@ -195,7 +225,7 @@ class HubbubTarget:
                 if (await http.get(f"{proc.url}/api/health", timeout=1)).status_code == 200:
                     return
             await asyncio.sleep(0.05)
-        raise TimeoutError(f"{proc.name} not healthy after {timeout}s")
+        raise TimeoutError(f"{proc.name} not healthy after {within}s")
 
     async def stop(self) -> None:
         for client in self.rest:
@@ -248,6 +278,11 @@ class HubbubTarget:
     async def add_to_group(self, n: int, group: str, connection_id: str) -> None:
         await self.rest[n % len(self.rest)].add_connection_to_group(group, connection_id)
 
+    async def connection_registered(self, n: int, connection_id: str) -> bool:
+        """Does the server still list this connection (after its client closed it)?"""
+        exists: bool = await self.rest[n % len(self.rest)].connection_exists(connection_id)
+        return exists
+
 
 TARGETS: dict[str, Callable[..., HubbubTarget]] = {"hubbub": HubbubTarget}
 
@@ -267,6 +302,12 @@ class ClientStats:
     close_reasons: dict[str, int] = field(default_factory=dict)
     latencies: array.array[float] = field(default_factory=lambda: array.array("d"))
     last_receive: float = 0.0
+    first_latency: dict[int, float] = field(default_factory=dict)  # seq -> earliest latency
+    stopping: bool = False  # our own closes at the end are not the server's doing
+
+    def record_close(self, reason: str) -> None:
+        self.closed_by_server += 1
+        self.close_reasons[reason] = self.close_reasons.get(reason, 0) + 1
 
 
 @dataclass
@@ -277,22 +318,240 @@ class ClientSpec:
     group: str
 
 
-def _record_close(stats: ClientStats, reason: str) -> None:
-    stats.closed_by_server += 1
-    stats.close_reasons[reason] = stats.close_reasons.get(reason, 0) + 1
+class SignalRReceiver:
+    """The SignalR JSON side of one load client: the handshake answer, then every record.
+
+    Latency is sampled on every Invocation (receive time - the publish time it carries);
+    a repeated sequence number is a duplicate, a message for another group or user a
+    misdelivery. Pings (type 6) are ignored; a Close (type 7) is recorded with its error.
+    """
+
+    __slots__ = ("closed", "group", "handshake", "loads", "seen", "stats", "user")
+
+    def __init__(self, spec: ClientSpec, stats: ClientStats, handshake: asyncio.Future[None]):
+        import orjson
+
+        self.loads = orjson.loads
+        self.stats = stats
+        self.group, self.user = spec.group, spec.user
+        self.handshake = handshake
+        self.seen: set[int] = set()
+        self.closed = False
+
+    def feed(self, data: bytes, now: float) -> bool:
+        """One WebSocket message; False once the server sent a Close record."""
+        records = data.split(RS)
+        if not self.handshake.done():
+            if records[0] != b"{}":
+                self.handshake.set_exception(RuntimeError(f"handshake refused: {data[:200]!r}"))
+                return False
+            self.handshake.set_result(None)
+            records = records[1:]
+        stats, loads = self.stats, self.loads
+        for record in records:
+            if not record:
+                continue
+            message = loads(record)
+            kind = message.get("type")
+            if kind == 1:
+                payload = message["arguments"][0]
+                seq = payload["s"]
+                if seq in self.seen:
+                    stats.duplicates += 1
+                    continue
+                self.seen.add(seq)
+                stats.received += 1
+                latency = now - payload["t"]
+                stats.latencies.append(latency)
+                if latency < stats.first_latency.get(seq, 1e9):
+                    stats.first_latency[seq] = latency
+                stats.last_receive = now
+                group, user = payload.get("g"), payload.get("u")
+                if (group is not None and group != self.group) or (
+                    user is not None and user != self.user
+                ):
+                    stats.misdelivered += 1
+            elif kind == 6:
+                continue
+            elif kind == 7:
+                self.closed = True
+                stats.record_close(str(message.get("error") or "Close record without error"))
+                return False
+            else:
+                stats.other_records += 1
+        return True
+
+    def lost(self, reason: str) -> None:
+        """The socket ended (for whatever reason)."""
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(reason))
+        elif not self.closed and not self.stats.stopping:
+            self.stats.record_close(reason)
+        self.closed = True
 
 
-async def _signalr_connection(
-    spec: ClientSpec,
-    http: Any,
-    stats: ClientStats,
-    compression: str | None,
-    connected: Callable[[str, Any], None],
-) -> None:
-    """One raw SignalR JSON client: negotiate, WebSocket, handshake, then count what arrives."""
-    import orjson
-    import websockets
+class WebsocketsClient:
+    """``--client-impl websockets``: the websockets library's asyncio client, a reader task per
+    connection. Simple and obviously right; costs a task wake-up, a future and a message
+    assembler per frame."""
 
+    def __init__(self, receiver: SignalRReceiver) -> None:
+        self.receiver = receiver
+        self.extensions = ""
+        self.ws: Any = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def open(self, url: str, compression: bool) -> None:
+        import websockets
+
+        self.ws = await websockets.connect(
+            url,
+            max_size=None,
+            ping_interval=None,
+            compression="deflate" if compression else None,
+            open_timeout=60,
+        )
+        self.extensions = self.ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        self.task = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        import websockets
+
+        recv, feed = self.ws.recv, self.receiver.feed
+        try:
+            while True:
+                if not feed(await recv(decode=False), time.time()):
+                    return
+        except websockets.ConnectionClosed as exc:
+            self.receiver.lost(f"socket closed: {exc}")
+
+    async def send(self, text: str) -> None:
+        await self.ws.send(text)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        if self.task is not None:
+            self.task.cancel()
+
+
+class SansIOClient(asyncio.Protocol):
+    """``--client-impl sansio`` (default): the same library's sans-I/O ``ClientProtocol`` (its
+    handshake, frame parser, control frames and permessage-deflate) driven straight from an
+    asyncio transport callback: no task, future or assembler per frame. About half the client
+    CPU per delivery, so the load clients stop being the bottleneck sooner."""
+
+    def __init__(self, receiver: SignalRReceiver) -> None:
+        self.receiver = receiver
+        self.extensions = ""
+        self.protocol: Any = None
+        self.transport: Any = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.fragments: list[bytes] = []
+        self.reading = True
+
+    async def open(self, url: str, compression: bool) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+        from websockets.uri import parse_uri
+
+        uri = parse_uri(url)
+        self.protocol = ClientProtocol(
+            uri,
+            extensions=[ClientPerMessageDeflateFactory()] if compression else None,
+            max_size=None,
+        )
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: self, uri.host, uri.port)
+        await asyncio.wait_for(asyncio.shield(self.opened), 60)
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's is no asyncio.Transport
+        self.transport = transport
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        from websockets.frames import Frame, Opcode
+
+        protocol = self.protocol
+        protocol.receive_data(data)
+        now = time.time()
+        events = protocol.events_received()
+        self._flush()  # pongs, close replies
+        for event in events:
+            if not isinstance(event, Frame):  # the handshake response
+                if protocol.handshake_exc is not None:
+                    self.opened.set_exception(protocol.handshake_exc)
+                else:
+                    self.extensions = event.headers.get("Sec-WebSocket-Extensions", "")
+                    self.opened.set_result(None)
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                if not event.fin:
+                    self.fragments.append(bytes(event.data))
+                    continue
+                payload = bytes(event.data)
+                if self.fragments:
+                    payload = b"".join([*self.fragments, payload])
+                    self.fragments = []
+                if self.reading and not self.receiver.feed(payload, now):
+                    self.reading = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        protocol = self.protocol
+        protocol.receive_eof()
+        reason = f"socket closed: {protocol.close_code} {protocol.close_reason or ''}".strip()
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(reason))
+        self.receiver.lost(reason)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _flush(self) -> None:
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                self.transport.write(chunk)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+
+    # what the load client calls
+
+    async def send(self, text: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.protocol.send_text(text.encode())
+        self._flush()
+
+    async def close(self) -> None:
+        if self.transport is None or self.done.done():
+            return
+        with contextlib.suppress(Exception):
+            self.protocol.send_close(1000)
+            self._flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done), 5)
+        except TimeoutError:
+            self.transport.abort()
+
+
+CLIENT_IMPLS: dict[str, Callable[[SignalRReceiver], WebsocketsClient | SansIOClient]] = {
+    "websockets": WebsocketsClient,
+    "sansio": SansIOClient,
+}
+HANDSHAKE = '{"protocol":"json","version":1}\x1e'
+PING = '{"type":6}\x1e'
+
+
+async def open_signalr_client(
+    spec: ClientSpec, http: Any, stats: ClientStats, impl: str, compression: bool
+) -> tuple[str, WebsocketsClient | SansIOClient]:
+    """Negotiate, open the WebSocket, complete the SignalR handshake; then the receiver counts
+    everything that arrives. Returns the connection id and the client."""
     from hubbub.tokens import mint_token
 
     token = mint_token(ACCESS_KEY, "bench", user_id=spec.user)
@@ -303,76 +562,34 @@ async def _signalr_connection(
     response.raise_for_status()
     body = response.json()
     ws_url = spec.base_url.replace("http://", "ws://", 1)
-    ws = await websockets.connect(
-        f"{ws_url}/hubs/{HUB}?id={body['connectionToken']}&access_token={token}",
-        max_size=None,
-        ping_interval=None,
-        compression=compression,
-        open_timeout=60,
-    )
-    await ws.send('{"protocol":"json","version":1}\x1e')
-    first = await asyncio.wait_for(ws.recv(decode=False), 30)
-    records = first.split(RS)
-    if records[0] != b"{}":
-        await ws.close()
-        raise RuntimeError(f"handshake refused: {first[:200]!r}")
-    connected(body["connectionId"], ws)
-
-    loads = orjson.loads
-    seen: set[int] = set()
-    latencies = stats.latencies
-    my_group, my_user = spec.group, spec.user
-    pending = [r for r in records[1:] if r]
+    url = f"{ws_url}/hubs/{HUB}?id={body['connectionToken']}&access_token={token}"
+    receiver = SignalRReceiver(spec, stats, asyncio.get_running_loop().create_future())
+    client = CLIENT_IMPLS[impl](receiver)
+    await client.open(url, compression)
     try:
-        while True:
-            if pending:
-                batch, pending = pending, []
-                now = time.time()
-            else:
-                data = await ws.recv(decode=False)
-                now = time.time()
-                batch = data.split(RS)
-            for record in batch:
-                if not record:
-                    continue
-                message = loads(record)
-                kind = message.get("type")
-                if kind == 1:
-                    payload = message["arguments"][0]
-                    seq = payload["s"]
-                    if seq in seen:
-                        stats.duplicates += 1
-                        continue
-                    seen.add(seq)
-                    stats.received += 1
-                    latencies.append(now - payload["t"])
-                    stats.last_receive = now
-                    group, user = payload.get("g"), payload.get("u")
-                    if (group is not None and group != my_group) or (
-                        user is not None and user != my_user
-                    ):
-                        stats.misdelivered += 1
-                elif kind == 6:
-                    continue
-                elif kind == 7:
-                    _record_close(stats, str(message.get("error") or "close (no error)"))
-                    return
-                else:
-                    stats.other_records += 1
-    except websockets.ConnectionClosed as exc:
-        if not getattr(stats, "_stopping", False):
-            _record_close(stats, f"socket closed: {exc}")
+        await client.send(HANDSHAKE)
+        await asyncio.wait_for(asyncio.shield(receiver.handshake), 30)
+    except BaseException:
+        await client.close()
+        raise
+    return body["connectionId"], client
 
 
-def client_process_main(conn: multiprocessing.connection.Connection, config: dict[str, Any]) -> None:
+def client_process_main(
+    conn: multiprocessing.connection.Connection, config: dict[str, Any]
+) -> None:
     """Entry point of one load-client process (spawned: no inherited event loop)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the orchestrator handles Ctrl-C
+    run_loop(_client_process(conn, config))
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """uvloop when installed (as the servers use), else asyncio."""
     try:
         import uvloop
-
-        uvloop.run(_client_process(conn, config))
     except ImportError:
-        asyncio.run(_client_process(conn, config))
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _client_process(
@@ -383,52 +600,34 @@ async def _client_process(
     loop = asyncio.get_running_loop()
     stats = ClientStats()
     specs = [ClientSpec(**s) for s in config["specs"]]
-    sockets: dict[int, Any] = {}
+    clients: dict[int, WebsocketsClient | SansIOClient] = {}
     ids: dict[int, str] = {}
     errors: list[str] = []
     limit = asyncio.Semaphore(config["connect_concurrency"])
-    tasks: list[asyncio.Task[None]] = []
 
     async def open_one(spec: ClientSpec, http: httpx.AsyncClient) -> None:
-        ready = loop.create_future()
-
-        def connected(connection_id: str, ws: Any) -> None:
-            ids[spec.index] = connection_id
-            sockets[spec.index] = ws
-            ready.set_result(None)
-
-        async def run() -> None:
-            try:
-                await _signalr_connection(spec, http, stats, config["compression"], connected)
-            except Exception as exc:
-                if not ready.done():
-                    ready.set_exception(exc)
-                else:
-                    _record_close(stats, f"client error: {exc!r}")
-
         async with limit:
-            tasks.append(loop.create_task(run()))
             try:
-                await ready
+                ids[spec.index], clients[spec.index] = await open_signalr_client(
+                    spec, http, stats, config["client_impl"], config["compression"]
+                )
             except Exception as exc:
                 errors.append(f"client {spec.index}: {exc!r}")
 
     async def pinger() -> None:
-        ping = '{"type":6}\x1e'
         while True:
             await asyncio.sleep(CLIENT_PING_INTERVAL)
-            for ws in list(sockets.values()):
+            for client in list(clients.values()):
                 with contextlib.suppress(Exception):
-                    await ws.send(ping)
+                    await client.send(PING)
 
     async with httpx.AsyncClient(
         timeout=60, limits=httpx.Limits(max_connections=config["connect_concurrency"])
     ) as http:
         await asyncio.gather(*(open_one(s, http) for s in specs))
     ping_task = loop.create_task(pinger())
-    ws0 = next(iter(sockets.values()), None)
-    extensions = ws0.response.headers.get("Sec-WebSocket-Extensions", "") if ws0 else ""
-    conn.send({"ready": ids, "errors": errors, "extensions": extensions})
+    first = next(iter(clients.values()), None)
+    conn.send({"ready": ids, "errors": errors, "extensions": first.extensions if first else ""})
 
     cpu_start = wall_start = 0.0
     while True:
@@ -440,30 +639,29 @@ async def _client_process(
         elif command == "stop":
             cpu = time.process_time() - cpu_start
             wall = time.monotonic() - wall_start
-            stats._stopping = True  # type: ignore[attr-defined]
-            result = {
-                "received": stats.received,
-                "duplicates": stats.duplicates,
-                "misdelivered": stats.misdelivered,
-                "other_records": stats.other_records,
-                "closed_by_server": stats.closed_by_server,
-                "close_reasons": stats.close_reasons,
-                "latencies": stats.latencies.tobytes(),
-                "last_receive": stats.last_receive,
-                "cpu_seconds": cpu,
-                "wall_seconds": wall,
-                "connections": len(sockets),
-            }
-            conn.send(result)
+            stats.stopping = True
+            conn.send(
+                {
+                    "received": stats.received,
+                    "duplicates": stats.duplicates,
+                    "misdelivered": stats.misdelivered,
+                    "other_records": stats.other_records,
+                    "closed_by_server": stats.closed_by_server,
+                    "close_reasons": stats.close_reasons,
+                    "latencies": stats.latencies.tobytes(),
+                    "last_receive": stats.last_receive,
+                    "first_latency": stats.first_latency,
+                    "cpu_seconds": cpu,
+                    "wall_seconds": wall,
+                    "connections": len(clients),
+                }
+            )
             break
     ping_task.cancel()
     with contextlib.suppress(Exception):
         await asyncio.wait_for(
-            asyncio.gather(*(ws.close() for ws in sockets.values()), return_exceptions=True), 10
+            asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True), 15
         )
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
     conn.send("closed")
 
 
@@ -475,24 +673,31 @@ class ClientPool:
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.pipes: list[multiprocessing.connection.Connection] = []
 
-    async def _recv(self, pipe: multiprocessing.connection.Connection, timeout: float) -> Any:
+    async def _recv(self, pipe: multiprocessing.connection.Connection, within: float) -> Any:
         loop = asyncio.get_running_loop()
 
         def wait() -> Any:
-            if not pipe.poll(timeout):
+            if not pipe.poll(within):
                 raise TimeoutError("load client did not answer")
             return pipe.recv()
 
         return await loop.run_in_executor(None, wait)
 
     async def start(
-        self, specs: list[ClientSpec], compression: str | None, timeout: float
+        self, specs: list[ClientSpec], impl: str, compression: bool, within: float
     ) -> list[dict[str, Any]]:
         context = multiprocessing.get_context("spawn")
+        share = -(-len(specs) // self.n)
         for p in range(self.n):
-            mine = [s.__dict__ for s in specs[p :: self.n]]
+            # Contiguous shares: each process holds clients of every gateway (they alternate).
+            mine = [s.__dict__ for s in specs[p * share : (p + 1) * share]]
             parent, child = context.Pipe()
-            config = {"specs": mine, "compression": compression, "connect_concurrency": 32}
+            config = {
+                "specs": mine,
+                "client_impl": impl,
+                "compression": compression,
+                "connect_concurrency": 32,
+            }
             process = context.Process(
                 target=client_process_main, args=(child, config), name=f"client{p}", daemon=True
             )
@@ -500,10 +705,7 @@ class ClientPool:
             child.close()
             self.processes.append(process)
             self.pipes.append(parent)
-        return list(await asyncio.gather(*(self._recv(p, timeout) for p in self.pipes)))
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
+        return list(await asyncio.gather(*(self._recv(p, within) for p in self.pipes)))
 
     def broadcast(self, command: str) -> None:
         for pipe in self.pipes:
@@ -518,17 +720,23 @@ class ClientPool:
         return list(await asyncio.gather(*(self._recv(p, 60) for p in self.pipes)))
 
     async def close(self) -> None:
+        """The normal way out: each client closes its sockets, says so, and exits."""
         for pipe in self.pipes:
             with contextlib.suppress(Exception):
                 await self._recv(pipe, 15)  # "closed"
+        for process in self.processes:
+            await asyncio.get_running_loop().run_in_executor(None, process.join, 5)
         self.terminate()
 
     def terminate(self) -> None:
+        """Idempotent; also the Ctrl-C path: whatever still runs is terminated."""
         for process in self.processes:
-            process.join(timeout=2)
             if process.is_alive():
                 process.terminate()
-                process.join(timeout=5)
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
 
 
 # ====================================================================== workloads
@@ -625,7 +833,12 @@ class PublishResult:
 
 
 async def publish(
-    target: HubbubTarget, workload: Workload, rate: float, seconds: float, concurrency: int, pad: int
+    target: HubbubTarget,
+    workload: Workload,
+    rate: float,
+    seconds: float,
+    concurrency: int,
+    pad: int,
 ) -> PublishResult:
     result = PublishResult()
     total = max(1, int(rate * seconds))
@@ -677,7 +890,17 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[k]
 
 
-LOG_PATTERN = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b|^\S+:\d+:[A-Z] .*# ")
+LOG_PATTERN = re.compile(r"\b(WARNING|ERROR|CRITICAL|Traceback)\b")
+REDIS_BENIGN = (
+    "Redis is starting",
+    "Redis version=",
+    "Configuration loaded",
+    "Server initialized",
+    "Memory overcommit",
+    "User requested shutdown",
+    "ready to exit",
+    "Saving the final",
+)
 
 
 def scan_logs(files: list[Path]) -> dict[str, Any]:
@@ -687,12 +910,16 @@ def scan_logs(files: list[Path]) -> dict[str, Any]:
         if not path.exists():
             continue
         lines = path.read_text(errors="replace").splitlines()
-        if path.name == "server.log":  # redis: '#' marks warnings
-            hits = [line for line in lines if " # " in line]
+        if path.name == "server.log":  # redis: '#' marks warnings (and some startup chatter)
+            hits = [
+                line for line in lines if " # " in line and not any(b in line for b in REDIS_BENIGN)
+            ]
         else:
             hits = [line for line in lines if LOG_PATTERN.search(line)]
         if hits:
-            found[path.parent.name + "/" + path.name if path.name == "server.log" else path.name] = {
+            found[
+                path.parent.name + "/" + path.name if path.name == "server.log" else path.name
+            ] = {
                 "count": len(hits),
                 "first": hits[:8],
             }
@@ -707,30 +934,77 @@ def print_table(report: dict[str, Any]) -> None:
     r = report
     lat = r["latency_ms"]
     rows = [
-        ("workload", f"{r['workload']} ({r['target']}, {r['clients_connected']}/{r['clients']} "
-                     f"clients, {r['client_procs']} client procs, frame ~{r['frame_bytes']} B)"),
-        ("messages published", f"{r['published']} ({r['publish_failed']} failed) in "
-                               f"{r['publish_seconds']:.2f} s = {r['publish_rate']:.1f}/s"),
-        ("publish request p50 / p99 (ms)", f"{fmt(r['publish_request_ms']['p50'], '.1f')} / "
-                                           f"{fmt(r['publish_request_ms']['p99'], '.1f')}"),
+        (
+            "workload",
+            f"{r['workload']} ({r['target']}, {r['clients_connected']}/{r['clients']} "
+            f"clients, {r['client_procs']} {r['client_impl']} client procs, "
+            f"frame ~{r['frame_bytes']} B)",
+        ),
+        (
+            "messages published",
+            f"{r['published']} ({r['publish_failed']} failed) in "
+            f"{r['publish_seconds']:.2f} s = {r['publish_rate']:.1f}/s"
+            + (
+                f"  PUBLISHER FELL BEHIND the {r['rate']:g}/s schedule by up to "
+                f"{r['publish_max_lag_s']:.2f} s"
+                if r["publish_max_lag_s"] > 0.25
+                else ""
+            ),
+        ),
+        (
+            "publish request p50 / p99 (ms)",
+            f"{fmt(r['publish_request_ms']['p50'], '.1f')} / "
+            f"{fmt(r['publish_request_ms']['p99'], '.1f')}",
+        ),
         ("deliveries expected", f"{r['expected']}"),
         ("deliveries received", f"{r['received']}"),
         ("deliveries lost", f"{r['lost']} ({r['lost_pct']:.3f} %)"),
         ("duplicates / misdelivered", f"{r['duplicates']} / {r['misdelivered']}"),
         ("closed by server", f"{r['closed_by_server']} {r['close_reasons'] or ''}"),
+        (
+            "still registered after close",
+            f"{r['stale_registrations']} of {r['clients_connected']} connections",
+        ),
         ("deliveries/s", f"{r['deliveries_per_s']:.0f}"),
-        ("latency p50 / p95 / p99 / max (ms)", f"{fmt(lat['p50'], '.1f')} / {fmt(lat['p95'], '.1f')}"
-                                              f" / {fmt(lat['p99'], '.1f')} / {fmt(lat['max'], '.1f')}"),
-        ("drain (after last publish)", f"{r['drain_seconds']:.2f} s"
-                                       f"{' (TIMED OUT)' if r['drain_timed_out'] else ''}"),
+        (
+            "latency p50 / p95 / p99 / max (ms)",
+            f"{fmt(lat['p50'], '.1f')} / {fmt(lat['p95'], '.1f')}"
+            f" / {fmt(lat['p99'], '.1f')} / {fmt(lat['max'], '.1f')}",
+        ),
+        (
+            "first-recipient latency p50 / p99 (ms)",
+            f"{fmt(r['first_latency_ms']['p50'], '.1f')} / "
+            f"{fmt(r['first_latency_ms']['p99'], '.1f')}  (per message, earliest client)",
+        ),
+        (
+            "drain (after last publish)",
+            f"{r['drain_seconds']:.2f} s{' (TIMED OUT)' if r['drain_timed_out'] else ''}",
+        ),
         ("server CPU µs / delivered msg", f"{fmt(r['server_cpu_us_per_delivery'], '.1f')}"),
-        ("server CPU s (window)", f"{r['server_cpu_seconds']:.2f} over {r['window_seconds']:.2f} s = "
-                                  f"{r['server_cpu_seconds'] / r['window_seconds']:.2f} cores  "
-                                  + " ".join(f"{k}={v:.2f}" for k, v in r['server_cpu_by_process'].items())),
-        ("load-client CPU s", f"{sum(r['client_cpu_seconds']):.2f} = "
-                              + " + ".join(f"{c:.2f}" for c in r["client_cpu_seconds"])
-                              + f"  (busiest {r['client_cpu_max_utilisation']:.2f} CPU-s/s)"),
+        (
+            "server CPU µs / published msg",
+            f"{fmt(r['server_cpu_us_per_message'], '.0f')}  (idle, clients connected: "
+            f"{fmt(r['server_idle_cores'], '.3f')} cores)",
+        ),
+        (
+            "server CPU s (window)",
+            f"{r['server_cpu_seconds']:.2f} over {r['window_seconds']:.2f} s = "
+            f"{r['server_cpu_seconds'] / r['window_seconds']:.2f} cores  "
+            + " ".join(f"{k}={v:.2f}" for k, v in r["server_cpu_by_process"].items()),
+        ),
+        (
+            "load-client CPU s",
+            f"{sum(r['client_cpu_seconds']):.2f} = "
+            + " + ".join(f"{c:.2f}" for c in r["client_cpu_seconds"])
+            + f"  (busiest {r['client_cpu_max_utilisation']:.2f} CPU-s/s)",
+        ),
+        ("publisher (this process) CPU s", f"{r['publisher_cpu_seconds']:.2f}"),
+        (
+            "other load on the machine",
+            f"{r['other_cpu_cores']:.2f} cores busy (of {r['machine_cores']}) with other work",
+        ),
         ("ws extensions", r["ws_extensions"] or "none"),
+        ("source", r["source"]),
         ("server log warnings/errors", str(sum(v["count"] for v in r["log_issues"].values()))),
     ]
     width = max(len(k) for k, _ in rows)
@@ -752,16 +1026,24 @@ def print_table(report: dict[str, Any]) -> None:
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
+        )
 
 
-async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[], None]]) -> dict[str, Any]:
-    target = TARGETS[args.target](workdir, gateways=args.gateways, workers=args.workers)
+async def run(
+    args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[], None]]
+) -> dict[str, Any]:
+    target = TARGETS[args.target](
+        workdir, gateways=args.gateways, workers=args.workers, profile=args.profile
+    )
     cleanup.append(target.stop_processes)
     pool = ClientPool(args.client_procs)
     cleanup.append(pool.terminate)
-    log(f"starting {args.target}: redis + {args.gateways} gateways + {args.workers} workers "
-        f"(logs in {workdir})")
+    log(
+        f"starting {args.target}: redis + {args.gateways} gateways + {args.workers} workers "
+        f"(logs in {workdir})"
+    )
     await target.start()
     try:
         endpoints = target.client_endpoints()
@@ -771,14 +1053,16 @@ async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[]
         ]
         log(f"connecting {args.clients} clients from {args.client_procs} processes")
         t0 = time.monotonic()
-        ready = await pool.start(specs, None if args.compression == "none" else "deflate", 300)
+        ready = await pool.start(specs, args.client_impl, args.compression == "deflate", 300)
         connected: dict[int, str] = {}
         connect_errors: list[str] = []
         for answer in ready:
             connected.update(answer["ready"])
             connect_errors += answer["errors"]
-        log(f"{len(connected)} connected in {time.monotonic() - t0:.1f} s"
-            f"{f', {len(connect_errors)} failed' if connect_errors else ''}")
+        log(
+            f"{len(connected)} connected in {time.monotonic() - t0:.1f} s"
+            f"{f', {len(connect_errors)} failed' if connect_errors else ''}"
+        )
         if not connected:
             raise RuntimeError(f"no client connected: {connect_errors[:3]}")
         workload = WORKLOADS[args.workload](specs, connected, args.seed)
@@ -787,14 +1071,25 @@ async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[]
             await asyncio.sleep(args.settle)
 
         pids = target.server_pids()
+        idle_cores = None
+        if args.idle_seconds > 0:  # what the server side burns with the clients connected, idle
+            idle_before, idle_start = cpu_snapshot(pids), time.monotonic()
+            await asyncio.sleep(args.idle_seconds)
+            idle_after = cpu_snapshot(pids)
+            idle_cores = sum(idle_after[k] - idle_before[k] for k in pids) / (
+                time.monotonic() - idle_start
+            )
         pool.broadcast("start")
         cpu_before = cpu_snapshot(pids)
+        machine_before, self_before = machine_busy_seconds(), time.process_time()
         window_start = time.monotonic()
         log(f"publishing {args.workload} at {args.rate}/s for {args.seconds} s")
         pub = await publish(target, workload, args.rate, args.seconds, args.publishers, args.pad)
         publish_end = time.monotonic()
-        log(f"published {pub.published} ({pub.failed} failed); waiting for "
-            f"{pub.expected} deliveries (at most {args.drain_timeout} s)")
+        log(
+            f"published {pub.published} ({pub.failed} failed); waiting for "
+            f"{pub.expected} deliveries (at most {args.drain_timeout} s)"
+        )
         got = 0
         while True:
             got = await pool.count()
@@ -803,8 +1098,11 @@ async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[]
             await asyncio.sleep(0.05)
         drain_end = time.monotonic()
         cpu_after = cpu_snapshot(pids)
+        machine_busy = machine_busy_seconds() - machine_before
+        self_cpu = time.process_time() - self_before
         results = await pool.stop()
         await pool.close()
+        stale = await count_stale(target, list(connected.values()))
     finally:
         pool.terminate()
         log("stopping servers")
@@ -816,6 +1114,12 @@ async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[]
         samples.frombytes(res["latencies"])
         latencies.extend(samples)
     latencies.sort()
+    first: dict[int, float] = {}
+    for res in results:
+        for seq, latency in res["first_latency"].items():
+            if latency < first.get(seq, 1e9):
+                first[seq] = latency
+    first_latencies = sorted(first.values())
     request_ms = sorted(x * 1000 for x in pub.request_latencies)
     received = sum(r["received"] for r in results)
     server_cpu = {k: cpu_after[k] - cpu_before[k] for k in pids}
@@ -826,10 +1130,13 @@ async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[]
     for res in results:
         for reason, n in res["close_reasons"].items():
             close_reasons[reason] = close_reasons.get(reason, 0) + n
-    sample_frame = (
-        json.dumps({"type": 1, "target": TARGET_METHOD, "arguments": [
-            {"s": 12345, "g": "g12", "p": "x" * args.pad, "t": time.time()}]},
-            separators=(",", ":"))
+    sample_frame = json.dumps(
+        {
+            "type": 1,
+            "target": TARGET_METHOD,
+            "arguments": [{"s": 12345, "g": "g12", "p": "x" * args.pad, "t": time.time()}],
+        },
+        separators=(",", ":"),
     )
     return {
         "target": args.target,
@@ -837,6 +1144,7 @@ async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[]
         "clients": args.clients,
         "clients_connected": len(connected),
         "client_procs": args.client_procs,
+        "client_impl": args.client_impl,
         "rate": args.rate,
         "seconds": args.seconds,
         "frame_bytes": len(sample_frame) + 1,
@@ -846,7 +1154,10 @@ async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[]
         "publish_seconds": pub.duration,
         "publish_rate": pub.published / pub.duration if pub.duration else 0.0,
         "publish_max_lag_s": pub.max_lag,
-        "publish_request_ms": {"p50": percentile(request_ms, 50), "p99": percentile(request_ms, 99)},
+        "publish_request_ms": {
+            "p50": percentile(request_ms, 50),
+            "p99": percentile(request_ms, 99),
+        },
         "expected": pub.expected,
         "received": received,
         "lost": max(0, pub.expected - received),
@@ -864,21 +1175,80 @@ async def run(args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[]
             "max": fmt_ms(latencies[-1] if latencies else None),
             "samples": len(latencies),
         },
+        # Per message, the earliest recipient: the pipeline's own latency, without the time a
+        # fan-out burst spends reaching (and being read by) the last of many sockets.
+        "first_latency_ms": {
+            "p50": fmt_ms(percentile(first_latencies, 50)),
+            "p99": fmt_ms(percentile(first_latencies, 99)),
+        },
         "drain_seconds": drain_end - publish_end,
         "drain_timed_out": got < pub.expected,
         "window_seconds": drain_end - window_start,
         "server_cpu_seconds": server_total,
         "server_cpu_by_process": server_cpu,
         "server_cpu_us_per_delivery": server_total / received * 1e6 if received else None,
+        "server_cpu_us_per_message": server_total / pub.published * 1e6 if pub.published else None,
+        "server_idle_cores": idle_cores,
         "client_cpu_seconds": [r["cpu_seconds"] for r in results],
+        "publisher_cpu_seconds": self_cpu,
+        # Everything else the machine ran meanwhile (other jobs skew every figure above).
+        "other_cpu_cores": max(
+            0.0,
+            machine_busy - server_total - sum(r["cpu_seconds"] for r in results) - self_cpu,
+        )
+        / (drain_end - window_start),
+        "machine_cores": os.cpu_count(),
         "client_cpu_max_utilisation": max(
-            (r["cpu_seconds"] / r["wall_seconds"] for r in results if r["wall_seconds"]), default=0.0
+            (r["cpu_seconds"] / r["wall_seconds"] for r in results if r["wall_seconds"]),
+            default=0.0,
         ),
         "ws_extensions": ready[0]["extensions"] if ready else "",
         "connect_errors": connect_errors,
+        "stale_registrations": stale,
         "log_issues": scan_logs(target.log_files()),
         "logs": str(workdir),
+        "source": source_state(),
     }
+
+
+async def count_stale(target: HubbubTarget, connection_ids: list[str], grace: float = 3.0) -> int:
+    """Connections the server still lists after their clients closed them (leaks)."""
+    remaining = connection_ids
+    deadline = time.monotonic() + grace
+    limit = asyncio.Semaphore(32)
+
+    async def registered(n: int, connection_id: str) -> bool:
+        async with limit:
+            return await target.connection_registered(n, connection_id)
+
+    while remaining:
+        found = await asyncio.gather(*(registered(n, c) for n, c in enumerate(remaining)))
+        remaining = [c for c, f in zip(remaining, found, strict=True) if f]
+        if not remaining or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    return len(remaining)
+
+
+def source_state() -> str:
+    """The commit measured, and whether the working tree had local changes (outside bench/)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*argv: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *argv], capture_output=True, text=True, timeout=10
+        ).stdout
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = [
+            line[3:]
+            for line in git("status", "--porcelain").splitlines()
+            if not line[3:].startswith("bench/")
+        ]
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + (f" + local changes to {', '.join(dirty)}" if dirty else "")
 
 
 def fmt_ms(seconds: float | None) -> float | None:
@@ -897,13 +1267,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--publishers", type=int, default=8, help="concurrent REST requests")
     parser.add_argument("--pad", type=int, default=16, help="payload padding (frame ~100 B)")
-    parser.add_argument("--compression", choices=["none", "deflate"], default="none",
-                        help="offer permessage-deflate from the load clients")
+    parser.add_argument(
+        "--compression",
+        choices=["none", "deflate"],
+        default="none",
+        help="offer permessage-deflate from the load clients",
+    )
+    parser.add_argument(
+        "--client-impl",
+        choices=sorted(CLIENT_IMPLS),
+        default="sansio",
+        help="load-client WebSocket layer, both from the websockets library (see the classes)",
+    )
     parser.add_argument("--drain-timeout", type=float, default=5.0)
-    parser.add_argument("--settle", type=float, default=0.0,
-                        help="pause between group joins and the first publish (default: none)")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="pause between group joins and the first publish (default: none)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=2.0,
+        help="first measure the servers' idle CPU (clients connected) this long",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir of logs")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run gateways and workers under cProfile (<name>.prof next to the logs; "
+        "inflates their CPU figures)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.client_procs < 1 or args.rate <= 0 or args.seconds <= 0:
@@ -915,16 +1311,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_fd_limit()
+    # SIGTERM stops the benchmark the way Ctrl-C does: everything it started is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="hubbub-bench-"))
     cleanup: list[Callable[[], None]] = []
     report: dict[str, Any] | None = None
     try:
-        try:
-            import uvloop
-
-            report = uvloop.run(run(args, workdir, cleanup))
-        except ImportError:
-            report = asyncio.run(run(args, workdir, cleanup))
+        report = run_loop(run(args, workdir, cleanup))
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         return 130
@@ -932,11 +1325,13 @@ def main(argv: list[str] | None = None) -> int:
         for step in reversed(cleanup):  # idempotent: a no-op after a normal run
             with contextlib.suppress(Exception):
                 step()
-        keep = args.keep_logs or report is None or bool(report and report["log_issues"])
+        keep = args.keep_logs or args.profile or report is None or bool(report["log_issues"])
         if keep:
             log(f"logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            if report is not None:
+                report["logs"] = None
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     # Streams.
     publish_stream_maxlen: int = 1_000_000
     inbox_maxlen: int = 100_000
+    # A gateway cut off from Redis for longer than this misses the broadcasts of that time.
+    broadcast_retention_ms: int = 60_000
     read_batch: int = 512
     read_block_ms: int = 1000
 

@@ -334,7 +334,8 @@ class ServerProtocol:
         if supported is None:
             self.phase = Phase.CLOSED
             return HandshakeRejected(f"The protocol '{request.protocol}' is not supported.")
-        if request.version != supported:
+        # Like ASP.NET Core: any version up to ours (signalrcore sends its negotiate version, 0).
+        if not 0 <= request.version <= supported:
             self.phase = Phase.CLOSED
             return HandshakeRejected(
                 f"The server does not support version {request.version} of the "

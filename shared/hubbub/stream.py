@@ -58,3 +58,10 @@ async def last_entry_id(redis: Redis, key: str) -> bytes:
         return b"0-0"
     entry_id = entries[0][0]
     return entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
+
+
+def id_after(entry_id: bytes) -> str:
+    """The smallest stream id greater than ``entry_id``: ``XTRIM MINID`` with it removes
+    ``entry_id`` too, so a fully consumed stream ends up empty (and its memory freed)."""
+    ms, _, seq = entry_id.decode().partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"

@@ -22,11 +22,13 @@ from hubbub.keys import KeySchema
 from hubbub.logs import configure
 from hubbub.membership import Membership
 from hubbub.settings import Settings
+from hubbub.stream import id_after
 
 from .leases import Leases
 from .route import Router
 
 log = logging.getLogger("hubbub.fanout")
+TRIM_INTERVAL = 1.0
 
 
 class Worker:
@@ -46,12 +48,14 @@ class Worker:
         # Partitions whose pending entries (left by a previous owner, or by us before a
         # Redis error) must be routed before anything new, to keep their order.
         self.recovering: set[int] = set()
+        # Last entry routed (and acknowledged) per partition stream, for trimming.
+        self.routed: dict[bytes, bytes] = {}
         self.stopping = False
 
     async def run(self) -> None:
         settings = self.settings
         backoff = 0.05
-        next_lease = next_reap = 0.0
+        next_lease = next_reap = next_trim = 0.0
         block_ms = max(1, min(settings.read_block_ms, int(settings.lease_interval * 1000)))
         while not self.stopping:
             try:
@@ -87,6 +91,10 @@ class Worker:
                 )
                 for stream, entries in response or ():
                     await self.router.route(self.streams[stream], entries)
+                    self.routed[stream] = entries[-1][0]
+                if time.monotonic() >= next_trim:
+                    await self.trim()
+                    next_trim = time.monotonic() + TRIM_INTERVAL
                 backoff = 0.05
             except RedisError as exc:
                 log.warning("redis error, retrying in %.2fs: %r", backoff, exc)
@@ -97,6 +105,18 @@ class Worker:
             await self.leases.release_all()
         except RedisError as exc:
             log.warning("could not release leases (they will expire): %r", exc)
+
+    async def trim(self) -> None:
+        """Drop routed entries. We are the partition's only reader and route in order, so
+        everything up to the last entry we routed is acknowledged and needed by nobody; the
+        length cap (``publish_stream_maxlen``) only matters while no worker routes."""
+        routed, self.routed = self.routed, {}
+        for stream, last in routed.items():
+            if self.streams[stream] in self.leases.owned:
+                await self.redis.xtrim(stream, minid=id_after(last), approximate=False)
+        # The broadcast feed is shared by all gateways: keep a retention window, not a cursor.
+        oldest = int(time.time() * 1000) - self.settings.broadcast_retention_ms
+        await self.redis.xtrim(self.schema.broadcast_feed, minid=f"{oldest}-0", approximate=False)
 
     async def recover(self, partition: int) -> None:
         """Route, in order, every entry of the partition that was read but not acknowledged."""
@@ -117,8 +137,22 @@ class Worker:
             if deleted:
                 await self.redis.xack(stream, self.settings.worker_group, *deleted)
             if start_id in (b"0-0", "0-0"):
-                return
+                break
             start = start_id
+        await self._forget_idle_consumers(stream)
+
+    async def _forget_idle_consumers(self, stream: str) -> None:
+        """Workers come and go; their names would pile up in the group. Once their pending
+        entries are ours, consumers idle for longer than a lease are dropped."""
+        for consumer in await self.redis.xinfo_consumers(stream, self.settings.worker_group):
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if (
+                name != self.name
+                and consumer["pending"] == 0
+                and consumer["idle"] > self.settings.lease_ms
+            ):
+                await self.redis.xgroup_delconsumer(stream, self.settings.worker_group, name)
 
     async def reap(self) -> None:
         """Remove the connections of gateways whose heartbeat has expired."""

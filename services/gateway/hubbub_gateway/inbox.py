@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hubbub.envelopes import Delivery, hello
 from hubbub.keys import KeySchema
-from hubbub.stream import last_entry_id
+from hubbub.stream import id_after, last_entry_id
 
 from .deliver import LocalIndex
 
 log = logging.getLogger("hubbub.gateway.inbox")
+
+
+TRIM_INTERVAL = 1.0
 
 
 class InboxReader:
@@ -55,8 +59,13 @@ class InboxReader:
 
     async def run(self) -> None:
         backoff = 0.05
+        next_trim = 0.0
         while True:
             try:
+                now = time.monotonic()
+                if now >= next_trim:
+                    await self.trim()
+                    next_trim = now + TRIM_INTERVAL
                 response = await self.redis.xread(
                     self.positions, count=self.batch, block=self.block_ms
                 )
@@ -74,3 +83,10 @@ class InboxReader:
                     except Exception:
                         log.exception("dropping malformed inbox entry %r", entry_id)
                 self.positions[stream] = entries[-1][0]
+
+    async def trim(self) -> None:
+        """Drop inbox entries already handled: only this gateway reads its inbox, so what it
+        has read is needed by nobody. (The shared broadcast feed is capped by length.)"""
+        handled = self.positions.get(self.inbox)
+        if handled and handled != b"0-0":
+            await self.redis.xtrim(self.inbox, minid=id_after(handled), approximate=False)

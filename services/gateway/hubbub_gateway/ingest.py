@@ -38,7 +38,7 @@ class TokenAnswer(BaseModel):
     token: str
 
 
-def _state(request: Request) -> GatewayState:
+async def _state(request: Request) -> GatewayState:
     state: GatewayState = request.app.state.hubbub
     return state
 
@@ -50,13 +50,13 @@ async def authenticate(request: Request) -> None:
         raise ApiError(401, "Error.Unauthorized", "missing 'Authorization: Bearer <token>'")
     try:
         verify_service_token(
-            auth[7:].strip(), _state(request).settings.access_keys, str(request.url)
+            auth[7:].strip(), request.app.state.hubbub.settings.access_keys, str(request.url)
         )
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
 
 
-def hub_param(hub: str, application: str | None = None) -> str:
+async def hub_param(hub: str, application: str | None = None) -> str:
     return names.hub_name(hub, application)
 
 
