@@ -143,13 +143,22 @@ class NodeClient:
         while line := await self.process.stderr.readline():
             self._stderr.append(line.decode(errors="replace").rstrip("\n"))
 
+    def _claim(self, match: Callable[[Event], bool]) -> Event | None:
+        for i, event in enumerate(self._events):
+            if match(event):
+                return self._events.pop(i)
+        return None
+
     async def _next(self, match: Callable[[Event], bool], timeout: float, what: str) -> Event:
+        # Claim an already-buffered event first: a spent deadline must not hide one.
+        if (event := self._claim(match)) is not None:
+            return event
+
         async def wait() -> Event:
             async with self._changed:
                 while True:
-                    for i, event in enumerate(self._events):
-                        if match(event):
-                            return self._events.pop(i)
+                    if (event := self._claim(match)) is not None:
+                        return event
                     if self._eof:
                         code = self.process.returncode if self.process else None
                         raise EOFError(
@@ -175,12 +184,15 @@ class NodeClient:
             lambda e: kinds is None or e.get("event") in kinds, timeout, f"event {kinds or 'any'}"
         )
 
-    async def wait_connected(self, timeout: float = 20.0) -> str:
-        """The connectionId once start() resolved; a failed start raises with its reason."""
+    async def wait_connected(self, timeout: float = 20.0) -> str | None:
+        """The connectionId once start() resolved; a failed start raises with its reason.
+
+        None with ``skip_negotiation``: the client only learns an id from negotiate.
+        """
         event = await self.next_event(("connected", "start_failed"), timeout)
         if event["event"] == "start_failed":
             raise RuntimeError(f"start failed: {event['message']}")
-        connection_id: str = event["connectionId"]
+        connection_id: str | None = event["connectionId"]
         self.connection_id = connection_id
         return connection_id
 
@@ -251,7 +263,9 @@ class NodeClient:
                 await process.wait()
         if process is not None and process.stdin is not None:
             process.stdin.close()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 5)
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         self._tasks = []

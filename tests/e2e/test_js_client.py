@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from hubbub.client import HubbubClient
 from hubbub.keys import KeySchema
-from tests.e2e.jsclient import JsClient, ensure_installed
+from tests.e2e.nodeclient import NodeClient, ensure_node_modules
 from tests.support.processes import Deployment, eventually
 from tests.support.proxy import Proxy
 from tests.support.rawclient import client_token
@@ -22,7 +22,22 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="session", autouse=True)
 def _js_installed() -> None:
-    ensure_installed()
+    ensure_node_modules()
+
+
+class JsClient(NodeClient):
+    """The Node harness with the two calls these tests use most."""
+
+    @classmethod
+    async def open(cls, url: str, token: str, **options: bool) -> JsClient:
+        client = cls()
+        await client.start(url, token, **options)
+        await client.wait_connected()
+        return client
+
+    async def message(self) -> list[object]:
+        args: list[object] = (await self.next_event("message"))["args"]
+        return args
 
 
 @pytest.fixture
@@ -37,10 +52,11 @@ async def test_js_client_receives_all_group_user_connection(
     cluster: Deployment, api: HubbubClient, js: list[JsClient]
 ) -> None:
     url = f"{cluster.gateways[1].url}/hubs/chat"
-    alice = await JsClient.start(url, client_token("alice"))
-    bob = await JsClient.start(url, client_token("bob"))
+    alice = await JsClient.open(url, client_token("alice"))
+    # Browser style: the token travels as access_token in the WebSocket URL.
+    bob = await JsClient.open(url, client_token("bob"), query_token=True)
     # skipNegotiation: straight to the WebSocket (the client then has no connection id).
-    skipper = await JsClient.start(url, client_token("sam"), skip_negotiation=True)
+    skipper = await JsClient.open(url, client_token("sam"), skip_negotiation=True)
     js += [alice, bob, skipper]
     assert alice.connection_id and bob.connection_id
 
@@ -71,7 +87,7 @@ async def test_js_user_in_group_before_connecting_and_invocations(
     cluster: Deployment, api: HubbubClient, js: list[JsClient]
 ) -> None:
     await api.add_user_to_group("early", "carol")
-    carol = await JsClient.start(
+    carol = await JsClient.open(
         f"{cluster.gateways[1].url}/hubs/chat",
         client_token("carol", roles=["hubbub.joinLeaveGroup.late"]),
     )
@@ -91,7 +107,7 @@ async def test_js_user_in_group_before_connecting_and_invocations(
 async def test_js_stop_removes_connection_from_every_set(
     cluster: Deployment, api: HubbubClient, js: list[JsClient]
 ) -> None:
-    dave = await JsClient.start(f"{cluster.gateways[1].url}/hubs/chat", client_token("dave"))
+    dave = await JsClient.open(f"{cluster.gateways[1].url}/hubs/chat", client_token("dave"))
     assert dave.connection_id
     await api.add_connection_to_group("g", dave.connection_id)
     assert await api.group_exists("g") and await api.user_exists("dave")
@@ -114,7 +130,7 @@ async def test_js_reconnects_to_other_gateway_after_drain(
     proxy = await Proxy([gw.port for gw in cluster.gateways if gw.port]).start()
     try:
         await api.add_user_to_group("vip", "erin")
-        erin = await JsClient.start(f"{proxy.url}/hubs/chat", client_token("erin"), reconnect=True)
+        erin = await JsClient.open(f"{proxy.url}/hubs/chat", client_token("erin"), reconnect=True)
         js.append(erin)
         hub = KeySchema(prefix).hub("chat")
         first_id = erin.connection_id

@@ -26,7 +26,7 @@ from tests.support.sequences import Collector, check_once_in_order, publish
 
 pytestmark = pytest.mark.slow
 
-N = int(os.environ.get("HUBBUB_FAULT_N", "1000"))  # per target; three targets per test
+N = int(os.environ.get("HUBBUB_FAULT_N", "1700"))  # per target; three targets per test
 
 
 async def run_sequences(
