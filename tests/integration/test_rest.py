@@ -234,3 +234,23 @@ async def test_concurrent_publishes_all_arrive_once(cluster: Deployment, api: Hu
     got = sorted([(await client.recv())["arguments"][0] for _ in range(n)])
     assert got == list(range(n))
     await assert_silent(client, api)
+
+
+async def test_gateway_drops_redelivered_message_ids(
+    cluster: Deployment, api: HubbubClient, redis: Redis, prefix: str
+) -> None:
+    """What a worker that dies between its inbox appends and its XACK causes: the same
+    delivery twice. The client must see it once."""
+    from hubbub.envelopes import Kind, Publish
+    from hubbub.signalr import encode_invocation
+
+    client = await RawClient.connect(cluster.gateways[1].url)
+    assert client.connection_id
+    delivery = Publish(
+        Kind.CONNECTION, "chat", client.connection_id, encode_invocation("dup", [1])
+    ).delivery(b"7:1-1")
+    inbox = KeySchema(prefix).inbox(f"{prefix}-gw2")
+    await redis.xadd(inbox, delivery)
+    await redis.xadd(inbox, delivery)
+    assert await client.recv() == invocation(1, target="dup")
+    await assert_silent(client, api)
