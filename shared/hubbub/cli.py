@@ -68,7 +68,11 @@ def dev(args: argparse.Namespace) -> int:
             )
             urls.append(f"http://{args.host}:{port}")
         for i in range(args.workers):
-            env = dict(base_env, HUBBUB_WORKER_NAME=f"dev-worker{i + 1}")
+            env = dict(
+                base_env,
+                HUBBUB_WORKER_NAME=f"dev-worker{i + 1}",
+                HUBBUB_METRICS_PORT=str(9102 + i),
+            )
             children.append(subprocess.Popen([sys.executable, "-m", "hubbub_fanout.main"], env=env))
         for url, child in zip(urls, children, strict=False):
             _wait_healthy(url, child)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
+
+import orjson
+from opentelemetry import trace
 
 _SECRET_QUERY = re.compile(r"(?i)\b(access_token|id)=[^&\s\"']*")
 
@@ -23,11 +27,51 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def configure(level: str, component: str) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the trace and span ids of the current span (if any)
+    and the ``gateway_id`` / ``connection_id`` a call site passed as ``extra``."""
+
+    EXTRAS = ("connection_id", "hub")
+
+    def __init__(self, component: str, static: dict[str, str]) -> None:
+        super().__init__()
+        self.component = component
+        self.static = static
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "component": self.component,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self.static,
+        }
+        for key in self.EXTRAS:
+            value = record.__dict__.get(key)
+            if value is not None:
+                entry[key] = value
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = trace.format_trace_id(context.trace_id)
+            entry["span_id"] = trace.format_span_id(context.span_id)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure(
+    level: str, component: str, fmt: str = "text", static: dict[str, str] | None = None
+) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s {component} %(name)s: %(message)s")
-    )
+    if fmt == "json":
+        json_formatter = JsonFormatter(component, static or {})
+        json_formatter.converter = time.gmtime
+        handler.setFormatter(json_formatter)
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s %(levelname)s {component} %(name)s: %(message)s")
+        )
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

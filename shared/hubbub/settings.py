@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,8 +63,10 @@ class Settings(BaseSettings):
     lease_ms: int = 5000
     lease_interval: float = 1.0
     reap_interval: float = 2.0
+    metrics_port: int = 9102  # the worker's /metrics (gateways serve it on their own port)
 
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("key_prefix")
     @classmethod

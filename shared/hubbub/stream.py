@@ -11,12 +11,16 @@ import zlib
 
 from redis.asyncio import Redis
 
-from .envelopes import Publish
+from .envelopes import Kind, Publish
 from .keys import KeySchema
 
 
 def partition_of(message: Publish, partitions: int) -> int:
-    key = b"\0".join((message.hub.encode(), message.kind.value, message.target.encode()))
+    return target_partition(message.hub, message.kind, message.target, partitions)
+
+
+def target_partition(hub: str, kind: Kind, target: str, partitions: int) -> int:
+    key = b"\0".join((hub.encode(), kind.value, target.encode()))
     return zlib.crc32(key) % partitions
 
 
@@ -33,6 +37,9 @@ class PublishStream:
         self.partitions = partitions
         self.keys = [schema.publish_partition(n) for n in range(partitions)]
         self.maxlen = maxlen
+
+    def stream_for(self, hub: str, kind: Kind, target: str) -> str:
+        return self.keys[target_partition(hub, kind, target, self.partitions)]
 
     async def append(self, message: Publish) -> str:
         n = partition_of(message, self.partitions)

@@ -54,3 +54,21 @@ async def test_tokens_and_ids_are_redacted_from_logs(deployment: Deployment) -> 
     assert token not in log
     assert client.connection_id
     assert f"id={client.connection_id}" not in log
+
+
+async def test_json_logs_carry_ids_and_trace(deployment: Deployment) -> None:
+    deployment.extra_env.update(HUBBUB_LOG_FORMAT="json", HUBBUB_LOG_LEVEL="DEBUG")
+    gateway = await deployment.start_gateway()
+    client = await RawClient.connect(gateway.url, token=client_token("json"))
+    await client.close()
+    deployment.stop()
+    lines = [orjson.loads(line) for line in gateway.output().splitlines() if line.startswith("{")]
+    assert lines, gateway.output()[-2000:]
+    assert all(line["gateway_id"] == f"{deployment.prefix}-gw1" for line in lines)
+    opened = [
+        line
+        for line in lines
+        if line["message"] == "connection open" and line["logger"] == "hubbub.gateway.connect"
+    ]
+    assert opened and opened[0]["connection_id"] == client.connection_id
+    assert not any(client_token("json") in line["message"] for line in lines)

@@ -70,6 +70,7 @@ class Deployment:
             HUBBUB_REAP_INTERVAL="0.5",
             HUBBUB_LEASE_MS="2000",
             HUBBUB_LEASE_INTERVAL="0.25",
+            HUBBUB_METRICS_PORT="0",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)

@@ -14,6 +14,7 @@ import socket
 import time
 
 import uvloop
+from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -21,23 +22,40 @@ from hubbub import redis as hubbub_redis
 from hubbub.keys import KeySchema
 from hubbub.logs import configure
 from hubbub.membership import Membership
+from hubbub.metrics import Metrics
 from hubbub.settings import Settings
 from hubbub.stream import id_after
+from hubbub.telemetry import Telemetry, setup_tracing
 
 from .leases import Leases
 from .route import Router
 
 log = logging.getLogger("hubbub.fanout")
 TRIM_INTERVAL = 1.0
+GAUGE_INTERVAL = 5.0
 
 
 class Worker:
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        metrics: Metrics | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
+        self.metrics = metrics or Metrics()
         self.schema = KeySchema(settings.key_prefix)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.router = Router(redis, self.schema, settings.worker_group, settings.inbox_maxlen)
+        self.router = Router(
+            redis,
+            self.schema,
+            settings.worker_group,
+            settings.inbox_maxlen,
+            self.metrics,
+            telemetry.tracer if telemetry else None,
+        )
         self.leases = Leases(
             redis, self.schema, self.name, settings.publish_partitions, settings.lease_ms
         )
@@ -55,7 +73,7 @@ class Worker:
     async def run(self) -> None:
         settings = self.settings
         backoff = 0.05
-        next_lease = next_reap = next_trim = 0.0
+        next_lease = next_reap = next_trim = next_gauge = 0.0
         block_ms = max(1, min(settings.read_block_ms, int(settings.lease_interval * 1000)))
         while not self.stopping:
             try:
@@ -95,8 +113,12 @@ class Worker:
                 if time.monotonic() >= next_trim:
                     await self.trim()
                     next_trim = time.monotonic() + TRIM_INTERVAL
+                if time.monotonic() >= next_gauge:
+                    await self.measure_lag()
+                    next_gauge = time.monotonic() + GAUGE_INTERVAL
                 backoff = 0.05
             except RedisError as exc:
+                self.metrics.redis_errors.labels("worker").inc()
                 log.warning("redis error, retrying in %.2fs: %r", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -105,6 +127,25 @@ class Worker:
             await self.leases.release_all()
         except RedisError as exc:
             log.warning("could not release leases (they will expire): %r", exc)
+
+    async def measure_lag(self) -> None:
+        """Lag (not yet read) and pending (read, not acknowledged) of the partitions we own."""
+        lag, pending = self.metrics.stream_lag, self.metrics.stream_pending
+        for n in range(self.settings.publish_partitions):
+            if n not in self.leases.owned:
+                for gauge in (lag, pending):
+                    try:
+                        gauge.remove(str(n))
+                    except KeyError:
+                        pass
+                continue
+            for group in await self.redis.xinfo_groups(self.schema.publish_partition(n)):
+                name = group["name"]
+                if (
+                    name.decode() if isinstance(name, bytes) else name
+                ) == self.settings.worker_group:
+                    lag.labels(str(n)).set(group.get("lag") or 0)
+                    pending.labels(str(n)).set(group["pending"])
 
     async def trim(self) -> None:
         """Drop routed entries. We are the partition's only reader and route in order, so
@@ -171,7 +212,14 @@ async def serve(settings: Settings) -> None:
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     settings = settings.model_copy(update={"worker_name": name})
     redis = hubbub_redis.connect(settings.redis_url, f"hubbub-fanout-{name}")
-    worker = Worker(settings, redis)
+    metrics = Metrics()
+    if settings.metrics_port:
+        try:
+            start_http_server(settings.metrics_port, registry=metrics.registry)
+        except OSError as exc:  # e.g. two workers on one machine: route anyway
+            log.warning("no /metrics: port %d unavailable (%s)", settings.metrics_port, exc)
+    telemetry = setup_tracing("hubbub-fanout")
+    worker = Worker(settings, redis, metrics, telemetry)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -185,11 +233,13 @@ async def serve(settings: Settings) -> None:
     finally:
         log.info("fan-out worker %s stopped", worker.name)
         await redis.aclose()
+        if telemetry is not None:
+            telemetry.shutdown()
 
 
 def main() -> None:
     settings = Settings()
-    configure(settings.log_level, "fanout")
+    configure(settings.log_level, "fanout", settings.log_format)
     uvloop.run(serve(settings))
 
 

@@ -10,14 +10,26 @@ of the group; a broadcast is one append to the feed every gateway reads.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
+from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from hubbub.envelopes import Fields, Kind, Publish
 from hubbub.keys import KeySchema
+from hubbub.metrics import Metrics
 from hubbub.stream import message_id
+from hubbub.telemetry import (
+    CONSUMER_GROUP,
+    DESTINATION,
+    MESSAGE_ID,
+    OPERATION,
+    SYSTEM,
+    context_from,
+    traceparent_of,
+)
 
 log = logging.getLogger("hubbub.fanout.route")
 
@@ -40,7 +52,11 @@ class Router:
         schema: KeySchema,
         group: str,
         inbox_maxlen: int,
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self.tracer = tracer
         self.redis = redis
         self.schema = schema
         self.group = group
@@ -60,6 +76,7 @@ class Router:
         which gateways drop by message id."""
         if not entries:
             return
+        started = time.perf_counter()
         parsed: list[tuple[bytes, Publish]] = []
         for entry_id, fields in entries:
             if not fields:  # trimmed away while pending
@@ -85,33 +102,70 @@ class Router:
                 resolved = await pipe.execute()
 
         stats = self.stats
+        metrics = self.metrics
         answers = iter(resolved)
+        stream = self.schema.publish_partition(partition)
+        spans: list[Span] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id, m in parsed:
                 stats.messages += 1
                 delivery = m.delivery(message_id(partition, entry_id).encode())
+                process = None
+                if self.tracer is not None and m.traceparent:
+                    process = self._process_span(stream, entry_id, m, partition)
+                    spans.append(process)
                 if m.kind is Kind.ALL:
+                    gateways: list[bytes] = []
+                    destinations = [self.schema.broadcast_feed]
+                else:
+                    answer = next(answers)
+                    gateways = [answer] if isinstance(answer, bytes) else list(answer or [])
+                    destinations = [self.schema.inbox(gw.decode()) for gw in gateways]
+                    if not gateways:
+                        stats.unroutable += 1
+                        metrics.drops.labels("no_recipient").inc()
+                for destination in destinations:
+                    if process is not None:
+                        delivery = dict(delivery)
+                        delivery[b"tp"] = self._producer_span(process, destination, spans)
                     pipe.xadd(
-                        self.schema.broadcast_feed,
+                        destination,
                         delivery,
                         maxlen=self.inbox_maxlen,
                         approximate=True,
+                        nomkstream=m.kind is not Kind.ALL,
                     )
                     stats.deliveries += 1
-                    continue
-                answer = next(answers)
-                gateways = [answer] if isinstance(answer, bytes) else answer or []
-                if not gateways:
-                    stats.unroutable += 1
-                for gw in gateways:  # type: ignore[union-attr]
-                    pipe.xadd(
-                        self.schema.inbox(gw.decode()),
-                        delivery,
-                        maxlen=self.inbox_maxlen,
-                        approximate=True,
-                        nomkstream=True,
-                    )
-                    stats.deliveries += 1
-            stream = self.schema.publish_partition(partition)
+                metrics.routed.labels(m.kind.name.lower()).inc(len(destinations))
             pipe.xack(stream, self.group, *(entry_id for entry_id, _ in entries))
             await pipe.execute()
+        for span in reversed(spans):
+            span.end()
+        metrics.stage.labels("route").observe(time.perf_counter() - started)
+
+    def _process_span(self, stream: str, entry_id: bytes, m: Publish, partition: int) -> Span:
+        assert self.tracer is not None
+        return self.tracer.start_span(
+            f"process {stream}",
+            context=context_from(m.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                SYSTEM: "redis",
+                OPERATION: "process",
+                DESTINATION: stream,
+                CONSUMER_GROUP: self.group,
+                MESSAGE_ID: message_id(partition, entry_id),
+                "hubbub.kind": m.kind.name.lower(),
+            },
+        )
+
+    def _producer_span(self, process: Span, destination: str, spans: list[Span]) -> bytes:
+        assert self.tracer is not None
+        span = self.tracer.start_span(
+            f"send {destination}",
+            context=set_span_in_context(process),
+            kind=SpanKind.PRODUCER,
+            attributes={SYSTEM: "redis", OPERATION: "send", DESTINATION: destination},
+        )
+        spans.append(span)
+        return (traceparent_of(span) or "").encode()

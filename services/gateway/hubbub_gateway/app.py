@@ -10,16 +10,20 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hubbub import redis as hubbub_redis
 from hubbub.keys import KeySchema
 from hubbub.membership import Membership
+from hubbub.metrics import Metrics
 from hubbub.settings import Settings
 from hubbub.stream import PublishStream
+from hubbub.telemetry import setup_tracing
 
 from . import connect, errors, ingest, negotiate
+from .deliver import LocalIndex
 from .errors import error_response
 from .inbox import InboxReader
 from .state import GatewayState
@@ -84,6 +88,7 @@ async def _heartbeat(state: GatewayState, reader: InboxReader) -> None:
             state.redis_ok = True
         except RedisError as exc:
             state.redis_ok = False
+            state.metrics.redis_errors.labels("heartbeat").inc()
             log.warning("heartbeat failed: %r", exc)
         await asyncio.sleep(settings.heartbeat_interval)
 
@@ -103,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = hubbub_redis.connect(settings.redis_url, f"hubbub-gateway-{settings.gateway_id}")
         schema = KeySchema(settings.key_prefix)
+        telemetry = setup_tracing("hubbub-gateway")
+        metrics = Metrics()
         state = GatewayState(
             settings=settings,
             redis=redis,
@@ -111,6 +118,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publish=PublishStream(
                 redis, schema, settings.publish_partitions, settings.publish_stream_maxlen
             ),
+            index=LocalIndex(
+                metrics,
+                telemetry.tracer if telemetry else None,
+                schema.inbox(settings.gateway_id),
+                schema.broadcast_feed,
+            ),
+            metrics=metrics,
+            telemetry=telemetry,
         )
         app.state.hubbub = state
         reader = InboxReader(
@@ -151,6 +166,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.draining or not state.redis_ok:
             return error_response(503, "Error.NotReady", "draining or Redis unreachable")
         return Response(status_code=200)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        state: GatewayState = request.app.state.hubbub
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.api_route("/api/live", methods=["GET", "HEAD"], tags=["health"])
     async def live() -> Response:
@@ -200,3 +220,5 @@ async def _shutdown(state: GatewayState, tasks: list[asyncio.Task[None]]) -> Non
     except RedisError as exc:
         log.warning("could not deregister on shutdown: %r", exc)
     await state.redis.aclose()
+    if state.telemetry is not None:
+        state.telemetry.shutdown()

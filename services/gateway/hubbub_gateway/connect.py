@@ -12,6 +12,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
 from hubbub import names
@@ -141,7 +142,17 @@ class Session:
             await self._refuse("Handshake was not received in time.")
         if first is None:
             return
-        if not await self._register():
+        telemetry = self.state.telemetry
+        if telemetry is None:
+            registered = await self._register()
+        else:
+            with telemetry.tracer.start_as_current_span(
+                f"connect {self.hub}",
+                kind=SpanKind.SERVER,
+                attributes={"hubbub.hub": self.hub, "hubbub.connection_id": self.conn.id},
+            ):
+                registered = await self._register()
+        if not registered:
             return
         try:
             await self._serve(first)
@@ -185,7 +196,7 @@ class Session:
                 self.hub, conn.id, state.settings.gateway_id, conn.user
             )
         except (ConnectionExists, RedisError) as exc:
-            log.warning("registration of %s failed: %r", conn.id, exc)
+            log.warning("registration failed: %r", exc, extra={"connection_id": conn.id})
             state.index.remove(conn)
             error = (
                 "The connection id is already in use."
@@ -197,7 +208,8 @@ class Session:
         for group in registration.groups:
             state.index.join(self.hub, group, (conn.id,))
         conn.start(HANDSHAKE_OK_FRAME)
-        log.debug("connection %s open on hub %s", conn.id, self.hub)
+        state.metrics.connections.labels(self.hub).inc()
+        log.debug("connection open", extra={"connection_id": conn.id, "hub": self.hub})
         return True
 
     async def _serve(self, first: list[Event]) -> None:
@@ -212,7 +224,7 @@ class Session:
             try:
                 events = self.protocol.receive(data)
             except ProtocolError as exc:
-                log.info("closing connection %s: %s", conn.id, exc)
+                log.info("closing connection: %s", exc, extra={"connection_id": conn.id})
                 conn.close(str(exc))
                 break
             if not await self._handle(events):
@@ -242,6 +254,17 @@ class Session:
         return True
 
     async def _invoke(self, inv: Invocation) -> None:
+        telemetry = self.state.telemetry
+        if telemetry is None:
+            return await self._answer(inv)
+        with telemetry.tracer.start_as_current_span(
+            f"invoke {inv.target[:64]}",
+            kind=SpanKind.SERVER,
+            attributes={"hubbub.hub": self.hub, "hubbub.connection_id": self.conn.id},
+        ):
+            return await self._answer(inv)
+
+    async def _answer(self, inv: Invocation) -> None:
         method = inv.target.lower()
         result_error: str | None = None
         if method in ("joingroup", "leavegroup"):
@@ -275,8 +298,17 @@ class Session:
     async def _unregister(self) -> None:
         conn = self.conn
         self.state.index.remove(conn)
+        metrics = self.state.metrics
+        metrics.connections.labels(self.hub).dec()
+        if conn.overflowed:
+            metrics.drops.labels("slow_consumer").inc()
         try:
             await self.state.membership.unregister(self.hub, conn.id)
         except RedisError as exc:
-            log.warning("could not unregister %s, it stays in Redis: %r", conn.id, exc)
-        log.debug("connection %s closed", conn.id)
+            metrics.redis_errors.labels("unregister").inc()
+            log.warning(
+                "could not unregister, the connection stays in Redis: %r",
+                exc,
+                extra={"connection_id": conn.id},
+            )
+        log.debug("connection closed", extra={"connection_id": conn.id})

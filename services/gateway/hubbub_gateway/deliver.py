@@ -14,8 +14,19 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from opentelemetry.trace import SpanKind, Tracer
+
 from hubbub.envelopes import MESSAGE_KINDS, Delivery, Kind
+from hubbub.metrics import Metrics
 from hubbub.signalr import PING_RECORD, encode_close
+from hubbub.telemetry import (
+    BODY_SIZE,
+    DESTINATION,
+    MESSAGE_ID,
+    OPERATION,
+    SYSTEM,
+    context_from,
+)
 from hubbub.wsframe import text_frame
 
 log = logging.getLogger("hubbub.gateway.deliver")
@@ -63,6 +74,7 @@ class LocalConnection:
         "idle_recv_ticks",
         "idle_send_ticks",
         "max_buffer",
+        "overflowed",
         "pending",
         "proto",
         "user",
@@ -86,6 +98,7 @@ class LocalConnection:
         self.max_buffer = max_buffer
         self.groups: set[str] = set()
         self.closing = False
+        self.overflowed = False
         # Frames that arrive before the handshake answer is written wait here.
         self.pending: list[bytes] | None = []
         self.idle_send_ticks = 0
@@ -103,6 +116,7 @@ class LocalConnection:
         transport = self.proto.transport
         if transport.get_write_buffer_size() > self.max_buffer:
             log.warning("closing connection %s: send buffer overflow", self.id)
+            self.overflowed = True
             self.close(OVERFLOW_REASON)
             return
         if self.proto.close_sent or transport.is_closing():
@@ -167,7 +181,17 @@ class SeenIds:
 class LocalIndex:
     """Connections of this gateway by id, hub, group and user; and delivery to them."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
+        inbox: str = "",
+        feed: str = "",
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self.tracer = tracer
+        self.inbox = inbox
+        self.feed = feed
         self.connections: dict[str, LocalConnection] = {}
         self._hubs: dict[str, set[LocalConnection]] = {}
         self._groups: dict[tuple[str, str], set[LocalConnection]] = {}
@@ -232,18 +256,46 @@ class LocalIndex:
     def _deliver(self, delivery: Delivery) -> None:
         if not self.seen.first_time(delivery.message_id):
             self.duplicates += 1
+            self.metrics.drops.labels("duplicate").inc()
             return
+        if self.tracer is not None and delivery.traceparent:
+            self._deliver_traced(delivery)
+            return
+        self._write(delivery)
+
+    def _write(self, delivery: Delivery) -> int:
         recipients = self._recipients(delivery)
         if not recipients:
-            return
+            return 0
         frame = text_frame(delivery.frame)
         excluded = delivery.connections
-        # Copy: a send that overflows a queue must not disturb the set being walked.
+        written = 0
+        # Copy: a send that overflows a buffer must not disturb the set being walked.
         for conn in tuple(recipients):
             if excluded and conn.id in excluded:
                 continue
             conn.send(frame)
-            self.delivered += 1
+            written += 1
+        self.delivered += written
+        self.metrics.deliveries.inc(written)
+        return written
+
+    def _deliver_traced(self, delivery: Delivery) -> None:
+        assert self.tracer is not None
+        source = self.feed if delivery.kind is Kind.ALL else self.inbox
+        with self.tracer.start_as_current_span(
+            f"process {source}",
+            context=context_from(delivery.traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                SYSTEM: "redis",
+                OPERATION: "process",
+                DESTINATION: source,
+                MESSAGE_ID: delivery.message_id.decode(),
+                BODY_SIZE: len(delivery.frame),
+            },
+        ) as span:
+            span.set_attribute("hubbub.recipients", self._write(delivery))
 
     def _recipients(self, delivery: Delivery) -> Iterable[LocalConnection] | None:
         kind = delivery.kind

@@ -71,10 +71,12 @@ class InboxReader:
                 )
                 backoff = 0.05
             except RedisError as exc:
+                self.index.metrics.redis_errors.labels("inbox").inc()
                 log.warning("inbox read failed, retrying in %.2fs: %r", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            started = time.perf_counter()
             for stream, entries in response or ():
                 handle = self.index.handle
                 for entry_id, fields in entries:
@@ -83,6 +85,8 @@ class InboxReader:
                     except Exception:
                         log.exception("dropping malformed inbox entry %r", entry_id)
                 self.positions[stream] = entries[-1][0]
+            if response:
+                self.index.metrics.stage.labels("deliver").observe(time.perf_counter() - started)
 
     async def trim(self) -> None:
         """Drop inbox entries already handled: only this gateway reads its inbox, so what it

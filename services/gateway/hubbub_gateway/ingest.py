@@ -8,15 +8,27 @@ atomically and tell the gateways concerned. Paths exist under ``/api/hubs`` and 
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
 from hubbub import names
 from hubbub.envelopes import Kind, Publish
 from hubbub.signalr import encode_invocation
+from hubbub.telemetry import (
+    BODY_SIZE,
+    DESTINATION,
+    MESSAGE_ID,
+    OPERATION,
+    SYSTEM,
+    Telemetry,
+    context_from_headers,
+    traceparent_of,
+)
 from hubbub.tokens import TokenError, mint_token, verify_service_token
 
 from .errors import ApiError
@@ -80,16 +92,55 @@ async def _publish(
         raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
     for conn in excluded or ():
         names.connection_id(conn)
-    message = Publish(
-        kind=kind,
-        hub=hub,
-        target=target,
-        frame=encode_invocation(body.target, body.arguments),
-        excluded=tuple(excluded or ()),
-        traceparent=request.headers.get("traceparent"),
-    )
-    message_id = await state.publish.append(message)
+    started = time.perf_counter()
+    frame = encode_invocation(body.target, body.arguments)
+    telemetry = state.telemetry
+    if telemetry is None:
+        message = Publish(
+            kind, hub, target, frame, tuple(excluded or ()), request.headers.get("traceparent")
+        )
+        message_id = await state.publish.append(message)
+    else:
+        message_id = await _publish_traced(telemetry, state, request, kind, hub, target, frame,
+                                           tuple(excluded or ()))  # fmt: skip
+    state.metrics.accepted.labels(kind.name.lower()).inc()
+    state.metrics.stage.labels("ingest").observe(time.perf_counter() - started)
     return JSONResponse({"messageId": message_id}, status_code=202)
+
+
+async def _publish_traced(
+    telemetry: Telemetry,
+    state: GatewayState,
+    request: Request,
+    kind: Kind,
+    hub: str,
+    target: str,
+    frame: bytes,
+    excluded: tuple[str, ...],
+) -> str:
+    """The REST span, and a producer span whose context travels in the stream entry."""
+    tracer = telemetry.tracer
+    route = request.scope.get("route")
+    name = f"{request.method} {getattr(route, 'path', request.url.path)}"
+    parent = context_from_headers(request.headers)
+    with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER) as server:
+        server.set_attribute("hubbub.hub", hub)
+        stream = state.publish.stream_for(hub, kind, target)
+        with tracer.start_as_current_span(
+            f"send {stream}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                SYSTEM: "redis",
+                OPERATION: "send",
+                DESTINATION: stream,
+                "hubbub.kind": kind.name.lower(),
+            },
+        ) as producer:
+            message = Publish(kind, hub, target, frame, excluded, traceparent_of(producer))
+            message_id = await state.publish.append(message)
+            producer.set_attribute(MESSAGE_ID, message_id)
+            producer.set_attribute(BODY_SIZE, len(frame))
+    return message_id
 
 
 def _not_found(code: str, what: str) -> ApiError:

@@ -40,7 +40,12 @@ class DrainingServer(uvicorn.Server):
 
 def main() -> None:
     settings = Settings()
-    configure(settings.log_level, f"gateway[{settings.gateway_id}]")
+    configure(
+        settings.log_level,
+        f"gateway[{settings.gateway_id}]" if settings.log_format == "text" else "gateway",
+        settings.log_format,
+        {"gateway_id": settings.gateway_id},
+    )
     app = create_app(settings)
     config = uvicorn.Config(
         app,

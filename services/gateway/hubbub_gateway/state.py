@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
 from hubbub.keys import KeySchema
 from hubbub.membership import Membership
+from hubbub.metrics import Metrics
 from hubbub.settings import Settings
 from hubbub.stream import PublishStream
+from hubbub.telemetry import Telemetry
 
 from .deliver import LocalIndex
 
@@ -21,6 +23,8 @@ class GatewayState:
     schema: KeySchema
     membership: Membership
     publish: PublishStream
-    index: LocalIndex = field(default_factory=LocalIndex)
+    index: LocalIndex
+    metrics: Metrics
+    telemetry: Telemetry | None = None
     draining: bool = False
     redis_ok: bool = True
