@@ -85,6 +85,14 @@ class HubbubClient:
     ) -> str:
         return await self._send(f"/connections/{_q(connection)}/:send", target, arguments)
 
+    async def send_batch(self, messages: Sequence[dict[str, Any]]) -> list[str]:
+        """Items: ``{"to": "all"|"group"|"user"|"connection", "name": ..., "target": ...,
+        "arguments": [...], "excluded": [...]}``. One request, one Redis round trip."""
+        response = await self.http.post(self._path("/:batch"), json={"messages": list(messages)})
+        response.raise_for_status()
+        ids: list[str] = response.json()["messageIds"]
+        return ids
+
     async def add_connection_to_group(self, group: str, connection: str) -> None:
         url = self._path(f"/groups/{_q(group)}/connections/{_q(connection)}")
         (await self.http.put(url)).raise_for_status()

@@ -83,6 +83,35 @@ def verify_service_token(token: str, keys: tuple[str, ...], request_url: str) ->
     return claims
 
 
+class ServiceTokenVerifier:
+    """:func:`verify_service_token` with a bounded memory of tokens already verified.
+
+    Callers reuse one token for many requests (the Azure SDK keeps its token for minutes), and
+    the signature check is a sizeable part of a publish. A remembered token is still checked
+    for expiry and for its audience against each request's URL.
+    """
+
+    def __init__(self, keys: tuple[str, ...], capacity: int = 4096) -> None:
+        self.keys = keys
+        self.capacity = capacity
+        self._known: dict[str, tuple[float, frozenset[tuple[str, str, str]]]] = {}
+
+    def verify(self, token: str, request_url: str) -> None:
+        known = self._known.get(token)
+        now = time.time()
+        if known is None or known[0] < now:
+            claims = verify_service_token(token, self.keys, request_url)
+            aud = claims.get("aud")
+            audiences = aud if isinstance(aud, list) else [aud]
+            normalised = frozenset(_normalise_url(a) for a in audiences if isinstance(a, str))
+            if len(self._known) >= self.capacity:
+                self._known.clear()  # crude but bounded; refilling costs one check per token
+            self._known[token] = (float(claims["exp"]), normalised)
+            return
+        if _normalise_url(request_url) not in known[1]:
+            raise TokenError("token audience does not match the request URL")
+
+
 def verify_client_token(token: str, keys: tuple[str, ...], hub: str) -> ClientIdentity:
     claims = _decode(token, keys)
     token_hub = claims.get("hub")

@@ -15,6 +15,16 @@ from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 
 
+async def published(redis: Redis, prefix: str) -> int:
+    """Entries ever appended to the publish partitions (trimming does not lower it)."""
+    total = 0
+    for n in range(16):
+        key = KeySchema(prefix).publish_partition(n)
+        if await redis.exists(key):
+            total += (await redis.xinfo_stream(key))["entries-added"]
+    return total
+
+
 def invocation(*args: object, target: str = "newMessage") -> dict[str, object]:
     return {"type": 1, "target": target, "arguments": list(args)}
 
@@ -172,19 +182,14 @@ async def test_legacy_v1_paths_and_application_prefix(
 async def test_bad_bodies_are_refused_and_nothing_is_published(
     cluster: Deployment, api: HubbubClient, redis: Redis, prefix: str, body: bytes, code: int
 ) -> None:
-    schema = KeySchema(prefix)
-
-    async def published() -> int:
-        return sum([await redis.xlen(schema.publish_partition(n)) for n in range(16)])
-
-    before = await published()
+    before = await published(redis, prefix)
     r = await api.http.post(
         "/api/hubs/chat/:send", content=body, headers={"content-type": "application/json"}
     )
     assert r.status_code == code, r.text
     assert r.headers["content-type"].startswith("application/json")
     assert r.json()["message"]
-    assert await published() == before
+    assert await published(redis, prefix) == before
 
 
 @pytest.mark.parametrize(
@@ -254,3 +259,36 @@ async def test_gateway_drops_redelivered_message_ids(
     await redis.xadd(inbox, delivery)
     assert await client.recv() == invocation(1, target="dup")
     await assert_silent(client, api)
+
+
+async def test_batch_publish(
+    cluster: Deployment, api: HubbubClient, redis: Redis, prefix: str
+) -> None:
+    alice = await RawClient.connect(cluster.gateways[1].url, token=client_token("alice"))
+    assert alice.connection_id
+    await api.add_connection_to_group("room", alice.connection_id)
+    ids = await api.send_batch(
+        [
+            {"to": "all", "target": "t", "arguments": [1]},
+            {"to": "group", "name": "room", "target": "t", "arguments": [2]},
+            {"to": "user", "name": "alice", "target": "t", "arguments": [3]},
+            {"to": "connection", "name": alice.connection_id, "target": "t", "arguments": [4]},
+            {"to": "all", "target": "t", "arguments": [5], "excluded": [alice.connection_id]},
+        ]
+    )
+    assert len(set(ids)) == 5
+    got = sorted([(await alice.recv())["arguments"][0] for _ in range(4)])
+    assert got == [1, 2, 3, 4]
+    await assert_silent(alice, api)
+
+    # One bad item refuses the whole batch; nothing is appended.
+    before = await published(redis, prefix)
+    r = await api.http.post(
+        "/api/hubs/chat/:batch",
+        json={"messages": [
+            {"to": "all", "target": "t"},
+            {"to": "connection", "name": "bad id", "target": "t"},
+        ]},
+    )  # fmt: skip
+    assert r.status_code == 400 and "messages[1]" in r.json()["message"]
+    assert await published(redis, prefix) == before

@@ -21,6 +21,7 @@ from hubbub.metrics import Metrics
 from hubbub.settings import Settings
 from hubbub.stream import PublishStream
 from hubbub.telemetry import setup_tracing
+from hubbub.tokens import ServiceTokenVerifier
 
 from . import connect, errors, ingest, negotiate
 from .deliver import LocalIndex
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 schema.broadcast_feed,
             ),
             metrics=metrics,
+            tokens=ServiceTokenVerifier(settings.access_keys),
             telemetry=telemetry,
         )
         app.state.hubbub = state

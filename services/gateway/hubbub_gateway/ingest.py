@@ -9,7 +9,7 @@ atomically and tell the gateways concerned. Paths exist under ``/api/hubs`` and 
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -29,7 +29,7 @@ from hubbub.telemetry import (
     context_from_headers,
     traceparent_of,
 )
-from hubbub.tokens import TokenError, mint_token, verify_service_token
+from hubbub.tokens import TokenError, mint_token
 
 from .errors import ApiError
 from .state import GatewayState
@@ -40,6 +40,22 @@ class SendBody(BaseModel):
 
     target: str = Field(min_length=1, max_length=1024, description="Client method name")
     arguments: list[Any] = Field(default_factory=list)
+
+
+class BatchItem(SendBody):
+    """One message of a batch: who gets it, and the same body as a single send."""
+
+    to: Literal["all", "group", "user", "connection"]
+    name: str = Field(default="", description="Group, user or connection id; empty for all")
+    excluded: list[str] = Field(default_factory=list)
+
+
+class BatchBody(BaseModel):
+    messages: list[BatchItem] = Field(min_length=1, max_length=10_000)
+
+
+class BatchAccepted(BaseModel):
+    messageIds: list[str]
 
 
 class Accepted(BaseModel):
@@ -61,9 +77,7 @@ async def authenticate(request: Request) -> None:
     if auth[:7].lower() != "bearer ":
         raise ApiError(401, "Error.Unauthorized", "missing 'Authorization: Bearer <token>'")
     try:
-        verify_service_token(
-            auth[7:].strip(), request.app.state.hubbub.settings.access_keys, str(request.url)
-        )
+        request.app.state.hubbub.tokens.verify(auth[7:].strip(), str(request.url))
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
 
@@ -143,6 +157,26 @@ async def _publish_traced(
     return message_id
 
 
+_BATCH_KINDS = {
+    "all": (Kind.ALL, None),
+    "group": (Kind.GROUP, names.group_name),
+    "user": (Kind.USER, names.user_id),
+    "connection": (Kind.CONNECTION, names.connection_id),
+}
+
+
+def _batch_message(hub: str, item: BatchItem) -> Publish:
+    """Validate everything before anything is appended: a bad item refuses the whole batch."""
+    kind, check = _BATCH_KINDS[item.to]
+    target = check(item.name) if check is not None else ""
+    if item.excluded and kind not in (Kind.ALL, Kind.GROUP):
+        raise names.InvalidName("'excluded' applies to 'all' and 'group' only")
+    for conn in item.excluded:
+        names.connection_id(conn)
+    frame = encode_invocation(item.target, item.arguments)
+    return Publish(kind, hub, target, frame, tuple(item.excluded))
+
+
 def _not_found(code: str, what: str) -> ApiError:
     return ApiError(404, code, f"{what} does not exist")
 
@@ -189,6 +223,28 @@ def routes(prefix: str) -> APIRouter:
     ) -> JSONResponse:
         target = names.connection_id(connection)
         return await _publish(state, request, Kind.CONNECTION, hub, target, body)
+
+    @r.post(
+        prefix + "/:batch",
+        status_code=202,
+        responses={202: {"model": BatchAccepted}},
+        summary="Send many messages in one call (one Redis round trip)",
+    )
+    async def batch(state: State, hub: Hub, body: BatchBody) -> JSONResponse:
+        if state.draining:
+            raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
+        messages = []
+        for i, item in enumerate(body.messages):
+            try:
+                messages.append(_batch_message(hub, item))
+            except names.InvalidName as exc:
+                raise ApiError(400, "Error.InvalidName", f"messages[{i}]: {exc}") from None
+        started = time.perf_counter()
+        ids = await state.publish.append_many(messages)
+        for m in messages:
+            state.metrics.accepted.labels(m.kind.name.lower()).inc()
+        state.metrics.stage.labels("ingest").observe(time.perf_counter() - started)
+        return JSONResponse({"messageIds": ids}, status_code=202)
 
     # ------------------------------------------------------------ connection <-> group
 

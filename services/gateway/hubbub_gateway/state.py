@@ -12,6 +12,7 @@ from hubbub.metrics import Metrics
 from hubbub.settings import Settings
 from hubbub.stream import PublishStream
 from hubbub.telemetry import Telemetry
+from hubbub.tokens import ServiceTokenVerifier
 
 from .deliver import LocalIndex
 
@@ -25,6 +26,7 @@ class GatewayState:
     publish: PublishStream
     index: LocalIndex
     metrics: Metrics
+    tokens: ServiceTokenVerifier
     telemetry: Telemetry | None = None
     draining: bool = False
     redis_ok: bool = True
