@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 from redis.asyncio import Redis
@@ -36,15 +35,6 @@ log = logging.getLogger("hubbub.fanout.route")
 Entry = tuple[bytes, Fields]
 
 
-@dataclass
-class RouteStats:
-    messages: int = 0
-    deliveries: int = 0
-    unroutable: int = 0
-    malformed: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
-
-
 class Router:
     def __init__(
         self,
@@ -61,7 +51,6 @@ class Router:
         self.schema = schema
         self.group = group
         self.inbox_maxlen = inbox_maxlen
-        self.stats = RouteStats()
 
     async def ensure_group(self, stream: str) -> None:
         """Create the consumer group from the stream's start, so nothing accepted is skipped."""
@@ -84,7 +73,7 @@ class Router:
             try:
                 parsed.append((entry_id, Publish.from_fields(fields)))
             except (KeyError, ValueError, UnicodeDecodeError):
-                self.stats.malformed += 1
+                self.metrics.drops.labels("malformed").inc()
                 log.error("dropping malformed publish entry %r", entry_id)
 
         lookups = [m for _, m in parsed if m.kind is not Kind.ALL]
@@ -101,14 +90,12 @@ class Router:
                         pipe.hget(hk.connection(m.target), "gw")
                 resolved = await pipe.execute()
 
-        stats = self.stats
         metrics = self.metrics
         answers = iter(resolved)
         stream = self.schema.publish_partition(partition)
         spans: list[Span] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id, m in parsed:
-                stats.messages += 1
                 delivery = m.delivery(message_id(partition, entry_id).encode())
                 process = None
                 if self.tracer is not None and m.traceparent:
@@ -122,7 +109,6 @@ class Router:
                     gateways = [answer] if isinstance(answer, bytes) else list(answer or [])
                     destinations = [self.schema.inbox(gw.decode()) for gw in gateways]
                     if not gateways:
-                        stats.unroutable += 1
                         metrics.drops.labels("no_recipient").inc()
                 for destination in destinations:
                     if process is not None:
@@ -135,7 +121,6 @@ class Router:
                         approximate=True,
                         nomkstream=m.kind is not Kind.ALL,
                     )
-                    stats.deliveries += 1
                 metrics.routed.labels(m.kind.name.lower()).inc(len(destinations))
             pipe.xack(stream, self.group, *(entry_id for entry_id, _ in entries))
             await pipe.execute()
