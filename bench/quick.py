@@ -9,8 +9,12 @@ and each phase runs on one system then on the other (alternating which goes firs
 the machine's other load weighs on both alike:
 
 - **hubbub**: one ``redis-server`` (:class:`hubbub.embedded.RedisProcess`), two gateways
-  (``python -m hubbub_gateway.main``) and two fan-out workers; messages are published through the
-  REST API (``hubbub.client.HubbubClient``), spread over both gateways.
+  (``python -m hubbub_gateway.main``) and two fan-out workers. ``--hubbub-publish`` says how
+  messages are published: ``direct`` (the default with ``--compare``) appends them straight to
+  the publish stream with ``hubbub.publisher.Publisher``, the counterpart of the peer's write-only
+  ``AsyncRedisManager``; ``rest`` (the default otherwise) sends them through the REST API, spread
+  over both gateways. With ``--all`` and ``direct``, one extra short phase, **W3 via REST**,
+  repeats W3 for Hubbub alone through the REST API, so the REST ingest cost stays visible.
 - **socketio** (the peer): its own ``redis-server`` (the same binary), two uvicorn processes
   serving ``socketio.ASGIApp(socketio.AsyncServer(client_manager=AsyncRedisManager))``
   (``bench/peer_socketio.py``); messages are injected by a write-only
@@ -259,7 +263,7 @@ class Target:
             files.append(Path(self.redis.directory) / "server.log")
         return files
 
-    def publisher_config(self) -> dict[str, Any]:
+    def publisher_config(self, mode: str | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
     async def prepare_groups(self, specs: list[ClientSpec], connected: dict[int, str]) -> None:
@@ -279,6 +283,7 @@ class HubbubTarget(Target):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rest: list[Any] = []  # one HubbubClient per gateway
+        self.publish_mode = "rest"  # or "direct" (--hubbub-publish)
 
     def _env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -320,8 +325,11 @@ class HubbubTarget(Target):
         self.rest = []
         self.stop_processes()
 
-    def publisher_config(self) -> dict[str, Any]:
-        return {"kind": "hubbub", "urls": self.client_endpoints()}
+    def publisher_config(self, mode: str | None = None) -> dict[str, Any]:
+        mode = mode or self.publish_mode
+        if mode == "direct":  # the gateways run with the default key prefix (hubbub)
+            return {"kind": "hubbub-direct", "redis_url": self.redis.url, "key_prefix": "hubbub"}
+        return {"kind": "hubbub-rest", "urls": self.client_endpoints()}
 
     async def prepare_groups(self, specs: list[ClientSpec], connected: dict[int, str]) -> None:
         """Every connected client joins its group (REST), before the first phase."""
@@ -376,7 +384,7 @@ class SocketIOTarget(Target):
         await asyncio.gather(*(wait_http_ok(gw, "/bench/connected") for gw in self.gateways))
         await asyncio.sleep(0.5)  # let each subscribe to the Redis channel
 
-    def publisher_config(self) -> dict[str, Any]:
+    def publisher_config(self, mode: str | None = None) -> dict[str, Any]:
         return {"kind": "socketio", "redis_url": self.redis.url}
 
     async def stale(self, connection_ids: list[str], grace: float = 3.0) -> int | None:
@@ -496,6 +504,33 @@ class HubbubPublisher:
             idle.clear()
 
 
+class HubbubDirectPublisher:
+    """``--hubbub-publish direct``: ``hubbub.publisher.Publisher`` appends each message straight
+    to the publish stream (one XADD; no HTTP request, no JWT), as an internal Python service
+    would; the apples-to-apples counterpart of the peer's write-only ``AsyncRedisManager``."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from hubbub.publisher import Publisher
+        from hubbub.settings import Settings
+
+        settings = Settings(redis_url=config["redis_url"], key_prefix=config["key_prefix"])
+        self.publisher = Publisher.from_settings(settings, HUB)
+
+    async def publish(self, n: int, recipient: tuple[str, str], payload: dict[str, Any]) -> None:
+        kind, name = recipient
+        if kind == "all":
+            await self.publisher.send_to_all(TARGET_METHOD, [payload])
+        elif kind == "group":
+            await self.publisher.send_to_group(name, TARGET_METHOD, [payload])
+        elif kind == "user":
+            await self.publisher.send_to_user(name, TARGET_METHOD, [payload])
+        else:
+            raise ValueError(kind)
+
+    async def aclose(self) -> None:
+        await self.publisher.__aexit__()
+
+
 class SocketIOPublisher:
     """A write-only ``AsyncRedisManager``, as python-socketio documents for external emitters."""
 
@@ -522,14 +557,21 @@ class SocketIOPublisher:
             await redis.aclose()
 
 
-PUBLISHERS: dict[str, Callable[[dict[str, Any]], HubbubPublisher | SocketIOPublisher]] = {
-    "hubbub": HubbubPublisher,
+AnyPublisher = HubbubPublisher | HubbubDirectPublisher | SocketIOPublisher
+PUBLISHERS: dict[str, Callable[[dict[str, Any]], AnyPublisher]] = {
+    "hubbub-rest": HubbubPublisher,
+    "hubbub-direct": HubbubDirectPublisher,
     "socketio": SocketIOPublisher,
+}
+PUBLISH_PATHS = {  # how each publisher process reaches its system, for the report
+    "hubbub-rest": "REST API",
+    "hubbub-direct": "direct to stream",
+    "socketio": "AsyncRedisManager",
 }
 
 
 async def publish_share(
-    publisher: HubbubPublisher | SocketIOPublisher,
+    publisher: AnyPublisher,
     workload: Workload,
     *,
     rate: float,
@@ -639,10 +681,12 @@ class PublisherPool:
 
     def __init__(self, procs: int) -> None:
         self.n = procs
+        self.kind = ""  # the publishers' config kind, e.g. hubbub-direct
         self.processes: list[multiprocessing.process.BaseProcess] = []
         self.pipes: list[multiprocessing.connection.Connection] = []
 
     def start(self, config: dict[str, Any], concurrency: int) -> None:
+        self.kind = config["kind"]
         context = multiprocessing.get_context("spawn")
         for p in range(self.n):
             parent, child = context.Pipe()
@@ -1408,6 +1452,7 @@ class Session:
     seq_next: int = 0
     phase_no: int = 0
     out: dict[str, Any] = field(default_factory=dict)  # what the report says of this system
+    rest_publishers: PublisherPool | None = None  # Hubbub, direct: for the W3 via REST phase
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -1430,18 +1475,25 @@ def sample_frame_bytes(protocol: str, pad: int) -> int:
 
 
 async def run_phase(
-    session: Session, workload: str, rate: float, seconds: float, drain_timeout: float
+    session: Session,
+    workload: str,
+    rate: float,
+    seconds: float,
+    drain_timeout: float,
+    publishers: PublisherPool | None = None,
 ) -> dict[str, Any]:
-    """Publish ``workload`` at ``rate``/s for ``seconds``, wait for every delivery (at most
-    ``drain_timeout`` after the last publish), measure; then wait until traffic stopped."""
+    """Publish ``workload`` at ``rate``/s for ``seconds`` (with the session's publishers unless
+    told), wait for every delivery (at most ``drain_timeout`` after the last publish), measure;
+    then wait until traffic stopped."""
     args, target, pool = session.args, session.target, session.clients
+    publishers = publishers or session.publishers
     seq_base = session.seq_next
     session.seq_next += max(1, int(rate * seconds))
     session.phase_no += 1
     pool.broadcast("phase", seq_base)
     pids = target.server_pids()
     start_at = time.time() + 0.3
-    session.publishers.send_publish(
+    publishers.send_publish(
         {
             "workload": workload,
             "rate": rate,
@@ -1456,7 +1508,7 @@ async def run_phase(
     cpu_before = cpu_snapshot(pids)
     machine_before, self_before = machine_busy_seconds(), time.process_time()
     window_start = time.monotonic()
-    pub = await session.publishers.results(seconds * 4 + 120)
+    pub = await publishers.results(seconds * 4 + 120)
     publish_end = time.monotonic()
     got = 0
     while True:
@@ -1500,6 +1552,7 @@ async def run_phase(
     report = {
         "target": target.name,
         "workload": workload,
+        "publish_path": publishers.kind,
         "clients": len(session.connected),
         "rate": rate,
         "seconds": seconds,
@@ -1664,10 +1717,19 @@ async def open_session(
     cleanup.append(pool.terminate)
     publishers = PublisherPool(args.publisher_procs)
     cleanup.append(publishers.terminate)
+    if isinstance(target, HubbubTarget):
+        target.publish_mode = args.hubbub_publish
+    rest_publishers = None
+    if name == "hubbub" and args.rest_phase:
+        rest_publishers = PublisherPool(args.publisher_procs)
+        cleanup.append(rest_publishers.terminate)
     log(f"starting {target.label} (logs in {target.workdir})")
     await target.start()
     out: dict[str, Any] = {"target": name, "label": target.label, "phases": {}}
     publishers.start(target.publisher_config(), args.publishers)
+    out["publish_path"] = publishers.kind
+    if rest_publishers is not None:
+        rest_publishers.start(target.publisher_config("rest"), args.publishers)
     endpoints = target.client_endpoints()
     specs = [
         ClientSpec(i, endpoints[i % len(endpoints)], f"u{i}", f"g{i // GROUP_SIZE}")
@@ -1696,7 +1758,11 @@ async def open_session(
     await target.prepare_groups(specs, connected)
     await publishers.ready()
     publishers.setup(specs, connected)
-    session = Session(target, pool, publishers, args, connected, out=out)
+    if rest_publishers is not None:
+        await rest_publishers.ready()
+        rest_publishers.setup(specs, connected)
+    session = Session(target, pool, publishers, args, connected, out=out,
+                      rest_publishers=rest_publishers)  # fmt: skip
     if args.settle:
         await asyncio.sleep(args.settle)
     pids = target.server_pids()
@@ -1719,6 +1785,8 @@ async def close_session(session: Session) -> dict[str, Any]:
     finally:
         session.clients.terminate()
         session.publishers.terminate()
+        if session.rest_publishers is not None:
+            session.rest_publishers.terminate()
         log(f"stopping {target.label}")
         await target.stop()
     out["log_issues"] = scan_logs(target.log_files())
@@ -1751,6 +1819,13 @@ async def run_sessions(
                     sessions[name], workload, rate, args.seconds, args.drain_timeout
                 )
             turn += 1
+        hub = sessions.get("hubbub")
+        if hub is not None and hub.rest_publishers is not None:
+            rate = args.rates["users"]
+            log(f"hubbub: users at {rate:g}/s for {args.rest_seconds:g} s, via the REST API")
+            hub.out["phases"]["users_rest"] = await run_phase(
+                hub, "users", rate, args.rest_seconds, args.drain_timeout, hub.rest_publishers
+            )
         if args.ramp:
             ramps = {name: Ramp(args) for name in names}
             log(f"ramp: W1 from {args.ramp_start:g}/s, {args.ramp_seconds:g} s steps, in turn")
@@ -1954,19 +2029,21 @@ def cpu_share(r: dict[str, Any], prefixes: tuple[str, ...]) -> float | None:
     return sum(parts) / r["received"] * 1e6
 
 
-def header_rows(labels: list[str]) -> list[str]:
+def header_rows(labels: list[str], ratio_label: str = "Hubbub / peer") -> list[str]:
     """A markdown table's header: one column per system, and Hubbub / peer when there are two."""
     two = len(labels) == 2
     return [
-        "| | " + " | ".join(labels) + (" | Hubbub / peer |" if two else " |"),
+        "| | " + " | ".join(labels) + (f" | {ratio_label} |" if two else " |"),
         "|---" * (len(labels) + 1 + two) + "|",
     ]
 
 
-def phase_table(runs: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
+def phase_table(
+    runs: list[tuple[str, dict[str, Any] | None]], ratio_label: str = "Hubbub / peer"
+) -> list[str]:
     """A markdown table, one column per system, and Hubbub/peer when there are two."""
     two = len(runs) == 2
-    lines = header_rows([label for label, _ in runs])
+    lines = header_rows([label for label, _ in runs], ratio_label)
     for name, get, spec in ROWS:
         values = []
         for _, r in runs:
@@ -2000,6 +2077,13 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     sessions = report["sessions"]
     names = [n for n in args.targets if n in sessions or n in report["idle"]]
     labels = {n: TARGETS[n].label for n in names}
+    paths = {  # the publish path of each system, in the column headers
+        n: PUBLISH_PATHS.get(sessions[n].get("publish_path", ""), "")
+        for n in names
+        if n in sessions
+    }
+    plain = dict(labels)
+    labels.update({n: f"{labels[n]} ({p})" for n, p in paths.items() if p})
     out: list[str] = []
     hub = sessions.get("hubbub")
     peer = sessions.get("socketio")
@@ -2007,7 +2091,9 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
 
     # ---------------------------------------------------------------- targets
     if compare or report["idle"]:
-        out += ["## Targets", "", "| target | measured | met? |", "|---|---|---|"]
+        how = "; ".join(f"{plain[n]} publish: {p}" for n, p in paths.items() if p)
+        measured = f"measured ({how})" if compare and how else "measured"
+        out += ["## Targets", "", f"| target | {measured} | met? |", "|---|---|---|"]
         if compare:
             for w in ("broadcast", "groups", "users"):
                 a = hub["phases"].get(w)
@@ -2070,6 +2156,24 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
         out += phase_table(runs)
         notes = [(label, describe_phase(r)) for label, r in runs if r and describe_phase(r)]
         out += [""] + [f"- {label}: {note}" for label, note in notes] + ([""] if notes else [])
+
+    # ---------------------------------------------------------------- W3 via REST
+    rest = hub["phases"].get("users_rest") if hub is not None else None
+    if rest is not None:
+        direct = hub["phases"].get("users")
+        out += [
+            f"## W3 via REST (Hubbub only): {rest['clients']} clients, {rest['rate']:g} msg/s "
+            f"for {rest['seconds']:g} s",
+            "",
+            "W3 again, published through Hubbub's REST API (an HTTP request to a gateway, JWT "
+            "verified, then the same XADD) instead of straight to the publish stream: what the "
+            "REST ingest adds to the server CPU. The peer has no REST path.",
+            "",
+        ]
+        runs = [("Hubbub W3 via REST API", rest), ("Hubbub W3 direct to stream", direct)]
+        out += phase_table(runs, "REST / direct")
+        note = describe_phase(rest)
+        out += [""] + ([f"- W3 via REST: {note}", ""] if note else [])
 
     # ---------------------------------------------------------------- ramp
     ramps = [(n, sessions[n].get("ramp")) for n in names if n in sessions]
@@ -2277,6 +2381,12 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
         else "no phase measured"
     )
     lb, la = report["loadavg_before"], report["loadavg_after"]
+    publish_paths = "; ".join(
+        f"{s['label']}: {PUBLISH_PATHS.get(s.get('publish_path', ''), '?')}"
+        for s in report["sessions"].values()
+    )
+    if any("users_rest" in s["phases"] for s in report["sessions"].values()):
+        publish_paths += "; Hubbub's W3 via REST phase: REST API"
     lines = [
         "# Hubbub vs python-socketio: benchmark results",
         "",
@@ -2299,15 +2409,12 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
         f"fan-out workers), {args.clients} clients from {args.client_procs} load-client "
         f"processes ({args.client_impl}), {args.publisher_procs} publisher processes "
         f"({args.publishers} in flight each), payload padding {args.pad} B",
+        f"- publish path: {publish_paths}",
         "",
         markdown_report(report, args),
         "## How the two setups differ (read the figures with this in mind)",
         "",
-        "- Publishing: Hubbub's messages go through its REST API (an HTTP request to a gateway, "
-        "JWT verified, XADD, a fan-out worker, the gateway's inbox), so its server CPU includes "
-        "that ingest; python-socketio's come from a write-only `AsyncRedisManager` (one Redis "
-        "PUBLISH that both uvicorn processes receive and decode). The publishers' own CPU is not "
-        "server CPU for either.",
+        publishing_note(args),
         "- Keep-alive: the SignalR load clients send a Ping every 10 s (Hubbub closes a client "
         "silent for 30 s) and Hubbub pings after 15 s without output; Socket.IO clients only "
         "answer the server's pings (every 25 s). This shows in the idle CPU figures.",
@@ -2319,6 +2426,27 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
         "",
     ]
     return "\n".join(lines)
+
+
+def publishing_note(args: argparse.Namespace) -> str:
+    peer = (
+        "python-socketio's come from a write-only `AsyncRedisManager` (one Redis PUBLISH that "
+        "both uvicorn processes receive and decode)"
+    )
+    if args.hubbub_publish == "direct":
+        hub = (
+            "Hubbub's messages are appended straight to its publish stream by "
+            "`hubbub.publisher.Publisher` (one XADD; then a fan-out worker, the gateway's inbox), "
+            "the counterpart of the peer's path; the W3 via REST phase shows what the REST API "
+            "(an HTTP request to a gateway, JWT verified) adds"
+        )
+    else:
+        hub = (
+            "Hubbub's messages go through its REST API (an HTTP request to a gateway, JWT "
+            "verified, XADD, a fan-out worker, the gateway's inbox), so its server CPU includes "
+            "that ingest"
+        )
+    return f"- Publishing: {hub}; {peer}. The publishers' own CPU is not server CPU for either."
 
 
 def print_details(report: dict[str, Any]) -> None:
@@ -2393,6 +2521,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--publishers", type=int, default=8, help="requests in flight per proc")
     parser.add_argument("--gateways", type=int, default=2, help="server processes per system")
     parser.add_argument("--workers", type=int, default=2, help="Hubbub fan-out workers")
+    parser.add_argument(
+        "--hubbub-publish",
+        choices=["rest", "direct"],
+        default=None,
+        help="how Hubbub's publisher processes publish: straight to the publish stream "
+        "(hubbub.publisher.Publisher) or through the REST API (default: direct with --compare, "
+        "as the peer publishes straight to Redis; rest otherwise)",
+    )
+    parser.add_argument(
+        "--rest-seconds",
+        type=float,
+        default=5.0,
+        help="--all with direct publishing: the extra W3 via REST phase (Hubbub only) lasts "
+        "this long; 0 skips it",
+    )
     parser.add_argument("--pad", type=int, default=16, help="payload padding (frame ~100 B)")
     parser.add_argument(
         "--compression",
@@ -2463,6 +2606,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.workloads = ["broadcast"]
     args.workloads = list(dict.fromkeys(args.workloads or []))
     args.idle = args.idle or 0
+    if args.hubbub_publish is None:
+        args.hubbub_publish = "direct" if args.compare else "rest"
+    args.rest_phase = (
+        args.all
+        and args.hubbub_publish == "direct"
+        and "hubbub" in args.targets
+        and "users" in args.workloads
+        and args.rest_seconds > 0
+    )
     args.rates = {w: args.rate or getattr(args, f"{w}_rate") for w in DEFAULT_RATES}
     if args.clients < 1 or args.client_procs < 1 or args.seconds <= 0:
         parser.error("--clients, --client-procs and --seconds must be positive")
