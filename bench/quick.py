@@ -57,6 +57,7 @@ there are any).
 
 from __future__ import annotations
 
+import abc
 import argparse
 import array
 import asyncio
@@ -201,7 +202,7 @@ async def wait_http_ok(proc: ServerProc, path: str, within: float = 30.0) -> Non
     raise TimeoutError(f"{proc.name} not ready after {within}s")
 
 
-class Target:
+class Target(abc.ABC):
     """What the benchmark needs of a system: start/stop its server side, name the server PIDs
     (for CPU) and the gateway PIDs (for memory), say where clients connect and how publisher
     processes reach it, put clients in groups, and count connections left after close."""
@@ -228,8 +229,8 @@ class Target:
         os.makedirs(self.redis.directory, exist_ok=True)
         self.redis.start()
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def start(self) -> None: ...
 
     async def stop(self) -> None:
         self.stop_processes()
@@ -263,11 +264,13 @@ class Target:
             files.append(Path(self.redis.directory) / "server.log")
         return files
 
-    def publisher_config(self, mode: str | None = None) -> dict[str, Any]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def publisher_config(self, mode: str | None = None) -> dict[str, Any]: ...
 
-    async def prepare_groups(self, specs: list[ClientSpec], connected: dict[int, str]) -> None:
-        pass
+    async def prepare_groups(  # an optional hook: only Hubbub joins groups by REST
+        self, specs: list[ClientSpec], connected: dict[int, str]
+    ) -> None:
+        return None
 
     async def stale(self, connection_ids: list[str], grace: float = 3.0) -> int | None:
         return None
@@ -803,7 +806,7 @@ class ClientSpec:
     group: str
 
 
-class Receiver:
+class Receiver(abc.ABC):
     """One load client's counting of the messages it gets (protocol-independent part).
 
     Latency is sampled on every message (receive time - the publish time it carries); a repeated
@@ -849,9 +852,9 @@ class Receiver:
         if (group is not None and group != self.group) or (user is not None and user != self.user):
             stats.misdelivered += 1
 
+    @abc.abstractmethod
     def feed(self, data: bytes, now: float) -> bool:
         """One WebSocket message; False once the server closed the session."""
-        raise NotImplementedError
 
     def lost(self, reason: str) -> None:
         """The socket ended (for whatever reason)."""
@@ -1363,7 +1366,7 @@ class ClientPool:
 # ====================================================================== workloads
 
 
-class Workload:
+class Workload(abc.ABC):
     """Who each message goes to, and how many deliveries that should make."""
 
     name = ""
@@ -1374,9 +1377,9 @@ class Workload:
         self.connected = connected  # client index -> connection id (only those that connected)
         self.rng = random.Random(seed)
 
+    @abc.abstractmethod
     def next(self) -> tuple[tuple[str, str], dict[str, str], int]:
         """(recipient, fields the payload carries for checking, expected deliveries)."""
-        raise NotImplementedError
 
 
 class Broadcast(Workload):
