@@ -53,26 +53,33 @@ async def test_one_trace_across_two_gateways_and_a_worker(deployment: Deployment
         assert (await a.recv())["arguments"] == ["traced"]
         assert (await b.recv())["arguments"] == ["traced"]
 
-        async def complete() -> list[ReceivedSpan] | None:
-            spans = receiver.trace(trace_id)
-            delivered = [s for s in spans if s.service == "hubbub-gateway" and s.kind == 5]
-            return spans if len(delivered) == 2 else None
-
-        spans = await eventually(complete, timeout=15)
-        by_id = {s.span_id: s for s in spans}
-
-        def chain(span: ReceivedSpan) -> list[ReceivedSpan]:
+        def chain(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> list[ReceivedSpan]:
             path = [span]
             while path[-1].parent_id in by_id:
                 path.append(by_id[path[-1].parent_id])
             return path[::-1]
+
+        async def complete() -> list[ReceivedSpan] | None:
+            # Each process exports on its own schedule: wait until both delivery spans are in
+            # and the busy one's ancestry reaches the caller's root span.
+            spans = receiver.trace(trace_id)
+            by_id = {s.span_id: s for s in spans}
+            delivered = [s for s in spans if s.service == "hubbub-gateway" and s.kind == 5]
+            if len(delivered) != 2:
+                return None
+            busy = [s for s in delivered if s.attributes.get("hubbub.recipients") == 2]
+            rooted = busy and chain(busy[0], by_id)[0].parent_id == ""
+            return spans if rooted else None
+
+        spans = await eventually(complete, timeout=15)
+        by_id = {s.span_id: s for s in spans}
 
         # A broadcast goes through the feed every gateway reads: each gateway has a delivery
         # span; the one holding both clients wrote to 2 sockets.
         delivers = [s for s in spans if s.service == "hubbub-gateway" and s.kind == 5]
         assert sorted(int(s.attributes["hubbub.recipients"]) for s in delivers) == [0, 2]  # type: ignore[call-overload]
         deliver = next(s for s in delivers if s.attributes["hubbub.recipients"] == 2)
-        path = chain(deliver)
+        path = chain(deliver, by_id)
         assert [(s.service, s.kind) for s in path] == [
             ("publisher", 3),  # CLIENT
             ("hubbub-gateway", 2),  # SERVER: the REST handler
