@@ -40,6 +40,10 @@ def _join_ids(ids: tuple[str, ...]) -> bytes:
     return ",".join(ids).encode()
 
 
+def _as_map(args: list[bytes]) -> OutFields:
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
 def _split_ids(raw: bytes | None) -> tuple[str, ...]:
     return tuple(raw.decode().split(",")) if raw else ()
 
@@ -55,18 +59,21 @@ class Publish:
     excluded: tuple[str, ...] = ()
     traceparent: str | None = None
 
-    def to_fields(self) -> OutFields:
-        fields: OutFields = {
-            b"k": self.kind.value,
-            b"h": self.hub.encode(),
-            b"t": self.target.encode(),
-            b"f": self.frame,
-        }
+    def field_args(self, message_id: bytes | None = None) -> list[bytes]:
+        """The entry's fields flat, as ``XADD`` takes them; with the message id, the inbox
+        entry a worker hands to a gateway."""
+        args = [b"k", self.kind.value, b"h", self.hub.encode(), b"t", self.target.encode(),
+                b"f", self.frame]  # fmt: skip
         if self.excluded:
-            fields[b"x"] = _join_ids(self.excluded)
+            args += (b"x", _join_ids(self.excluded))
         if self.traceparent:
-            fields[b"tp"] = self.traceparent.encode()
-        return fields
+            args += (b"tp", self.traceparent.encode())
+        if message_id is not None:
+            args += (b"m", message_id)
+        return args
+
+    def to_fields(self) -> OutFields:
+        return _as_map(self.field_args())
 
     @classmethod
     def from_fields(cls, fields: Fields) -> Publish:
@@ -82,9 +89,7 @@ class Publish:
 
     def delivery(self, message_id: bytes) -> OutFields:
         """The inbox entry for this message: the same fields plus the message id."""
-        fields = self.to_fields()
-        fields[b"m"] = message_id
-        return fields
+        return _as_map(self.field_args(message_id))
 
 
 @dataclass(frozen=True, slots=True)

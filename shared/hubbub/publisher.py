@@ -1,6 +1,6 @@
 """Publish from Python straight into the publish stream, without the REST hop.
 
-For internal Python services that already hold a Redis connection: the same messages, ids,
+For internal Python services that can reach Redis: the same messages, ids,
 ordering and guarantees as the REST API (a returned id means the message is stored), the way
 python-socketio's write-only ``AsyncRedisManager`` or Azure's transient SDK mode serve theirs.
 Validation is the same as at the REST edge. There is no caller authentication: whoever can
@@ -12,12 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from . import names
 from .envelopes import Kind, Publish
 from .keys import KeySchema
-from .redis import connect
+from .redis import Pipe
 from .settings import Settings
 from .signalr import encode_invocation
 from .stream import PublishStream
@@ -26,11 +24,11 @@ from .stream import PublishStream
 class Publisher:
     """``async with Publisher.from_settings(Settings()) as p: await p.send_to_all(...)``"""
 
-    def __init__(self, redis: Redis, settings: Settings, hub: str) -> None:
-        self.redis = redis
+    def __init__(self, pipe: Pipe, settings: Settings, hub: str) -> None:
+        self.pipe = pipe
         self.hub = names.hub_name(hub)
         self.stream = PublishStream(
-            redis,
+            pipe,
             KeySchema(settings.key_prefix),
             settings.publish_partitions,
             settings.publish_stream_maxlen,
@@ -38,13 +36,13 @@ class Publisher:
 
     @classmethod
     def from_settings(cls, settings: Settings, hub: str) -> Publisher:
-        return cls(connect(settings.redis_url, "hubbub-publisher"), settings, hub)
+        return cls(Pipe(settings.redis_url, "hubbub-publisher"), settings, hub)
 
     async def __aenter__(self) -> Publisher:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        await self.redis.aclose()
+        await self.pipe.aclose()
 
     def _message(
         self,

@@ -1,11 +1,28 @@
-"""The one way Hubbub processes open Redis: bytes in and out, retries on transient errors,
-and a bounded pool that makes bursts wait for a connection instead of failing."""
+"""How Hubbub processes open Redis, bytes in and out.
+
+:func:`connect` gives a redis-py client: retries on transient errors, and a bounded pool that
+makes bursts wait for a connection instead of failing. :class:`Pipe` is the hot path's single
+pipelined connection, for the few commands every message pays for.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+from .resp import Arg, Command, Replies, first_error, pack_many
 
 
 def connect(url: str, name: str | None = None, max_connections: int = 64) -> Redis:
@@ -22,3 +39,242 @@ def connect(url: str, name: str | None = None, max_connections: int = 64) -> Red
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
     )
     return Redis.from_pool(pool)
+
+
+class Pipe:
+    """One Redis connection for the hot path, about three times cheaper per call than redis-py.
+
+    Commands are written as they come (flushed once per event-loop turn) and replies matched
+    in order, so concurrent callers share writes and round trips. The publish stream, the
+    worker's read-route-acknowledge loop and the gateway's inbox reads use it; everything else
+    uses :func:`connect`. A lost connection fails the calls in flight with
+    :class:`redis.exceptions.ConnectionError` and is reopened by the next call; a reply later
+    than ``timeout`` (plus a blocking command's own ``block``) aborts the connection with
+    :class:`redis.exceptions.TimeoutError`, so a frozen server cannot hang a caller.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        name: str | None = None,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._address = parse_url(url)
+        self._connection: _Connection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def execute(self, *command: Arg, block: float = 0.0) -> Any:
+        """One command's reply; an error reply is raised as ``ResponseError``."""
+        connection = self._connection
+        if connection is None or not connection.alive:
+            connection = await self._connect()
+        reply = await connection.send((command,), True, block)
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        """Several commands in one write; every reply, or the first error reply raised."""
+        if not commands:
+            return []
+        connection = self._connection
+        if connection is None or not connection.alive:
+            connection = await self._connect()
+        replies: list[Any] = await connection.send(commands, False, 0.0)
+        error = first_error(replies)
+        if error is not None:
+            raise error
+        return replies
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def _connect(self) -> _Connection:
+        async with self._lock:
+            connection = self._connection
+            if connection is not None and connection.alive:
+                return connection
+            if self._closed:
+                raise RedisConnectionError("pipe is closed")
+            connection = await self._open()
+            try:
+                error = first_error(await connection.send(self._hello(), False, 0.0))
+                if error is not None:
+                    raise error
+            except BaseException:
+                connection.close()
+                raise
+            self._connection = connection
+            return connection
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        address = self._address
+        timeout = self.timeout
+
+        def factory() -> _Connection:
+            return _Connection(timeout)
+
+        where = (
+            address.get("path") or f"{address.get('host', 'localhost')}:{address.get('port', 6379)}"
+        )
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if "path" in address:
+                    _, connection = await loop.create_unix_connection(factory, address["path"])
+                else:
+                    _, connection = await loop.create_connection(
+                        factory,
+                        address.get("host", "localhost"),
+                        address.get("port", 6379),
+                        ssl=self._ssl_context(),
+                    )
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"Error connecting to Redis at {where}: {exc!r}") from exc
+        return connection
+
+    def _hello(self) -> list[Command]:
+        address = self._address
+        hello: list[Command] = []
+        if address.get("password"):
+            username = address.get("username")
+            auth = (
+                ("AUTH", username, address["password"])
+                if username
+                else ("AUTH", address["password"])
+            )
+            hello.append(auth)
+        if address.get("db"):
+            hello.append(("SELECT", int(address["db"])))
+        if self.name:
+            hello.append(("CLIENT", "SETNAME", self.name))
+        return hello or [("PING",)]
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        address = self._address
+        if address.get("connection_class") is not SSLConnection:
+            return None
+        cafile = address.get("ssl_ca_certs")
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        if str(address.get("ssl_cert_reqs", "required")).lower() in ("none", "optional"):
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+class _Waiter:
+    __slots__ = ("deadline", "expected", "future", "replies")
+
+    def __init__(self, future: asyncio.Future[Any], expected: int, deadline: float) -> None:
+        self.future = future
+        self.expected = expected  # 0: one command, its reply itself; n: a list of n replies
+        self.replies: list[Any] = []
+        self.deadline = deadline
+
+
+class _Connection(asyncio.Protocol):
+    """The socket half of :class:`Pipe`: write buffer, reply parser, waiters in order."""
+
+    WATCH_INTERVAL = 0.5
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.transport: asyncio.Transport | None = None
+        self.alive = False
+        self.replies = Replies()
+        self.waiters: deque[_Waiter] = deque()
+        self.out: list[bytes] = []
+        self.flushing = False
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.failure: RedisError | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.alive = True
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.alive = False
+        failure = self.failure or RedisConnectionError(
+            f"Redis connection lost: {exc!r}" if exc else "Redis closed the connection"
+        )
+        waiters, self.waiters = self.waiters, deque()
+        for waiter in waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(failure)
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+
+    def data_received(self, data: bytes) -> None:
+        replies = self.replies
+        try:
+            replies.feed(data)
+            waiters = self.waiters
+            for reply in replies:
+                waiter = waiters[0]
+                if waiter.expected == 0:
+                    waiters.popleft()
+                    if not waiter.future.done():
+                        waiter.future.set_result(reply)
+                    continue
+                waiter.replies.append(reply)
+                if len(waiter.replies) == waiter.expected:
+                    waiters.popleft()
+                    if not waiter.future.done():
+                        waiter.future.set_result(waiter.replies)
+        except (InvalidResponse, IndexError) as exc:  # garbage, or a reply nobody asked for
+            self._abort(RedisConnectionError(f"Redis protocol error: {exc!r}"))
+
+    def send(self, commands: Sequence[Command], single: bool, block: float) -> asyncio.Future[Any]:
+        if not self.alive:
+            raise self.failure or RedisConnectionError("Redis connection lost")
+        future: asyncio.Future[Any] = self.loop.create_future()
+        expected = 0 if single else len(commands)
+        self.waiters.append(_Waiter(future, expected, self.loop.time() + self.timeout + block))
+        self.out.append(pack_many(commands))
+        if not self.flushing:
+            self.flushing = True
+            self.loop.call_soon(self._flush)
+        if self.watchdog is None:
+            self.watchdog = self.loop.call_later(self.WATCH_INTERVAL, self._watch)
+        return future
+
+    def _flush(self) -> None:
+        self.flushing = False
+        if self.alive and self.transport is not None and self.out:
+            out, self.out = self.out, []
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _watch(self) -> None:
+        self.watchdog = None
+        if not self.waiters:
+            return
+        if self.waiters[0].deadline < self.loop.time():
+            self._abort(RedisTimeoutError(f"no reply from Redis within {self.timeout:g}s"))
+            return
+        self.watchdog = self.loop.call_later(self.WATCH_INTERVAL, self._watch)
+
+    def _abort(self, failure: RedisError) -> None:
+        self.failure = failure
+        self.alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self.alive = False
+        if self.transport is not None:
+            self.transport.close()

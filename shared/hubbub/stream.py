@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 
 from .envelopes import Kind, Publish
 from .keys import KeySchema
+from .redis import Pipe
+from .resp import Command
 
 
 def partition_of(message: Publish, partitions: int) -> int:
@@ -30,10 +32,14 @@ def message_id(partition: int, entry_id: bytes | str) -> str:
 
 
 class PublishStream:
-    """Appends accepted messages to their partition; returns the message id."""
+    """Appends accepted messages to their partition; returns the message id.
 
-    def __init__(self, redis: Redis, schema: KeySchema, partitions: int, maxlen: int) -> None:
-        self.redis = redis
+    Appends from concurrent requests share the :class:`~hubbub.redis.Pipe`'s writes and round
+    trips; a batch is one write of all its ``XADD`` commands.
+    """
+
+    def __init__(self, pipe: Pipe, schema: KeySchema, partitions: int, maxlen: int) -> None:
+        self.pipe = pipe
         self.partitions = partitions
         self.keys = [schema.publish_partition(n) for n in range(partitions)]
         self.maxlen = maxlen
@@ -41,20 +47,20 @@ class PublishStream:
     def stream_for(self, hub: str, kind: Kind, target: str) -> str:
         return self.keys[target_partition(hub, kind, target, self.partitions)]
 
+    def _xadd(self, n: int, message: Publish) -> Command:
+        return ("XADD", self.keys[n], "MAXLEN", "~", self.maxlen, "*", *message.field_args())
+
     async def append(self, message: Publish) -> str:
         n = partition_of(message, self.partitions)
-        entry_id = await self.redis.xadd(
-            self.keys[n], message.to_fields(), maxlen=self.maxlen, approximate=True
-        )
+        entry_id: bytes = await self.pipe.execute(*self._xadd(n, message))
         return message_id(n, entry_id)
 
     async def append_many(self, messages: list[Publish]) -> list[str]:
         """One round trip for a batch; ids come back in order."""
         parts = [partition_of(m, self.partitions) for m in messages]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for n, message in zip(parts, messages, strict=True):
-                pipe.xadd(self.keys[n], message.to_fields(), maxlen=self.maxlen, approximate=True)
-            ids: list[bytes] = await pipe.execute()
+        ids = await self.pipe.execute_many(
+            [self._xadd(n, m) for n, m in zip(parts, messages, strict=True)]
+        )
         return [message_id(n, i) for n, i in zip(parts, ids, strict=True)]
 
 

@@ -23,6 +23,8 @@ from hubbub.keys import KeySchema
 from hubbub.logs import configure
 from hubbub.membership import Membership
 from hubbub.metrics import Metrics
+from hubbub.redis import Pipe
+from hubbub.resp import Command, streams_reply
 from hubbub.settings import Settings
 from hubbub.stream import id_after
 from hubbub.telemetry import Telemetry, setup_tracing
@@ -40,16 +42,19 @@ class Worker:
         self,
         settings: Settings,
         redis: Redis,
+        pipe: Pipe,
         metrics: Metrics | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
+        self.pipe = pipe
         self.metrics = metrics or Metrics()
         self.schema = KeySchema(settings.key_prefix)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.router = Router(
             redis,
+            pipe,
             self.schema,
             settings.worker_group,
             settings.inbox_maxlen,
@@ -100,14 +105,14 @@ class Worker:
                 if not self.leases.owned:
                     await asyncio.sleep(settings.lease_interval)
                     continue
-                response = await self.redis.xreadgroup(
-                    settings.worker_group,
-                    self.name,
-                    {self.schema.publish_partition(n): ">" for n in sorted(self.leases.owned)},
-                    count=settings.read_batch,
-                    block=block_ms,
-                )
-                for stream, entries in response or ():
+                owned = [self.schema.publish_partition(n) for n in sorted(self.leases.owned)]
+                response = await self.pipe.execute(
+                    "XREADGROUP", "GROUP", settings.worker_group, self.name,
+                    "COUNT", settings.read_batch, "BLOCK", block_ms,
+                    "STREAMS", *owned, *(">" for _ in owned),
+                    block=block_ms / 1000,
+                )  # fmt: skip
+                for stream, entries in streams_reply(response):
                     await self.router.route(self.streams[stream], entries)
                     self.routed[stream] = entries[-1][0]
                 if time.monotonic() >= next_trim:
@@ -152,12 +157,15 @@ class Worker:
         everything up to the last entry we routed is acknowledged and needed by nobody; the
         length cap (``publish_stream_maxlen``) only matters while no worker routes."""
         routed, self.routed = self.routed, {}
-        for stream, last in routed.items():
-            if self.streams[stream] in self.leases.owned:
-                await self.redis.xtrim(stream, minid=id_after(last), approximate=False)
+        trims: list[Command] = [
+            ("XTRIM", stream, "MINID", id_after(last))
+            for stream, last in routed.items()
+            if self.streams[stream] in self.leases.owned
+        ]
         # The broadcast feed is shared by all gateways: keep a retention window, not a cursor.
         oldest = int(time.time() * 1000) - self.settings.broadcast_retention_ms
-        await self.redis.xtrim(self.schema.broadcast_feed, minid=f"{oldest}-0", approximate=False)
+        trims.append(("XTRIM", self.schema.broadcast_feed, "MINID", f"{oldest}-0"))
+        await self.pipe.execute_many(trims)
 
     async def recover(self, partition: int) -> None:
         """Route, in order, every entry of the partition that was read but not acknowledged."""
@@ -212,6 +220,7 @@ async def serve(settings: Settings) -> None:
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     settings = settings.model_copy(update={"worker_name": name})
     redis = hubbub_redis.connect(settings.redis_url, f"hubbub-fanout-{name}")
+    pipe = Pipe(settings.redis_url, f"hubbub-fanout-{name}")
     metrics = Metrics()
     if settings.metrics_port:
         try:
@@ -219,7 +228,7 @@ async def serve(settings: Settings) -> None:
         except OSError as exc:  # e.g. two workers on one machine: route anyway
             log.warning("no /metrics: port %d unavailable (%s)", settings.metrics_port, exc)
     telemetry = setup_tracing("hubbub-fanout")
-    worker = Worker(settings, redis, metrics, telemetry)
+    worker = Worker(settings, redis, pipe, metrics, telemetry)
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -233,6 +242,7 @@ async def serve(settings: Settings) -> None:
     finally:
         log.info("fan-out worker %s stopped", worker.name)
         await redis.aclose()
+        await pipe.aclose()
         if telemetry is not None:
             telemetry.shutdown()
 

@@ -1,16 +1,18 @@
 """Route: a fan-out worker turns publish-stream entries into gateway deliveries.
 
-Per batch of entries it makes two pipelined round trips: one to resolve every entry's target
-to the gateways that hold its recipients (group -> gateways, user -> gateways, connection ->
-gateway, all kept as small hashes in Redis), one to append each delivery to its gateway's
-inbox and ``XACK`` the batch. The cost of a message is O(gateways it reaches), whatever the size
-of the group; a broadcast is one append to the feed every gateway reads.
+Per batch of entries it makes two pipelined round trips on the worker's
+:class:`~hubbub.redis.Pipe`: one to resolve every entry's target to the gateways that hold its
+recipients (group -> gateways, user -> gateways, connection -> gateway, all kept as small
+hashes in Redis), one to append each delivery to its gateway's inbox and ``XACK`` the batch.
+The cost of a message is O(gateways it reaches), whatever the size of the group; a broadcast
+is one append to the feed every gateway reads.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 from redis.asyncio import Redis
@@ -19,6 +21,8 @@ from redis.exceptions import ResponseError
 from hubbub.envelopes import Fields, Kind, Publish
 from hubbub.keys import KeySchema
 from hubbub.metrics import Metrics
+from hubbub.redis import Pipe
+from hubbub.resp import Command
 from hubbub.stream import message_id
 from hubbub.telemetry import (
     CONSUMER_GROUP,
@@ -39,6 +43,7 @@ class Router:
     def __init__(
         self,
         redis: Redis,
+        pipe: Pipe,
         schema: KeySchema,
         group: str,
         inbox_maxlen: int,
@@ -48,6 +53,7 @@ class Router:
         self.metrics = metrics or Metrics()
         self.tracer = tracer
         self.redis = redis
+        self.pipe = pipe
         self.schema = schema
         self.group = group
         self.inbox_maxlen = inbox_maxlen
@@ -76,54 +82,52 @@ class Router:
                 self.metrics.drops.labels("malformed").inc()
                 log.error("dropping malformed publish entry %r", entry_id)
 
-        lookups = [m for _, m in parsed if m.kind is not Kind.ALL]
-        resolved: list[object] = []
-        if lookups:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for m in lookups:
-                    hk = self.schema.hub(m.hub)
-                    if m.kind is Kind.GROUP:
-                        pipe.hkeys(hk.group_gateways(m.target))
-                    elif m.kind is Kind.USER:
-                        pipe.hkeys(hk.user_gateways(m.target))
-                    else:
-                        pipe.hget(hk.connection(m.target), "gw")
-                resolved = await pipe.execute()
+        pipe = self.pipe
+        lookups: list[Command] = []
+        for _, m in parsed:
+            if m.kind is Kind.ALL:
+                continue
+            hk = self.schema.hub(m.hub)
+            if m.kind is Kind.GROUP:
+                lookups.append(("HKEYS", hk.group_gateways(m.target)))
+            elif m.kind is Kind.USER:
+                lookups.append(("HKEYS", hk.user_gateways(m.target)))
+            else:
+                lookups.append(("HGET", hk.connection(m.target), "gw"))
+        answers = iter(await pipe.execute_many(lookups))
 
         metrics = self.metrics
-        answers = iter(resolved)
         stream = self.schema.publish_partition(partition)
         spans: list[Span] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id, m in parsed:
-                delivery = m.delivery(message_id(partition, entry_id).encode())
-                process = None
-                if self.tracer is not None and m.traceparent:
-                    process = self._process_span(stream, entry_id, m, partition)
-                    spans.append(process)
-                if m.kind is Kind.ALL:
-                    gateways: list[bytes] = []
-                    destinations = [self.schema.broadcast_feed]
-                else:
-                    answer = next(answers)
-                    gateways = [answer] if isinstance(answer, bytes) else list(answer or [])
-                    destinations = [self.schema.inbox(gw.decode()) for gw in gateways]
-                    if not gateways:
-                        metrics.drops.labels("no_recipient").inc()
-                for destination in destinations:
-                    if process is not None:
-                        delivery = dict(delivery)
-                        delivery[b"tp"] = self._producer_span(process, destination, spans)
-                    pipe.xadd(
-                        destination,
-                        delivery,
-                        maxlen=self.inbox_maxlen,
-                        approximate=True,
-                        nomkstream=m.kind is not Kind.ALL,
-                    )
-                metrics.routed.labels(m.kind.name.lower()).inc(len(destinations))
-            pipe.xack(stream, self.group, *(entry_id for entry_id, _ in entries))
-            await pipe.execute()
+        commands: list[Command] = []
+        inbox_cap = ("MAXLEN", "~", self.inbox_maxlen, "*")
+        for entry_id, m in parsed:
+            mid = message_id(partition, entry_id).encode()
+            process = None
+            if self.tracer is not None and m.traceparent:
+                process = self._process_span(stream, entry_id, m, partition)
+                spans.append(process)
+            if m.kind is Kind.ALL:
+                destinations = [self.schema.broadcast_feed]
+                create = ()
+            else:
+                answer = next(answers)
+                gateways = [answer] if isinstance(answer, bytes) else list(answer or [])
+                destinations = [self.schema.inbox(gw.decode()) for gw in gateways]
+                create = ("NOMKSTREAM",)  # a reaped gateway's inbox stays deleted
+                if not gateways:
+                    metrics.drops.labels("no_recipient").inc()
+            if process is None:
+                fields = m.field_args(mid)
+                commands += [("XADD", d, *create, *inbox_cap, *fields) for d in destinations]
+            else:
+                for d in destinations:
+                    tp = self._producer_span(process, d, spans)
+                    fields = replace(m, traceparent=tp).field_args(mid)
+                    commands.append(("XADD", d, *create, *inbox_cap, *fields))
+            metrics.routed.labels(m.kind.name.lower()).inc(len(destinations))
+        commands.append(("XACK", stream, self.group, *(entry_id for entry_id, _ in entries)))
+        await pipe.execute_many(commands)
         for span in reversed(spans):
             span.end()
         metrics.stage.labels("route").observe(time.perf_counter() - started)
@@ -144,7 +148,7 @@ class Router:
             },
         )
 
-    def _producer_span(self, process: Span, destination: str, spans: list[Span]) -> bytes:
+    def _producer_span(self, process: Span, destination: str, spans: list[Span]) -> str:
         assert self.tracer is not None
         span = self.tracer.start_span(
             f"send {destination}",
@@ -153,4 +157,4 @@ class Router:
             attributes={SYSTEM: "redis", OPERATION: "send", DESTINATION: destination},
         )
         spans.append(span)
-        return (traceparent_of(span) or "").encode()
+        return traceparent_of(span) or ""

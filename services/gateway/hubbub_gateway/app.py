@@ -107,7 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = hubbub_redis.connect(settings.redis_url, f"hubbub-gateway-{settings.gateway_id}")
+        name = f"hubbub-gateway-{settings.gateway_id}"
+        redis = hubbub_redis.connect(settings.redis_url, name)
+        # Hot-path connections: one shared by every publish, one for the blocking inbox read.
+        publish_pipe = hubbub_redis.Pipe(settings.redis_url, name)
+        inbox_pipe = hubbub_redis.Pipe(settings.redis_url, name)
         schema = KeySchema(settings.key_prefix)
         telemetry = setup_tracing("hubbub-gateway")
         metrics = Metrics()
@@ -117,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schema=schema,
             membership=Membership(redis, schema),
             publish=PublishStream(
-                redis, schema, settings.publish_partitions, settings.publish_stream_maxlen
+                publish_pipe, schema, settings.publish_partitions, settings.publish_stream_maxlen
             ),
             index=LocalIndex(
                 metrics,
@@ -132,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hubbub = state
         reader = InboxReader(
             redis,
+            inbox_pipe,
             schema,
             settings.gateway_id,
             state.index,
@@ -150,6 +155,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await _shutdown(state, tasks)
+            await publish_pipe.aclose()
+            await inbox_pipe.aclose()
 
     app = FastAPI(
         title="Hubbub",

@@ -16,6 +16,8 @@ from redis.exceptions import RedisError
 
 from hubbub.envelopes import Delivery, hello
 from hubbub.keys import KeySchema
+from hubbub.redis import Pipe
+from hubbub.resp import streams_reply
 from hubbub.stream import id_after, last_entry_id
 
 from .deliver import LocalIndex
@@ -30,6 +32,7 @@ class InboxReader:
     def __init__(
         self,
         redis: Redis,
+        pipe: Pipe,
         schema: KeySchema,
         gateway_id: str,
         index: LocalIndex,
@@ -38,6 +41,7 @@ class InboxReader:
         maxlen: int,
     ) -> None:
         self.redis = redis
+        self.pipe = pipe
         self.gateway_id = gateway_id
         self.maxlen = maxlen
         self.index = index
@@ -66,9 +70,12 @@ class InboxReader:
                 if now >= next_trim:
                     await self.trim()
                     next_trim = now + TRIM_INTERVAL
-                response = await self.redis.xread(
-                    self.positions, count=self.batch, block=self.block_ms
-                )
+                positions = self.positions
+                response = await self.pipe.execute(
+                    "XREAD", "COUNT", self.batch, "BLOCK", self.block_ms,
+                    "STREAMS", *positions.keys(), *positions.values(),
+                    block=self.block_ms / 1000,
+                )  # fmt: skip
                 backoff = 0.05
             except RedisError as exc:
                 self.index.metrics.redis_errors.labels("inbox").inc()
@@ -77,7 +84,7 @@ class InboxReader:
                 backoff = min(backoff * 2, 2.0)
                 continue
             started = time.perf_counter()
-            for stream, entries in response or ():
+            for stream, entries in streams_reply(response):
                 handle = self.index.handle
                 for entry_id, fields in entries:
                     try:
@@ -93,4 +100,4 @@ class InboxReader:
         has read is needed by nobody. (The shared broadcast feed is capped by length.)"""
         handled = self.positions.get(self.inbox)
         if handled and handled != b"0-0":
-            await self.redis.xtrim(self.inbox, minid=id_after(handled), approximate=False)
+            await self.pipe.execute("XTRIM", self.inbox, "MINID", id_after(handled))
