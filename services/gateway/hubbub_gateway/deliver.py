@@ -199,6 +199,8 @@ class LocalIndex:
         self.seen = SeenIds()
         self.delivered = 0
         self.duplicates = 0
+        # While an inbox read's entries are handled: the frames for each socket, written as one.
+        self._batch: dict[LocalConnection, list[bytes]] | None = None
 
     # ------------------------------------------------------------ membership
 
@@ -241,6 +243,24 @@ class LocalIndex:
 
     # ------------------------------------------------------------ delivery
 
+    def handle_many(self, deliveries: list[Delivery]) -> None:
+        """Handle one read's entries in order. A socket that several of them reach gets its
+        frames in one write: one system call per socket per read, not per message."""
+        if len(deliveries) == 1:
+            self.handle(deliveries[0])
+            return
+        self._batch = {}
+        try:
+            for delivery in deliveries:
+                self.handle(delivery)
+        finally:
+            self._flush()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, None
+        for conn, frames in (batch or {}).items():
+            conn.send(frames[0] if len(frames) == 1 else b"".join(frames))
+
     def handle(self, delivery: Delivery) -> None:
         kind = delivery.kind
         if kind in MESSAGE_KINDS:
@@ -250,6 +270,9 @@ class LocalIndex:
         elif kind is Kind.LEAVE:
             self.leave(delivery.hub, delivery.target, delivery.connections)
         elif kind is Kind.CLOSE:
+            if self._batch:  # what was sent before the close goes out before it
+                self._flush()
+                self._batch = {}
             for conn in list(self._local(delivery.hub, delivery.connections)):
                 conn.close(delivery.reason or None)
 
@@ -269,12 +292,18 @@ class LocalIndex:
             return 0
         frame = text_frame(delivery.frame)
         excluded = delivery.connections
+        batch = self._batch
         written = 0
         # Copy: a send that overflows a buffer must not disturb the set being walked.
         for conn in tuple(recipients):
             if excluded and conn.id in excluded:
                 continue
-            conn.send(frame)
+            if batch is None:
+                conn.send(frame)
+            elif (frames := batch.get(conn)) is None:
+                batch[conn] = [frame]
+            else:
+                frames.append(frame)
             written += 1
         self.delivered += written
         self.metrics.deliveries.inc(written)

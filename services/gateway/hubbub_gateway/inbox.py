@@ -84,14 +84,19 @@ class InboxReader:
                 backoff = min(backoff * 2, 2.0)
                 continue
             started = time.perf_counter()
+            deliveries = []
             for stream, entries in streams_reply(response):
-                handle = self.index.handle
                 for entry_id, fields in entries:
                     try:
-                        handle(Delivery.from_fields(fields))
+                        deliveries.append(Delivery.from_fields(fields))
                     except Exception:
                         log.exception("dropping malformed inbox entry %r", entry_id)
                 self.positions[stream] = entries[-1][0]
+            if deliveries:
+                try:
+                    self.index.handle_many(deliveries)
+                except Exception:
+                    log.exception("delivery of %d inbox entries failed", len(deliveries))
             if response:
                 self.index.metrics.stage.labels("deliver").observe(time.perf_counter() - started)
 

@@ -1,0 +1,98 @@
+"""The gateway's local index: which sockets a delivery reaches, and how the frames are written.
+
+Pure logic: the transport below records writes (the real one is tested end to end)."""
+
+from __future__ import annotations
+
+from hubbub.envelopes import Delivery, Kind
+from hubbub.wsframe import text_frame
+from hubbub_gateway.deliver import LocalConnection, LocalIndex
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass
+
+
+class Proto:
+    def __init__(self) -> None:
+        self.transport = RecordingTransport()
+        self.close_sent = False
+
+
+class Ws:
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        pass
+
+
+def connect(index: LocalIndex, conn_id: str, user: str | None = None) -> RecordingTransport:
+    proto = Proto()
+    conn = LocalConnection(conn_id, "chat", user, proto, Ws(), 1 << 20)
+    conn.start(b"")
+    index.add(conn)
+    proto.transport.writes.clear()
+    return proto.transport
+
+
+def message(n: int, kind: Kind = Kind.ALL, target: str = "") -> Delivery:
+    return Delivery(kind, "chat", target, f"0:{n}-0".encode(), f"m{n}".encode())
+
+
+def test_one_write_per_socket_per_read_with_frames_in_order() -> None:
+    index = LocalIndex()
+    a, b = connect(index, "a", "ann"), connect(index, "b", "bob")
+    index.handle_many([message(1), message(2, Kind.USER, "bob"), message(3)])
+    assert a.writes == [text_frame(b"m1") + text_frame(b"m3")]
+    assert b.writes == [text_frame(b"m1") + text_frame(b"m2") + text_frame(b"m3")]
+    assert index.delivered == 5
+
+
+def test_a_single_delivery_is_written_directly() -> None:
+    index = LocalIndex()
+    a = connect(index, "a")
+    index.handle_many([message(1)])
+    assert a.writes == [text_frame(b"m1")]
+
+
+def test_duplicates_in_one_read_are_written_once() -> None:
+    index = LocalIndex()
+    a = connect(index, "a")
+    index.handle_many([message(1), message(1), message(2)])
+    assert a.writes == [text_frame(b"m1") + text_frame(b"m2")]
+    assert index.duplicates == 1
+
+
+def test_a_join_applies_to_the_messages_after_it_in_the_same_read() -> None:
+    index = LocalIndex()
+    a = connect(index, "a")
+    index.handle_many([
+        message(1, Kind.GROUP, "g"),
+        Delivery(Kind.JOIN, "chat", "g", connections=("a",)),
+        message(2, Kind.GROUP, "g"),
+    ])  # fmt: skip
+    assert a.writes == [text_frame(b"m2")]
+
+
+async def test_messages_before_a_close_are_written_before_it() -> None:
+    index = LocalIndex()
+    a = connect(index, "a")
+    index.handle_many([
+        message(1),
+        Delivery(Kind.CLOSE, "chat", "", connections=("a",), reason="bye"),
+        message(2),
+    ])  # fmt: skip
+    assert a.writes[0] == text_frame(b"m1")
+    assert b"bye" in a.writes[1]  # the SignalR Close record
+    assert len(a.writes) == 2  # nothing after the close
