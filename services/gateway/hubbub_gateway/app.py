@@ -25,8 +25,9 @@ from hubbub.tokens import ServiceTokenVerifier
 
 from . import connect, errors, ingest, negotiate
 from .deliver import LocalIndex
-from .errors import error_response
+from .errors import error_response, too_large_response
 from .inbox import InboxReader
+from .ingest_fast import FastSendsApp
 from .state import GatewayState
 
 log = logging.getLogger("hubbub.gateway")
@@ -61,10 +62,7 @@ class BodyLimit:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = error_response(
-            413, "Error.PayloadTooLarge", f"request body exceeds {self.limit} bytes"
-        )
-        await response(scope, receive, send)
+        await too_large_response(self.limit)(scope, receive, send)
 
 
 class _TooLarge(Exception):
@@ -158,7 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await publish_pipe.aclose()
             await inbox_pipe.aclose()
 
-    app = FastAPI(
+    app = FastSendsApp(
+        body_limit=settings.max_body_size,
         title="Hubbub",
         version="0.1.0",
         summary="SignalR-compatible real-time messaging on Redis",

@@ -4,20 +4,33 @@ A send is validated, encoded into its SignalR frame once, and appended to the pu
 the ``202`` carries the stream entry id as the message id. Membership calls change Redis
 atomically and tell the gateways concerned. Paths exist under ``/api/hubs`` and the legacy
 ``/api/v1/hubs``; ``api-version`` is accepted and ignored.
+
+Sends arrive by two edges that share every rule: the FastAPI routes below (which also document
+the API in OpenAPI) and the raw ASGI path of :mod:`.ingest_fast`, which serves the hot send
+endpoints without FastAPI's routing and dependency injection. Both check the caller with
+:func:`check_service_token`, the body with the pydantic models, and hand over to
+:func:`accept_send` / :func:`accept_batch`.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import functools
 import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
 from hubbub import names
 from hubbub.envelopes import Kind, Publish
+from hubbub.metrics import Metrics
 from hubbub.signalr import encode_invocation
 from hubbub.telemetry import (
     BODY_SIZE,
@@ -29,7 +42,7 @@ from hubbub.telemetry import (
     context_from_headers,
     traceparent_of,
 )
-from hubbub.tokens import TokenError, mint_token
+from hubbub.tokens import ServiceTokenVerifier, TokenError, mint_token
 
 from .errors import ApiError
 from .state import GatewayState
@@ -71,15 +84,19 @@ async def _state(request: Request) -> GatewayState:
     return state
 
 
-async def authenticate(request: Request) -> None:
+def check_service_token(tokens: ServiceTokenVerifier, authorization: str, url: str) -> None:
     """Service callers sign a JWT with the access key; ``aud`` is the request URL."""
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() != "bearer ":
+    if authorization[:7].lower() != "bearer ":
         raise ApiError(401, "Error.Unauthorized", "missing 'Authorization: Bearer <token>'")
     try:
-        request.app.state.hubbub.tokens.verify(auth[7:].strip(), str(request.url))
+        tokens.verify(authorization[7:].strip(), url)
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
+
+
+async def authenticate(request: Request) -> None:
+    state: GatewayState = request.app.state.hubbub
+    check_service_token(state.tokens, request.headers.get("authorization", ""), str(request.url))
 
 
 async def hub_param(hub: str, application: str | None = None) -> str:
@@ -93,53 +110,128 @@ State = Annotated[GatewayState, Depends(_state)]
 router = APIRouter(dependencies=[Depends(authenticate)], tags=["REST API"])
 
 
-async def _publish(
-    state: GatewayState,
-    request: Request,
-    kind: Kind,
-    hub: str,
-    target: str,
-    body: SendBody,
-    excluded: list[str] | None = None,
-) -> JSONResponse:
+# ---------------------------------------------------------------- sends, for both edges
+
+_TARGET_CHECKS: dict[Kind, Callable[[str], str] | None] = {
+    Kind.ALL: None,
+    Kind.GROUP: names.group_name,
+    Kind.USER: names.user_id,
+    Kind.CONNECTION: names.connection_id,
+}
+_BATCH_KINDS = {
+    "all": Kind.ALL,
+    "group": Kind.GROUP,
+    "user": Kind.USER,
+    "connection": Kind.CONNECTION,
+}
+EXCLUDABLE = frozenset({Kind.ALL, Kind.GROUP})  # the kinds whose sends take ``excluded``
+_LABELS = {kind: kind.name.lower() for kind in _TARGET_CHECKS}
+
+
+def _check_accepting(state: GatewayState) -> None:
     if state.draining:
         raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
-    for conn in excluded or ():
+
+
+def _message(
+    kind: Kind, hub: str, name: str, body: SendBody, excluded: Sequence[str] = ()
+) -> Publish:
+    """Check the recipient and the excluded ids, and encode the frame once."""
+    check = _TARGET_CHECKS[kind]
+    target = check(name) if check is not None else ""
+    for conn in excluded:
         names.connection_id(conn)
+    try:
+        frame = encode_invocation(body.target, body.arguments)
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise ApiError(400, "Error.InvalidRequest", f"arguments: {exc}") from None
+    return Publish(kind, hub, target, frame, tuple(excluded))
+
+
+def _batch_messages(hub: str, body: BatchBody) -> list[Publish]:
+    """Validate everything before anything is appended: a bad item refuses the whole batch."""
+    messages = []
+    for i, item in enumerate(body.messages):
+        kind = _BATCH_KINDS[item.to]
+        try:
+            if item.excluded and kind not in EXCLUDABLE:
+                raise names.InvalidName("'excluded' applies to 'all' and 'group' only")
+            messages.append(_message(kind, hub, item.name, item, item.excluded))
+        except names.InvalidName as exc:
+            raise ApiError(400, "Error.InvalidName", f"messages[{i}]: {exc}") from None
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"messages[{i}]: {exc.message}") from None
+    return messages
+
+
+@functools.cache
+def _counters(metrics: Metrics) -> tuple[dict[Kind, Counter], Histogram]:
+    """The metrics' labelled children, looked up once (``labels()`` takes a lock)."""
+    accepted = {kind: metrics.accepted.labels(label) for kind, label in _LABELS.items()}
+    return accepted, metrics.stage.labels("ingest")
+
+
+def _accepted(state: GatewayState, messages: Sequence[Publish], started: float) -> None:
+    accepted, ingest_seconds = _counters(state.metrics)
+    if len(messages) == 1:
+        accepted[messages[0].kind].inc()
+    else:
+        for kind, n in collections.Counter(m.kind for m in messages).items():
+            accepted[kind].inc(n)
+    ingest_seconds.observe(time.perf_counter() - started)
+
+
+async def accept_send(
+    state: GatewayState,
+    kind: Kind,
+    hub: str,
+    name: str,
+    body: SendBody,
+    excluded: Sequence[str],
+    route: str,
+    headers: Mapping[str, str],
+) -> str:
+    """Validate one send and append it; the message id. ``hub`` is already a checked name
+    (:func:`hubbub.names.hub_name`), ``name`` the raw group, user or connection id ("" for
+    all); ``route`` names the REST span and ``headers`` carry the caller's trace context."""
+    _check_accepting(state)
     started = time.perf_counter()
-    frame = encode_invocation(body.target, body.arguments)
+    message = _message(kind, hub, name, body, excluded)
     telemetry = state.telemetry
     if telemetry is None:
-        message = Publish(
-            kind, hub, target, frame, tuple(excluded or ()), request.headers.get("traceparent")
-        )
+        traceparent = headers.get("traceparent")
+        if traceparent:
+            message = dataclasses.replace(message, traceparent=traceparent)
         message_id = await state.publish.append(message)
     else:
-        message_id = await _publish_traced(telemetry, state, request, kind, hub, target, frame,
-                                           tuple(excluded or ()))  # fmt: skip
-    state.metrics.accepted.labels(kind.name.lower()).inc()
-    state.metrics.stage.labels("ingest").observe(time.perf_counter() - started)
-    return JSONResponse({"messageId": message_id}, status_code=202)
+        message_id = await _publish_traced(telemetry, state, message, route, headers)
+    _accepted(state, (message,), started)
+    return message_id
+
+
+async def accept_batch(state: GatewayState, hub: str, body: BatchBody) -> list[str]:
+    """Validate every message of a batch, then append them all in one round trip."""
+    _check_accepting(state)
+    messages = _batch_messages(hub, body)
+    started = time.perf_counter()
+    ids = await state.publish.append_many(messages)
+    _accepted(state, messages, started)
+    return ids
 
 
 async def _publish_traced(
     telemetry: Telemetry,
     state: GatewayState,
-    request: Request,
-    kind: Kind,
-    hub: str,
-    target: str,
-    frame: bytes,
-    excluded: tuple[str, ...],
+    message: Publish,
+    route: str,
+    headers: Mapping[str, str],
 ) -> str:
     """The REST span, and a producer span whose context travels in the stream entry."""
     tracer = telemetry.tracer
-    route = request.scope.get("route")
-    name = f"{request.method} {getattr(route, 'path', request.url.path)}"
-    parent = context_from_headers(request.headers)
-    with tracer.start_as_current_span(name, context=parent, kind=SpanKind.SERVER) as server:
-        server.set_attribute("hubbub.hub", hub)
-        stream = state.publish.stream_for(hub, kind, target)
+    parent = context_from_headers(headers)
+    with tracer.start_as_current_span(route, context=parent, kind=SpanKind.SERVER) as server:
+        server.set_attribute("hubbub.hub", message.hub)
+        stream = state.publish.stream_for(message.hub, message.kind, message.target)
         with tracer.start_as_current_span(
             f"send {stream}",
             kind=SpanKind.PRODUCER,
@@ -147,34 +239,34 @@ async def _publish_traced(
                 SYSTEM: "redis",
                 OPERATION: "send",
                 DESTINATION: stream,
-                "hubbub.kind": kind.name.lower(),
+                "hubbub.kind": _LABELS[message.kind],
             },
         ) as producer:
-            message = Publish(kind, hub, target, frame, excluded, traceparent_of(producer))
-            message_id = await state.publish.append(message)
+            traced = dataclasses.replace(message, traceparent=traceparent_of(producer))
+            message_id = await state.publish.append(traced)
             producer.set_attribute(MESSAGE_ID, message_id)
-            producer.set_attribute(BODY_SIZE, len(frame))
+            producer.set_attribute(BODY_SIZE, len(message.frame))
     return message_id
 
 
-_BATCH_KINDS = {
-    "all": (Kind.ALL, None),
-    "group": (Kind.GROUP, names.group_name),
-    "user": (Kind.USER, names.user_id),
-    "connection": (Kind.CONNECTION, names.connection_id),
-}
+# ---------------------------------------------------------------- the FastAPI routes
 
 
-def _batch_message(hub: str, item: BatchItem) -> Publish:
-    """Validate everything before anything is appended: a bad item refuses the whole batch."""
-    kind, check = _BATCH_KINDS[item.to]
-    target = check(item.name) if check is not None else ""
-    if item.excluded and kind not in (Kind.ALL, Kind.GROUP):
-        raise names.InvalidName("'excluded' applies to 'all' and 'group' only")
-    for conn in item.excluded:
-        names.connection_id(conn)
-    frame = encode_invocation(item.target, item.arguments)
-    return Publish(kind, hub, target, frame, tuple(item.excluded))
+async def _send(
+    request: Request,
+    state: GatewayState,
+    kind: Kind,
+    hub: str,
+    name: str,
+    body: SendBody,
+    excluded: list[str] | None = None,
+) -> JSONResponse:
+    route = request.scope.get("route")
+    name_of_route = f"{request.method} {getattr(route, 'path', request.url.path)}"
+    message_id = await accept_send(
+        state, kind, hub, name, body, excluded or (), name_of_route, request.headers
+    )
+    return JSONResponse({"messageId": message_id}, status_code=202)
 
 
 def _not_found(code: str, what: str) -> ApiError:
@@ -197,13 +289,13 @@ def routes(prefix: str) -> APIRouter:
     async def broadcast(
         request: Request, state: State, hub: Hub, body: SendBody, excluded: Excluded = None
     ) -> JSONResponse:
-        return await _publish(state, request, Kind.ALL, hub, "", body, excluded)
+        return await _send(request, state, Kind.ALL, hub, "", body, excluded)
 
     @r.post(prefix + "/users/{user}/:send", status_code=202, responses=accepted)
     async def send_to_user(
         request: Request, state: State, hub: Hub, user: str, body: SendBody
     ) -> JSONResponse:
-        return await _publish(state, request, Kind.USER, hub, names.user_id(user), body)
+        return await _send(request, state, Kind.USER, hub, user, body)
 
     @r.post(prefix + "/groups/{group}/:send", status_code=202, responses=accepted)
     async def send_to_group(
@@ -214,15 +306,13 @@ def routes(prefix: str) -> APIRouter:
         body: SendBody,
         excluded: Excluded = None,
     ) -> JSONResponse:
-        target = names.group_name(group)
-        return await _publish(state, request, Kind.GROUP, hub, target, body, excluded)
+        return await _send(request, state, Kind.GROUP, hub, group, body, excluded)
 
     @r.post(prefix + "/connections/{connection}/:send", status_code=202, responses=accepted)
     async def send_to_connection(
         request: Request, state: State, hub: Hub, connection: str, body: SendBody
     ) -> JSONResponse:
-        target = names.connection_id(connection)
-        return await _publish(state, request, Kind.CONNECTION, hub, target, body)
+        return await _send(request, state, Kind.CONNECTION, hub, connection, body)
 
     @r.post(
         prefix + "/:batch",
@@ -231,19 +321,7 @@ def routes(prefix: str) -> APIRouter:
         summary="Send many messages in one call (one Redis round trip)",
     )
     async def batch(state: State, hub: Hub, body: BatchBody) -> JSONResponse:
-        if state.draining:
-            raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
-        messages = []
-        for i, item in enumerate(body.messages):
-            try:
-                messages.append(_batch_message(hub, item))
-            except names.InvalidName as exc:
-                raise ApiError(400, "Error.InvalidName", f"messages[{i}]: {exc}") from None
-        started = time.perf_counter()
-        ids = await state.publish.append_many(messages)
-        for m in messages:
-            state.metrics.accepted.labels(m.kind.name.lower()).inc()
-        state.metrics.stage.labels("ingest").observe(time.perf_counter() - started)
+        ids = await accept_batch(state, hub, body)
         return JSONResponse({"messageIds": ids}, status_code=202)
 
     # ------------------------------------------------------------ connection <-> group
