@@ -22,7 +22,7 @@ from redis.exceptions import InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from .resp import Arg, Command, Replies, first_error, pack_many
+from .resp import Arg, Command, Replies, first_error, pack, pack_many
 
 
 def connect(url: str, name: str | None = None, max_connections: int = 64) -> Redis:
@@ -75,19 +75,23 @@ class Pipe:
         connection = self._connection
         if connection is None or not connection.alive:
             connection = await self._connect()
-        reply = await connection.send((command,), True, block)
+        reply = await connection.send(pack(command), 0, block)
         if isinstance(reply, ResponseError):
             raise reply
         return reply
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Several commands in one write; every reply, or the first error reply raised."""
-        if not commands:
+        return await self.execute_packed(pack_many(commands), len(commands))
+
+    async def execute_packed(self, commands: bytes, count: int) -> list[Any]:
+        """Like :meth:`execute_many`, for ``count`` commands already packed (``resp.Prefix``)."""
+        if not count:
             return []
         connection = self._connection
         if connection is None or not connection.alive:
             connection = await self._connect()
-        replies: list[Any] = await connection.send(commands, False, 0.0)
+        replies: list[Any] = await connection.send(commands, count, 0.0)
         error = first_error(replies)
         if error is not None:
             raise error
@@ -107,8 +111,9 @@ class Pipe:
             if self._closed:
                 raise RedisConnectionError("pipe is closed")
             connection = await self._open()
+            hello = self._hello()
             try:
-                error = first_error(await connection.send(self._hello(), False, 0.0))
+                error = first_error(await connection.send(pack_many(hello), len(hello), 0.0))
                 if error is not None:
                     raise error
             except BaseException:
@@ -239,13 +244,14 @@ class _Connection(asyncio.Protocol):
         except (InvalidResponse, IndexError) as exc:  # garbage, or a reply nobody asked for
             self._abort(RedisConnectionError(f"Redis protocol error: {exc!r}"))
 
-    def send(self, commands: Sequence[Command], single: bool, block: float) -> asyncio.Future[Any]:
+    def send(self, commands: bytes, expected: int, block: float) -> asyncio.Future[Any]:
+        """``expected``: 0 for one command answered by its reply itself, else the number of
+        commands in ``commands``, answered by the list of their replies."""
         if not self.alive:
             raise self.failure or RedisConnectionError("Redis connection lost")
         future: asyncio.Future[Any] = self.loop.create_future()
-        expected = 0 if single else len(commands)
         self.waiters.append(_Waiter(future, expected, self.loop.time() + self.timeout + block))
-        self.out.append(pack_many(commands))
+        self.out.append(commands)
         if not self.flushing:
             self.flushing = True
             self.loop.call_soon(self._flush)

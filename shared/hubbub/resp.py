@@ -29,17 +29,37 @@ def _encode(arg: Arg) -> bytes:
     raise TypeError(f"{type(arg).__name__} is not a Redis argument")
 
 
+def bulk(args: Iterable[Arg]) -> bytes:
+    """Arguments as RESP bulk strings, without the array header: see :class:`Prefix`."""
+    out = []
+    for arg in args:
+        if arg.__class__ is not bytes:
+            arg = _encode(arg)
+        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
 def pack(command: Command) -> bytes:
     """One command as a RESP array of bulk strings."""
-    out = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        data = _encode(arg)
-        out.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
+    return b"*%d\r\n%b" % (len(command), bulk(command))
 
 
 def pack_many(commands: Iterable[Command]) -> bytes:
     return b"".join(pack(c) for c in commands)
+
+
+class Prefix:
+    """The first arguments of many commands (``XADD key MAXLEN ~ n *``), packed once."""
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, *args: Arg) -> None:
+        self.count = len(args)
+        self.data = bulk(args)
+
+    def pack(self, args: Sequence[Arg]) -> bytes:
+        """The prefix and then ``args``, as one command."""
+        return b"*%d\r\n%b%b" % (self.count + len(args), self.data, bulk(args))
 
 
 class Replies:

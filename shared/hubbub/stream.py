@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from .envelopes import Kind, Publish
 from .keys import KeySchema
 from .redis import Pipe
-from .resp import Command
+from .resp import Prefix
 
 
 def partition_of(message: Publish, partitions: int) -> int:
@@ -43,24 +43,25 @@ class PublishStream:
         self.partitions = partitions
         self.keys = [schema.publish_partition(n) for n in range(partitions)]
         self.maxlen = maxlen
+        self._xadd = [Prefix("XADD", key, "MAXLEN", "~", maxlen, "*") for key in self.keys]
 
     def stream_for(self, hub: str, kind: Kind, target: str) -> str:
         return self.keys[target_partition(hub, kind, target, self.partitions)]
 
-    def _xadd(self, n: int, message: Publish) -> Command:
-        return ("XADD", self.keys[n], "MAXLEN", "~", self.maxlen, "*", *message.field_args())
-
     async def append(self, message: Publish) -> str:
         n = partition_of(message, self.partitions)
-        entry_id: bytes = await self.pipe.execute(*self._xadd(n, message))
+        xadd = self._xadd[n].pack(message.field_args())
+        (entry_id,) = await self.pipe.execute_packed(xadd, 1)
         return message_id(n, entry_id)
 
     async def append_many(self, messages: list[Publish]) -> list[str]:
         """One round trip for a batch; ids come back in order."""
         parts = [partition_of(m, self.partitions) for m in messages]
-        ids = await self.pipe.execute_many(
-            [self._xadd(n, m) for n, m in zip(parts, messages, strict=True)]
+        xadd = self._xadd
+        commands = b"".join(
+            xadd[n].pack(m.field_args()) for n, m in zip(parts, messages, strict=True)
         )
+        ids = await self.pipe.execute_packed(commands, len(messages))
         return [message_id(n, i) for n, i in zip(parts, ids, strict=True)]
 
 

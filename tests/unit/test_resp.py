@@ -8,7 +8,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.exceptions import InvalidResponse, ResponseError
 
-from hubbub.resp import Replies, first_error, pack, pack_many, stream_entries, streams_reply
+from hubbub.resp import (
+    Prefix,
+    Replies,
+    first_error,
+    pack,
+    pack_many,
+    stream_entries,
+    streams_reply,
+)
 
 args = st.lists(
     st.one_of(st.binary(), st.text(), st.integers(), st.floats(allow_nan=False)),
@@ -81,3 +89,8 @@ def test_stream_replies_become_ids_and_field_maps() -> None:
     ]
     assert streams_reply(None) == []
     assert stream_entries([[b"2-0", [b"a", b"b"]]]) == [(b"2-0", {b"a": b"b"})]
+
+
+def test_a_prefix_packs_like_the_whole_command() -> None:
+    prefix = Prefix("XADD", "s", "MAXLEN", "~", 1000, "*")
+    assert prefix.pack([b"k", b"v"]) == pack(("XADD", "s", "MAXLEN", "~", 1000, "*", b"k", b"v"))
