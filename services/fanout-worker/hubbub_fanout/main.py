@@ -25,6 +25,7 @@ from hubbub.membership import Membership
 from hubbub.metrics import Metrics
 from hubbub.redis import Pipe
 from hubbub.resp import Command, streams_reply
+from hubbub.runtime import tune_gc
 from hubbub.settings import Settings
 from hubbub.stream import id_after
 from hubbub.telemetry import Telemetry, setup_tracing
@@ -250,6 +251,7 @@ async def serve(settings: Settings) -> None:
 def main() -> None:
     settings = Settings()
     configure(settings.log_level, "fanout", settings.log_format)
+    tune_gc()
     uvloop.run(serve(settings))
 
 

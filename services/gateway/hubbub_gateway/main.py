@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import signal
 import socket
 from types import FrameType
@@ -11,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from hubbub.logs import configure
+from hubbub.runtime import tune_gc
 from hubbub.settings import Settings
 
 from .app import create_app, drain
@@ -65,25 +65,8 @@ def main() -> None:
         access_log=False,
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
     )
-    tune_gc()
+    tune_gc()  # after start-up imports: they live for good
     DrainingServer(config, app, settings).run()
-
-
-def tune_gc() -> None:
-    """Keep CPython's cycle collector off the hot path.
-
-    Every request and message allocates containers, and a few thousand are alive at any time
-    (requests in flight, batches waiting for Redis). With the default gen-0 threshold (700)
-    that ran a collection every few requests and a full one, over every object of the app,
-    several times a second: a tenth of the gateway's CPU for single REST sends and a third for
-    batches of 100 (bench/ingest.py).
-    What exists at start-up lives for good, so it is frozen out of collections, and young
-    collections wait for 20,000 surviving allocations (cycles wait a little longer, memory
-    stays bounded by that count).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
 
 
 if __name__ == "__main__":
