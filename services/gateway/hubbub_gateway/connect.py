@@ -19,7 +19,6 @@ from hubbub import names
 from hubbub.membership import ConnectionExists
 from hubbub.signalr import (
     HANDSHAKE_OK,
-    CancelInvocation,
     Close,
     Event,
     HandshakeAccepted,
@@ -44,12 +43,13 @@ from hubbub.wsframe import text_frame
 from .deliver import LocalConnection
 from .negotiate import bearer_token
 from .state import GatewayState
-from .transport import EXTENSION
+from .transport import EXTENSION, HubbubWebSocketProtocol
 
 log = logging.getLogger("hubbub.gateway.connect")
 router = APIRouter()
 
 HANDSHAKE_OK_FRAME = text_frame(HANDSHAKE_OK)
+NO_ROLES = ClientIdentity(user_id=None, roles=frozenset())
 
 
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
@@ -106,11 +106,22 @@ async def hub_socket(ws: WebSocket, hub: str) -> None:
         return await _deny(ws, 409, "Error.Connection.Exists", "connection id already in use")
 
     await ws.accept()
-    await Session(state, ws, hub, conn_id, identity).run()
+    await Session(state, ws, hub, conn_id, identity).run(ws)
 
 
 class Session:
-    """One accepted WebSocket: handshake, register, serve, unregister."""
+    """One accepted WebSocket: handshake and register (in the ASGI app), then serve, then
+    unregister.
+
+    Serving is callback-driven: once registered, the session :meth:`detaches
+    <.transport.HubbubWebSocketProtocol.detach>` the socket and the ASGI app returns; the
+    protocol then calls :meth:`on_data` for each message and :meth:`on_disconnect` once. Only
+    what needs awaiting (invocations, the client's Close, unregistering) runs in a task, one at
+    a time, with reading paused meanwhile so messages are handled in order; an idle
+    connection has no task or coroutine at all.
+    """
+
+    __slots__ = ("backlog", "conn", "gone", "hub", "identity", "proto", "protocol", "state")
 
     def __init__(
         self,
@@ -121,73 +132,72 @@ class Session:
         identity: ClientIdentity,
     ) -> None:
         self.state = state
-        self.ws = ws
         self.hub = hub
-        self.identity = identity
+        # Only for may_join (the user is conn.user): clients without roles share one.
+        self.identity = identity if identity.roles else NO_ROLES
         self.protocol = ServerProtocol(state.settings.max_message_size)
+        self.proto: HubbubWebSocketProtocol = ws.scope["extensions"][EXTENSION]
+        # The socket is closed through its protocol, so nothing keeps the ASGI scope alive.
         self.conn = LocalConnection(
-            conn_id,
-            hub,
-            identity.user_id,
-            ws.scope["extensions"][EXTENSION],
-            ws,
-            state.settings.send_buffer_max,
+            conn_id, hub, identity.user_id, self.proto, self.proto, state.settings.send_buffer_max
         )
+        # While a task handles messages, those that arrive meanwhile wait here (else None).
+        self.backlog: list[bytes] | None = None
+        self.gone = False  # the socket is closed (or closing): unregister, once
 
-    async def run(self) -> None:
+    async def run(self, ws: WebSocket) -> None:
         try:
-            first = await asyncio.wait_for(self._handshake(), self.state.settings.handshake_timeout)
+            first = await asyncio.wait_for(
+                self._handshake(ws), self.state.settings.handshake_timeout
+            )
         except TimeoutError:
             first = None
-            await self._refuse("Handshake was not received in time.")
+            await self._refuse(ws, "Handshake was not received in time.")
         if first is None:
             return
         telemetry = self.state.telemetry
         if telemetry is None:
-            registered = await self._register()
+            registered = await self._register(ws)
         else:
             with telemetry.tracer.start_as_current_span(
                 f"connect {self.hub}",
                 kind=SpanKind.SERVER,
                 attributes={"hubbub.hub": self.hub, "hubbub.connection_id": self.conn.id},
             ):
-                registered = await self._register()
-        if not registered:
-            return
-        try:
-            await self._serve(first)
-        finally:
-            await self._unregister()
+                registered = await self._register(ws)
+        if registered:
+            self._dispatch(first)
+            self.proto.detach(self)
 
-    async def _handshake(self) -> list[Event] | None:
+    async def _handshake(self, ws: WebSocket) -> list[Event] | None:
         """Events that came with the handshake, or None if it failed (already answered)."""
         while True:
-            data = await _receive(self.ws)
+            data = await _receive(ws)
             if data is None:
                 return None
             try:
                 events = self.protocol.receive(data)
             except ProtocolError as exc:
-                await self._refuse(str(exc))
+                await self._refuse(ws, str(exc))
                 return None
             if not events:
                 continue
             head, rest = events[0], events[1:]
             if isinstance(head, HandshakeRejected):
-                await self._refuse(head.error)
+                await self._refuse(ws, head.error)
                 return None
             assert isinstance(head, HandshakeAccepted)
             return rest
 
-    async def _refuse(self, error: str) -> None:
+    async def _refuse(self, ws: WebSocket, error: str) -> None:
         log.info("handshake refused: %s", error)
         try:
-            await self.ws.send_text(encode_handshake_error(error).decode())
-            await self.ws.close(1000)
+            await ws.send_text(encode_handshake_error(error).decode())
+            await ws.close(1000)
         except Exception:
             log.debug("client left during handshake refusal")
 
-    async def _register(self) -> bool:
+    async def _register(self, ws: WebSocket) -> bool:
         state, conn = self.state, self.conn
         # Index first: a JOIN control entry that races the registration must find it.
         state.index.add(conn)
@@ -203,7 +213,7 @@ class Session:
                 if isinstance(exc, ConnectionExists)
                 else "The server is temporarily unavailable."
             )
-            await self._refuse(error)
+            await self._refuse(ws, error)
             return False
         for group in registration.groups:
             state.index.join(self.hub, group, (conn.id,))
@@ -212,27 +222,78 @@ class Session:
         log.debug("connection open", extra={"connection_id": conn.id, "hub": self.hub})
         return True
 
-    async def _serve(self, first: list[Event]) -> None:
+    # ------------------------------------------------------------ serving (callbacks)
+
+    def on_data(self, data: bytes) -> None:
+        """A message from the client. Once the connection is closing, what the client still
+        sends is dropped."""
         conn = self.conn
-        if not await self._handle(first):
+        if self.gone or conn.closing or self.protocol.phase is not Phase.OPEN:
             return
-        while self.protocol.phase is Phase.OPEN and not conn.closing:
-            data = await _receive(self.ws)
-            if data is None:
+        conn.idle_recv_ticks = 0
+        backlog = self.backlog
+        if backlog is not None:  # a task is at work: this message waits its turn
+            backlog.append(data)
+            self.proto.pause_reading()
+            return
+        events = self._parse(data)
+        if events:
+            self._dispatch(events)
+
+    def on_disconnect(self) -> None:
+        """The socket closed (either side), or our close was sent: unregister, after
+        whatever a task is doing for this connection."""
+        if self.gone:
+            return
+        self.gone = True
+        if self.backlog is None:
+            self.proto.spawn(self._unregister())
+
+    def _parse(self, data: bytes) -> list[Event]:
+        try:
+            return self.protocol.receive(data)
+        except ProtocolError as exc:
+            log.info("closing connection: %s", exc, extra={"connection_id": self.conn.id})
+            self.conn.close(str(exc))
+            return []
+
+    def _dispatch(self, events: list[Event]) -> None:
+        """Handle ``events`` now, up to the first that needs awaiting; a task does the rest."""
+        for n, event in enumerate(events):
+            if isinstance(event, (Invocation, Close)):
+                self.backlog = []
+                self.proto.spawn(self._work(events[n:]))
                 return
-            conn.idle_recv_ticks = 0
-            try:
-                events = self.protocol.receive(data)
-            except ProtocolError as exc:
-                log.info("closing connection: %s", exc, extra={"connection_id": conn.id})
-                conn.close(str(exc))
-                break
-            if not await self._handle(events):
-                return
-        # We are closing: wait for the Close record to be written, then for the client's close.
-        await conn.closed()
-        while await _receive(self.ws) is not None:
-            pass
+            if isinstance(event, StreamInvocation):
+                self._refuse_stream(event)
+            # CancelInvocation (nothing streams, so nothing to cancel), Ping, Completion
+            # (client results), StreamItem, Ack, Sequence: nothing to do.
+
+    async def _work(self, events: list[Event]) -> None:
+        """Handle ``events``, then the messages that came meanwhile, in order. Once the
+        connection is closing, the rest is dropped."""
+        conn, backlog = self.conn, self.backlog
+        assert backlog is not None
+        try:
+            while await self._handle(events):
+                if not backlog or self.gone or conn.closing:
+                    break
+                if self.protocol.phase is not Phase.OPEN:
+                    break
+                events = self._parse(backlog.pop(0))
+        except Exception:
+            log.exception("error serving connection", extra={"connection_id": conn.id})
+            self.proto.transport.close()  # as uvicorn does when an ASGI app fails
+        finally:
+            self.backlog = None
+        if self.gone:
+            await self._unregister()
+        else:
+            self.proto.resume_reading()
+
+    def _refuse_stream(self, event: StreamInvocation) -> None:
+        error = "Streaming invocations are not supported."
+        self.conn.send(text_frame(encode_completion(event.invocation_id, error=error)))
 
     async def _handle(self, events: list[Event]) -> bool:
         """False once the client sent Close."""
@@ -240,17 +301,13 @@ class Session:
             if isinstance(event, Invocation):
                 await self._invoke(event)
             elif isinstance(event, StreamInvocation):
-                error = "Streaming invocations are not supported."
-                self.conn.send(text_frame(encode_completion(event.invocation_id, error=error)))
+                self._refuse_stream(event)
             elif isinstance(event, Close):
                 try:
-                    await self.ws.close(1000)
+                    await self.proto.close(1000)
                 except Exception:
                     log.debug("socket already closed")
                 return False
-            elif isinstance(event, CancelInvocation):
-                continue  # nothing streams, so nothing to cancel
-            # Ping, Completion (client results), StreamItem, Ack, Sequence: nothing to do.
         return True
 
     async def _invoke(self, inv: Invocation) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from typing import Any, Protocol
 
 from opentelemetry.trace import SpanKind, Tracer
@@ -34,6 +34,7 @@ log = logging.getLogger("hubbub.gateway.deliver")
 PING_FRAME = text_frame(PING_RECORD)
 OVERFLOW_REASON = "Send buffer overflow: the client did not read its messages fast enough."
 CLOSE_TIMEOUT = 5.0
+NO_GROUPS: frozenset[str] = frozenset()
 
 
 class Transport(Protocol):
@@ -96,7 +97,8 @@ class LocalConnection:
         self.proto = proto
         self.ws = ws
         self.max_buffer = max_buffer
-        self.groups: set[str] = set()
+        # Its groups: a set of its own from the first join (most connections never join one).
+        self.groups: Set[str] = NO_GROUPS
         self.closing = False
         self.overflowed = False
         # Frames that arrive before the handshake answer is written wait here.
@@ -195,7 +197,8 @@ class LocalIndex:
         self.connections: dict[str, LocalConnection] = {}
         self._hubs: dict[str, set[LocalConnection]] = {}
         self._groups: dict[tuple[str, str], set[LocalConnection]] = {}
-        self._users: dict[tuple[str, str], set[LocalConnection]] = {}
+        # A user's connection, or a set of them once it has several (most users have one).
+        self._users: dict[tuple[str, str], LocalConnection | set[LocalConnection]] = {}
         self.seen = SeenIds()
         self.delivered = 0
         self.duplicates = 0
@@ -208,7 +211,14 @@ class LocalIndex:
         self.connections[conn.id] = conn
         self._hubs.setdefault(conn.hub, set()).add(conn)
         if conn.user is not None:
-            self._users.setdefault((conn.hub, conn.user), set()).add(conn)
+            key = (conn.hub, conn.user)
+            found = self._users.get(key)
+            if found is None:
+                self._users[key] = conn
+            elif isinstance(found, set):
+                found.add(conn)
+            elif found is not conn:
+                self._users[key] = {found, conn}
 
     def remove(self, conn: LocalConnection) -> None:
         if self.connections.get(conn.id) is not conn:
@@ -216,23 +226,34 @@ class LocalIndex:
         del self.connections[conn.id]
         _discard(self._hubs, conn.hub, conn)
         if conn.user is not None:
-            _discard(self._users, (conn.hub, conn.user), conn)
+            key = (conn.hub, conn.user)
+            found = self._users.get(key)
+            if found is conn:
+                del self._users[key]
+            elif isinstance(found, set):
+                found.discard(conn)
+                if not found:
+                    del self._users[key]
         for group in conn.groups:
             _discard(self._groups, (conn.hub, group), conn)
-        conn.groups.clear()
+        conn.groups = NO_GROUPS
 
     def join(self, hub: str, group: str, conn_ids: Iterable[str]) -> None:
         for conn in self._local(hub, conn_ids):
             if group not in conn.groups:
-                conn.groups.add(group)
+                groups = conn.groups if isinstance(conn.groups, set) else set()
+                groups.add(group)
+                conn.groups = groups
                 self._groups.setdefault((hub, group), set()).add(conn)
 
     def leave(self, hub: str, group: str, conn_ids: Iterable[str]) -> None:
         """Leave one group, or every group when ``group`` is empty."""
         for conn in self._local(hub, conn_ids):
-            groups = list(conn.groups) if not group else [group] if group in conn.groups else []
-            for name in groups:
-                conn.groups.discard(name)
+            groups = conn.groups
+            if not isinstance(groups, set):  # it never joined one
+                continue
+            for name in list(groups) if not group else [group] if group in groups else []:
+                groups.discard(name)
                 _discard(self._groups, (hub, name), conn)
 
     def _local(self, hub: str, conn_ids: Iterable[str]) -> Iterable[LocalConnection]:
@@ -333,7 +354,8 @@ class LocalIndex:
         if kind is Kind.GROUP:
             return self._groups.get((delivery.hub, delivery.target))
         if kind is Kind.USER:
-            return self._users.get((delivery.hub, delivery.target))
+            found = self._users.get((delivery.hub, delivery.target))
+            return (found,) if isinstance(found, LocalConnection) else found
         conn = self.connections.get(delivery.target)
         return (conn,) if conn is not None and conn.hub == delivery.hub else None
 
