@@ -250,11 +250,19 @@ class _Connection(asyncio.Protocol):
         if not self.alive:
             raise self.failure or RedisConnectionError("Redis connection lost")
         future: asyncio.Future[Any] = self.loop.create_future()
+        idle = not self.waiters
         self.waiters.append(_Waiter(future, expected, self.loop.time() + self.timeout + block))
-        self.out.append(commands)
-        if not self.flushing:
-            self.flushing = True
-            self.loop.call_soon(self._flush)
+        if idle and self.transport is not None:
+            # Nothing in flight, nothing buffered: write now (a lone caller, like the worker's
+            # loop, pays no extra event-loop turn).
+            self.transport.write(commands)
+        else:
+            # Replies are pending anyway: gather what other callers send in this loop turn
+            # into one write.
+            self.out.append(commands)
+            if not self.flushing:
+                self.flushing = True
+                self.loop.call_soon(self._flush)
         if self.watchdog is None:
             self.watchdog = self.loop.call_later(self.WATCH_INTERVAL, self._watch)
         return future
