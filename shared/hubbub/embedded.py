@@ -50,7 +50,8 @@ class RedisProcess:
         appendfsync: str = "everysec",
     ) -> None:
         self.port = port or free_port()
-        self.directory = directory or tempfile.mkdtemp(prefix="hubbub-redis-")
+        # Absolute: redis-server changes into --dir before it opens --logfile.
+        self.directory = os.path.abspath(directory or tempfile.mkdtemp(prefix="hubbub-redis-"))
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.binary = find_server_binary()
@@ -71,11 +72,15 @@ class RedisProcess:
             "--appendfsync", self.appendfsync,
             "--logfile", os.path.join(self.directory, "server.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Errors before the log file is open (a bad option, say) go to stdout: keep them.
+        console = os.path.join(self.directory, "console.log")
+        with open(console, "wb") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.process.stderr!r}")
+                with open(console, errors="replace") as out:
+                    raise RuntimeError(f"redis-server exited: {out.read().strip()}")
             if self._pong():
                 return
             time.sleep(0.02)
