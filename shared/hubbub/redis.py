@@ -72,9 +72,7 @@ class Pipe:
 
     async def execute(self, *command: Arg, block: float = 0.0) -> Any:
         """One command's reply; an error reply is raised as ``ResponseError``."""
-        connection = self._connection
-        if connection is None or not connection.alive:
-            connection = await self._connect()
+        connection = await self._live()
         reply = await connection.send(pack(command), 0, block)
         if isinstance(reply, ResponseError):
             raise reply
@@ -88,9 +86,7 @@ class Pipe:
         """Like :meth:`execute_many`, for ``count`` commands already packed (``resp.Prefix``)."""
         if not count:
             return []
-        connection = self._connection
-        if connection is None or not connection.alive:
-            connection = await self._connect()
+        connection = await self._live()
         replies: list[Any] = await connection.send(commands, count, 0.0)
         error = first_error(replies)
         if error is not None:
@@ -102,6 +98,12 @@ class Pipe:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+    async def _live(self) -> _Connection:
+        connection = self._connection
+        if connection is not None and connection.alive:
+            return connection
+        return await self._connect()
 
     async def _connect(self) -> _Connection:
         async with self._lock:

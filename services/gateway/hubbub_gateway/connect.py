@@ -43,7 +43,7 @@ from hubbub.wsframe import text_frame
 from .deliver import LocalConnection
 from .negotiate import bearer_token
 from .state import GatewayState
-from .transport import EXTENSION, HubbubWebSocketProtocol
+from .transport import EXTENSION, HubbubWebSocketProtocol, payload
 
 log = logging.getLogger("hubbub.gateway.connect")
 router = APIRouter()
@@ -67,11 +67,7 @@ async def _receive(ws: WebSocket) -> bytes | None:
     message = await ws.receive()
     if message["type"] == "websocket.disconnect":
         return None
-    data = message.get("bytes")
-    if data is not None:
-        return bytes(data)
-    text = message.get("text")
-    return text.encode() if text is not None else b""
+    return payload(message)
 
 
 @router.websocket("/hubs/{hub}")

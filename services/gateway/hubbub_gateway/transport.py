@@ -30,7 +30,8 @@ class SocketSession(Protocol):
     def on_disconnect(self) -> None: ...
 
 
-def _payload(message: dict[str, Any]) -> bytes:
+def payload(message: dict[str, Any]) -> bytes:
+    """A WebSocket receive event's data as bytes, whether the frame was text or binary."""
     data = message.get("bytes")
     if data is not None:
         return bytes(data)
@@ -56,7 +57,7 @@ class _Inbox:
             if message["type"] == "websocket.disconnect":
                 session.on_disconnect()
             else:
-                session.on_data(_payload(message))
+                session.on_data(payload(message))
             return
         self._items.append(message)
         waiter = self._waiter
