@@ -4,7 +4,7 @@
     .venv/bin/python bench/ingest.py --baseline HEAD       # HEAD's gateway, then the working tree
     .venv/bin/python bench/ingest.py --baseline HEAD --rounds 2 --results bench/RESULTS.md
 
-What runs: one ``redis-server`` (:class:`hubbub.embedded.RedisProcess`, on a free port) and one
+What runs: one ``redis-server`` (:class:`hubbub.dev.embedded.RedisProcess`, on a free port) and one
 gateway process (``python -m hubbub_gateway.main``, as the tests start it); no fan-out worker,
 so nothing but the ingest runs on the server side. ``wrk`` (one thread, ``--connections``
 keep-alive connections) POSTs one request shape over and over, signed with a service JWT minted
@@ -48,9 +48,9 @@ from pathlib import Path
 import orjson
 from redis import Redis
 
-from hubbub.embedded import RedisProcess, free_port
-from hubbub.keys import KeySchema
+from hubbub.dev.embedded import RedisProcess, free_port
 from hubbub.tokens import mint_token
+from hubbub.wire.keys import KeySchema
 
 REPO = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "bench-access-key-0123456789abcdef"

@@ -8,12 +8,13 @@ What runs (every piece a separate OS process), for each system; both systems are
 and each phase runs on one system then on the other (alternating which goes first), so that
 the machine's other load weighs on both alike:
 
-- **hubbub**: one ``redis-server`` (:class:`hubbub.embedded.RedisProcess`), two gateways
+- **hubbub**: one ``redis-server`` (:class:`hubbub.dev.embedded.RedisProcess`), two gateways
   (``python -m hubbub_gateway.main``) and two fan-out workers. ``--hubbub-publish`` says how
   messages are published: ``direct`` (the default with ``--compare``) appends them straight to
-  the publish stream with ``hubbub.publisher.Publisher``, the counterpart of the peer's write-only
-  ``AsyncRedisManager``; ``rest`` (the default otherwise) sends them through the REST API, spread
-  over both gateways. With ``--all`` and ``direct``, one extra short phase, **W3 via REST**,
+  the publish stream with ``hubbub.sdk.publisher.Publisher``, the counterpart of the peer's
+  write-only ``AsyncRedisManager``; ``rest`` (the default otherwise) sends them through the REST
+  API, spread over both gateways. With ``--all`` and ``direct``, one extra short phase,
+  **W3 via REST**,
   repeats W3 for Hubbub alone through the REST API, so the REST ingest cost stays visible.
 - **socketio** (the peer): its own ``redis-server`` (the same binary), two uvicorn processes
   serving ``socketio.ASGIApp(socketio.AsyncServer(client_manager=AsyncRedisManager))``
@@ -223,7 +224,7 @@ class Target(abc.ABC):
         self.workers: list[ServerProc] = []
 
     def _start_redis(self) -> None:
-        from hubbub.embedded import RedisProcess
+        from hubbub.dev.embedded import RedisProcess
 
         self.redis = RedisProcess(directory=str(self.workdir / "redis"))
         os.makedirs(self.redis.directory, exist_ok=True)
@@ -301,8 +302,8 @@ class HubbubTarget(Target):
         return env
 
     async def start(self) -> None:
-        from hubbub.client import HubbubClient
-        from hubbub.embedded import free_port
+        from hubbub.dev.embedded import free_port
+        from hubbub.sdk.client import HubbubClient
 
         self._start_redis()
         for n in range(1, self.n_gateways + 1):
@@ -375,7 +376,7 @@ class SocketIOTarget(Target):
     protocol = "socketio"
 
     async def start(self) -> None:
-        from hubbub.embedded import free_port
+        from hubbub.dev.embedded import free_port
 
         self._start_redis()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -415,7 +416,7 @@ TARGETS: dict[str, type[Target]] = {"hubbub": HubbubTarget, "socketio": SocketIO
 class HubbubPublisher:
     """REST sends, round-robin over the gateways, on HTTP/1.1 keep-alive connections written by
     hand, each request carrying a JWT minted once per URL (``aud`` = the URL, valid 60 min): the
-    gateway still verifies every one. ``hubbub.client.HubbubClient`` (httpx, a JWT signed per
+    gateway still verifies every one. ``hubbub.sdk.client.HubbubClient`` (httpx, a JWT signed per
     request) costs the publisher ~2 ms of CPU per request, which on a 2-core machine takes CPU
     from the system under test; this costs a fraction of that."""
 
@@ -508,12 +509,12 @@ class HubbubPublisher:
 
 
 class HubbubDirectPublisher:
-    """``--hubbub-publish direct``: ``hubbub.publisher.Publisher`` appends each message straight
+    """``--hubbub-publish direct``: ``hubbub.sdk.publisher.Publisher`` appends each message straight
     to the publish stream (one XADD; no HTTP request, no JWT), as an internal Python service
     would; the apples-to-apples counterpart of the peer's write-only ``AsyncRedisManager``."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from hubbub.publisher import Publisher
+        from hubbub.sdk.publisher import Publisher
         from hubbub.settings import Settings
 
         settings = Settings(redis_url=config["redis_url"], key_prefix=config["key_prefix"])
@@ -2357,7 +2358,7 @@ def machine_and_versions(args: argparse.Namespace, command: str) -> dict[str, st
             return "not installed"
 
     try:
-        from hubbub.embedded import find_server_binary
+        from hubbub.dev.embedded import find_server_binary
 
         binary = find_server_binary()
         redis_version = subprocess.run(
@@ -2470,7 +2471,8 @@ def publishing_note(args: argparse.Namespace) -> str:
     if args.hubbub_publish == "direct":
         hub = (
             "Hubbub's messages are appended straight to its publish stream by "
-            "`hubbub.publisher.Publisher` (one XADD; then a fan-out worker, the gateway's inbox), "
+            "`hubbub.sdk.publisher.Publisher` (one XADD; then a fan-out worker, the gateway's "
+            "inbox), "
             "the counterpart of the peer's path; the W3 via REST phase shows what the REST API "
             "(an HTTP request to a gateway, JWT verified) adds"
         )
@@ -2560,7 +2562,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["rest", "direct"],
         default=None,
         help="how Hubbub's publisher processes publish: straight to the publish stream "
-        "(hubbub.publisher.Publisher) or through the REST API (default: direct with --compare, "
+        "(hubbub.sdk.publisher.Publisher) or through the REST API (default: direct with --compare, "
         "as the peer publishes straight to Redis; rest otherwise)",
     )
     parser.add_argument(

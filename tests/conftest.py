@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from hubbub.client import HubbubClient
-from hubbub.embedded import RedisProcess
+from hubbub.dev.embedded import RedisProcess
+from hubbub.sdk.client import HubbubClient
 from tests.support.processes import ACCESS_KEY, Deployment
 
 _prefixes = itertools.count(1)

@@ -18,7 +18,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HUBBUB_", extra="ignore")
 
+    # Redis (see hubbub.redis.endpoint): rediss:// for TLS, unix:///path for a socket.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None  # client certificate (mutual TLS)
+    redis_tls_key_file: str | None = None
+    redis_tls_verify: bool = True
+    redis_connect_timeout: float = 2.0
+    redis_timeout: float = 5.0
     key_prefix: str = "hubbub"
 
     # Gateway process.

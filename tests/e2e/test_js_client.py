@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from hubbub.client import HubbubClient
-from hubbub.keys import KeySchema
+from hubbub.sdk.client import HubbubClient
+from hubbub.wire.keys import KeySchema
 from tests.e2e.nodeclient import NodeClient, ensure_node_modules
 from tests.support.processes import Deployment, eventually
 from tests.support.proxy import Proxy

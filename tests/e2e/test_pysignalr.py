@@ -10,7 +10,7 @@ import pytest
 from pysignalr.client import SignalRClient
 from pysignalr.messages import CompletionMessage
 
-from hubbub.client import HubbubClient
+from hubbub.sdk.client import HubbubClient
 from tests.support.processes import Deployment
 from tests.support.rawclient import client_token
 

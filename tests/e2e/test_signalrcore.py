@@ -9,7 +9,7 @@ from typing import Any
 
 from signalrcore.hub_connection_builder import HubConnectionBuilder
 
-from hubbub.client import HubbubClient
+from hubbub.sdk.client import HubbubClient
 from tests.support.processes import Deployment
 from tests.support.rawclient import client_token
 

@@ -14,7 +14,7 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from hubbub.client import HubbubClient
+from hubbub.sdk.client import HubbubClient
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from hubbub.client import HubbubClient
-from hubbub.embedded import RedisProcess
-from hubbub.envelopes import Kind, Publish
-from hubbub.keys import KeySchema
-from hubbub.stream import partition_of
+from hubbub.dev.embedded import RedisProcess
+from hubbub.redis.stream import partition_of
+from hubbub.sdk.client import HubbubClient
+from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 from tests.support.sequences import Collector, check_once_in_order, publish

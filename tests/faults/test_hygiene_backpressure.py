@@ -15,9 +15,9 @@ import pytest
 import websockets
 from redis.asyncio import Redis
 
-from hubbub.client import HubbubClient
-from hubbub.embedded import RedisProcess
-from hubbub.keys import KeySchema
+from hubbub.dev.embedded import RedisProcess
+from hubbub.sdk.client import HubbubClient
+from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RS, RawClient, client_token
 

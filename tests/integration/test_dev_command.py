@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hubbub.embedded import RedisProcess, free_port
+from hubbub.dev.embedded import RedisProcess, free_port
 from tests.support.processes import ACCESS_KEY
 from tests.support.rawclient import RawClient
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from hubbub.client import HubbubClient
-from hubbub.embedded import free_port
+from hubbub.dev.embedded import free_port
+from hubbub.sdk.client import HubbubClient
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient
 

@@ -1,4 +1,4 @@
-"""The hot-path Redis connection (``hubbub.redis.Pipe``) against a real ``redis-server``:
+"""The hot-path Redis connection (``hubbub.redis.pipe.Pipe``) against a real ``redis-server``:
 order under concurrency, errors, a cut connection, a frozen server, auth and database."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
-from hubbub.embedded import RedisProcess
-from hubbub.redis import Pipe
+from hubbub.dev.embedded import RedisProcess
+from hubbub.redis.pipe import Pipe
 from tests.support.processes import eventually
 
 
 @pytest.fixture
 async def pipe(redis_server: RedisProcess, prefix: str) -> AsyncIterator[Pipe]:
-    p = Pipe(redis_server.url, f"pipe-{prefix}")
+    p = Pipe.from_url(redis_server.url, f"pipe-{prefix}")
     yield p
     await p.aclose()
 
@@ -73,7 +73,7 @@ async def test_a_killed_connection_fails_calls_in_flight_then_reconnects(
 async def test_a_frozen_server_times_out_instead_of_hanging() -> None:
     server = RedisProcess()
     server.start()
-    pipe = Pipe(server.url, "frozen", timeout=0.5)
+    pipe = Pipe.from_url(server.url, "frozen", timeout=0.5)
     try:
         assert await pipe.execute("PING") == b"PONG"
         assert server.process is not None
@@ -92,7 +92,7 @@ async def test_a_frozen_server_times_out_instead_of_hanging() -> None:
 async def test_a_stopped_server_is_a_connection_error_not_a_hang() -> None:
     server = RedisProcess()
     server.start()
-    pipe = Pipe(server.url, "stopped")
+    pipe = Pipe.from_url(server.url, "stopped")
     try:
         assert await pipe.execute("SET", "k", "v") == b"OK"
         server.stop()
@@ -109,7 +109,7 @@ async def test_password_and_database_from_the_url(redis_server: RedisProcess, re
     await redis.execute_command("ACL", "SETUSER", "pipeuser", "on", ">secret", "~*", "+@all")
     try:
         url = f"redis://pipeuser:secret@127.0.0.1:{redis_server.port}/3"
-        pipe = Pipe(url, "authed")
+        pipe = Pipe.from_url(url, "authed")
         try:
             await pipe.execute("SET", "pipe-db-key", "in db 3")
         finally:
@@ -120,7 +120,7 @@ async def test_password_and_database_from_the_url(redis_server: RedisProcess, re
         await db3.delete("pipe-db-key")
         await db3.aclose()
         with pytest.raises(ResponseError):
-            await Pipe(url.replace("secret", "wrong"), "bad").execute("PING")
+            await Pipe.from_url(url.replace("secret", "wrong"), "bad").execute("PING")
     finally:
         await redis.execute_command("ACL", "DELUSER", "pipeuser")
 

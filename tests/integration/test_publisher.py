@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hubbub.client import HubbubClient
-from hubbub.publisher import Publisher
+from hubbub.sdk.client import HubbubClient
+from hubbub.sdk.publisher import Publisher
 from hubbub.settings import Settings
 from tests.support.processes import Deployment
 from tests.support.rawclient import RawClient, client_token

@@ -8,9 +8,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from hubbub.client import HubbubClient
-from hubbub.keys import KeySchema
+from hubbub.sdk.client import HubbubClient
 from hubbub.tokens import mint_token
+from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 
@@ -246,8 +246,8 @@ async def test_gateway_drops_redelivered_message_ids(
 ) -> None:
     """What a worker that dies between its inbox appends and its XACK causes: the same
     delivery twice. The client must see it once."""
-    from hubbub.envelopes import Kind, Publish
-    from hubbub.signalr import encode_invocation
+    from hubbub.protocol.signalr import encode_invocation
+    from hubbub.wire.envelopes import Kind, Publish
 
     client = await RawClient.connect(cluster.gateways[1].url)
     assert client.connection_id

@@ -12,12 +12,12 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from hubbub.client import ServiceAuth
-from hubbub.embedded import RedisProcess
-from hubbub.envelopes import Kind, Publish
-from hubbub.keys import KeySchema
-from hubbub.signalr import encode_invocation
+from hubbub.dev.embedded import RedisProcess
+from hubbub.protocol.signalr import encode_invocation
+from hubbub.sdk.client import ServiceAuth
 from hubbub.tokens import mint_token
+from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.keys import KeySchema
 from tests.integration.test_rest import published
 from tests.support.processes import ACCESS_KEY, Deployment
 

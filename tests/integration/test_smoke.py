@@ -1,4 +1,4 @@
-from hubbub.client import HubbubClient
+from hubbub.sdk.client import HubbubClient
 from tests.support.processes import Deployment
 from tests.support.rawclient import RawClient
 

@@ -10,7 +10,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from hubbub.client import HubbubClient
+from hubbub.sdk.client import HubbubClient
 from tests.support.processes import Deployment, eventually
 from tests.support.rawclient import RS, RawClient, client_token
 

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 
-from hubbub.client import HubbubClient
-from hubbub.keys import HubKeys, KeySchema
+from hubbub.sdk.client import HubbubClient
+from hubbub.wire.keys import HubKeys, KeySchema
 from tests.support.processes import Deployment, eventually
 from tests.support.rawclient import RS, RawClient, client_token
 

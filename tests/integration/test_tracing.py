@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, format_trace_id
 
-from hubbub.client import ServiceAuth
+from hubbub.sdk.client import ServiceAuth
 from hubbub.telemetry import traceparent_of
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.processes import ACCESS_KEY, Deployment, eventually

@@ -11,7 +11,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from hubbub.embedded import free_port
+from hubbub.dev.embedded import free_port
 
 
 @dataclass(frozen=True)

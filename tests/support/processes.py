@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from hubbub.embedded import free_port
+from hubbub.dev.embedded import free_port
 
 ACCESS_KEY = "test-access-key-0123456789abcdef"
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import itertools
 
-from hubbub.embedded import free_port
+from hubbub.dev.embedded import free_port
 
 
 class Proxy:

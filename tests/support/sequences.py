@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from hubbub.client import HubbubClient
+from hubbub.sdk.client import HubbubClient
 
 from .rawclient import RawClient
 

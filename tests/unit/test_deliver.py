@@ -4,8 +4,8 @@ Pure logic: the transport below records writes (the real one is tested end to en
 
 from __future__ import annotations
 
-from hubbub.envelopes import Delivery, Kind
-from hubbub.wsframe import text_frame
+from hubbub.protocol.wsframe import text_frame
+from hubbub.wire.envelopes import Delivery, Kind
 from hubbub_gateway.deliver import LocalConnection, LocalIndex
 
 

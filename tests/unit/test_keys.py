@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
-from hubbub import keys
-from hubbub.keys import HubKeys, KeySchema
 from hubbub.settings import Settings
+from hubbub.wire import keys
+from hubbub.wire.keys import HubKeys, KeySchema
 
 # ---------------------------------------------------------------- Redis Cluster hash slots
 

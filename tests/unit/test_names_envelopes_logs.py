@@ -7,8 +7,11 @@ import logging
 import pytest
 from redis.typing import EncodableT, FieldT
 
-from hubbub import logs, names
-from hubbub.envelopes import (
+from hubbub import logs
+from hubbub.logs import RedactingFilter, redact
+from hubbub.protocol import names
+from hubbub.protocol.names import InvalidName
+from hubbub.wire.envelopes import (
     MESSAGE_KINDS,
     Delivery,
     Fields,
@@ -17,8 +20,6 @@ from hubbub.envelopes import (
     control,
     hello,
 )
-from hubbub.logs import RedactingFilter, redact
-from hubbub.names import InvalidName
 
 # ---------------------------------------------------------------- hub names
 

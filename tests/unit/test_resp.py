@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.exceptions import InvalidResponse, ResponseError
 
-from hubbub.resp import (
+from hubbub.redis.resp import (
     Prefix,
     Replies,
     first_error,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hubbub.signalr import (
+from hubbub.protocol.signalr import (
     HANDSHAKE_OK,
     PING_RECORD,
     RS,

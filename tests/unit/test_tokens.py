@@ -9,7 +9,7 @@ from typing import Any
 import jwt
 import pytest
 
-from hubbub import names
+from hubbub.protocol import names
 from hubbub.tokens import (
     JOIN_LEAVE_ROLE,
     ClientIdentity,

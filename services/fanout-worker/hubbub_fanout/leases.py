@@ -15,7 +15,7 @@ import time
 
 from redis.asyncio import Redis
 
-from hubbub.keys import KeySchema
+from hubbub.wire.keys import KeySchema
 
 # KEYS[1] lease. ARGV: name, ttl ms. 1 if we hold (or now hold) the lease.
 _RENEW = """

@@ -18,17 +18,17 @@ from prometheus_client import start_http_server
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from hubbub import redis as hubbub_redis
-from hubbub.keys import KeySchema
 from hubbub.logs import configure
-from hubbub.membership import Membership
 from hubbub.metrics import Metrics
-from hubbub.redis import Pipe
-from hubbub.resp import Command, streams_reply
+from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.redis.membership import Membership
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.resp import Command, streams_reply
+from hubbub.redis.stream import id_after
 from hubbub.runtime import tune_gc
 from hubbub.settings import Settings
-from hubbub.stream import id_after
 from hubbub.telemetry import Telemetry, setup_tracing
+from hubbub.wire.keys import KeySchema
 
 from .leases import Leases
 from .route import Router
@@ -220,8 +220,9 @@ class Worker:
 async def serve(settings: Settings) -> None:
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     settings = settings.model_copy(update={"worker_name": name})
-    redis = hubbub_redis.connect(settings.redis_url, f"hubbub-fanout-{name}")
-    pipe = Pipe(settings.redis_url, f"hubbub-fanout-{name}")
+    endpoint = RedisEndpoint.from_settings(settings, f"hubbub-fanout-{name}")
+    redis = endpoint.redis()
+    pipe = Pipe(endpoint)
     metrics = Metrics()
     if settings.metrics_port:
         try:

@@ -1,7 +1,7 @@
 """Route: a fan-out worker turns publish-stream entries into gateway deliveries.
 
 Per batch of entries it makes two pipelined round trips on the worker's
-:class:`~hubbub.redis.Pipe`: one to resolve every entry's target to the gateways that hold its
+:class:`~hubbub.redis.pipe.Pipe`: one to resolve every entry's target to the gateways that hold its
 recipients (group -> gateways, user -> gateways, connection -> gateway, all kept as small
 hashes in Redis), one to append each delivery to its gateway's inbox and ``XACK`` the batch.
 The cost of a message is O(gateways it reaches), whatever the size of the group; a broadcast
@@ -18,12 +18,10 @@ from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from hubbub.envelopes import Fields, Kind, Publish
-from hubbub.keys import KeySchema
 from hubbub.metrics import Metrics
-from hubbub.redis import Pipe
-from hubbub.resp import Command
-from hubbub.stream import message_id
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.resp import Command
+from hubbub.redis.stream import message_id
 from hubbub.telemetry import (
     CONSUMER_GROUP,
     DESTINATION,
@@ -33,6 +31,8 @@ from hubbub.telemetry import (
     context_from,
     traceparent_of,
 )
+from hubbub.wire.envelopes import Fields, Kind, Publish
+from hubbub.wire.keys import KeySchema
 
 log = logging.getLogger("hubbub.fanout.route")
 

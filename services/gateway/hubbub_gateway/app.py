@@ -14,14 +14,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hubbub import redis as hubbub_redis
-from hubbub.keys import KeySchema
-from hubbub.membership import Membership
 from hubbub.metrics import Metrics
+from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.redis.membership import Membership
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
-from hubbub.stream import PublishStream
 from hubbub.telemetry import setup_tracing
 from hubbub.tokens import ServiceTokenVerifier
+from hubbub.wire.keys import KeySchema
 
 from . import connect, errors, ingest, negotiate
 from .deliver import LocalIndex
@@ -105,11 +106,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        name = f"hubbub-gateway-{settings.gateway_id}"
-        redis = hubbub_redis.connect(settings.redis_url, name)
+        endpoint = RedisEndpoint.from_settings(settings, f"hubbub-gateway-{settings.gateway_id}")
+        redis = endpoint.redis()
         # Hot-path connections: one shared by every publish, one for the blocking inbox read.
-        publish_pipe = hubbub_redis.Pipe(settings.redis_url, name)
-        inbox_pipe = hubbub_redis.Pipe(settings.redis_url, name)
+        publish_pipe = Pipe(endpoint)
+        inbox_pipe = Pipe(endpoint)
         schema = KeySchema(settings.key_prefix)
         telemetry = setup_tracing("hubbub-gateway")
         metrics = Metrics()

@@ -1,6 +1,6 @@
 """Connect: a SignalR client's WebSocket, from handshake to close.
 
-The protocol itself lives in :mod:`hubbub.signalr` (sans-I/O); this module only moves bytes
+The protocol itself lives in :mod:`hubbub.protocol.signalr` (sans-I/O); this module only moves bytes
 between the socket and that state machine, registers the connection in Redis and answers the
 client's invocations.
 """
@@ -15,9 +15,8 @@ from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
-from hubbub import names
-from hubbub.membership import ConnectionExists
-from hubbub.signalr import (
+from hubbub.protocol import names
+from hubbub.protocol.signalr import (
     HANDSHAKE_OK,
     Close,
     Event,
@@ -31,6 +30,8 @@ from hubbub.signalr import (
     encode_completion,
     encode_handshake_error,
 )
+from hubbub.protocol.wsframe import text_frame
+from hubbub.redis.membership import ConnectionExists
 from hubbub.tokens import (
     ClientIdentity,
     TokenError,
@@ -38,7 +39,6 @@ from hubbub.tokens import (
     open_connection_token,
     verify_client_token,
 )
-from hubbub.wsframe import text_frame
 
 from .deliver import LocalConnection
 from .negotiate import bearer_token

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from opentelemetry.trace import SpanKind, Tracer
 
-from hubbub.envelopes import MESSAGE_KINDS, Delivery, Kind
 from hubbub.metrics import Metrics
-from hubbub.signalr import PING_RECORD, encode_close
+from hubbub.protocol.signalr import PING_RECORD, encode_close
+from hubbub.protocol.wsframe import text_frame
 from hubbub.telemetry import (
     BODY_SIZE,
     DESTINATION,
@@ -27,7 +27,7 @@ from hubbub.telemetry import (
     SYSTEM,
     context_from,
 )
-from hubbub.wsframe import text_frame
+from hubbub.wire.envelopes import MESSAGE_KINDS, Delivery, Kind
 
 log = logging.getLogger("hubbub.gateway.deliver")
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hubbub.names import InvalidName
+from hubbub.protocol.names import InvalidName
 
 
 class ApiError(Exception):

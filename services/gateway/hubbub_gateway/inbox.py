@@ -14,11 +14,11 @@ import time
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from hubbub.envelopes import Delivery, hello
-from hubbub.keys import KeySchema
-from hubbub.redis import Pipe
-from hubbub.resp import streams_reply
-from hubbub.stream import id_after, last_entry_id
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.resp import streams_reply
+from hubbub.redis.stream import id_after, last_entry_id
+from hubbub.wire.envelopes import Delivery, hello
+from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
 

@@ -28,10 +28,9 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
-from hubbub import names
-from hubbub.envelopes import Kind, Publish
 from hubbub.metrics import Metrics
-from hubbub.signalr import encode_invocation
+from hubbub.protocol import names
+from hubbub.protocol.signalr import encode_invocation
 from hubbub.telemetry import (
     BODY_SIZE,
     DESTINATION,
@@ -43,6 +42,7 @@ from hubbub.telemetry import (
     traceparent_of,
 )
 from hubbub.tokens import ServiceTokenVerifier, TokenError, mint_token
+from hubbub.wire.envelopes import Kind, Publish
 
 from .errors import ApiError
 from .state import GatewayState
@@ -192,7 +192,7 @@ async def accept_send(
     headers: Mapping[str, str],
 ) -> str:
     """Validate one send and append it; the message id. ``hub`` is already a checked name
-    (:func:`hubbub.names.hub_name`), ``name`` the raw group, user or connection id ("" for
+    (:func:`hubbub.protocol.names.hub_name`), ``name`` the raw group, user or connection id ("" for
     all); ``route`` names the REST span and ``headers`` carry the caller's trace context."""
     _check_accepting(state)
     started = time.perf_counter()

@@ -32,8 +32,8 @@ from starlette.datastructures import URL
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hubbub import names
-from hubbub.envelopes import Kind
+from hubbub.protocol import names
+from hubbub.wire.envelopes import Kind
 
 from .errors import (
     KNOWN_ERRORS,

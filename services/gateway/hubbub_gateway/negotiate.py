@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from hubbub import names
+from hubbub.protocol import names
 from hubbub.tokens import TokenError, connection_token, new_connection_id, verify_client_token
 
 from .errors import ApiError

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from hubbub.keys import KeySchema
-from hubbub.membership import Membership
 from hubbub.metrics import Metrics
+from hubbub.redis.membership import Membership
+from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
-from hubbub.stream import PublishStream
 from hubbub.telemetry import Telemetry
 from hubbub.tokens import ServiceTokenVerifier
+from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
 

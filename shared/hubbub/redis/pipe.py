@@ -1,44 +1,25 @@
-"""How Hubbub processes open Redis, bytes in and out.
+"""The hot path's Redis connection: one pipelined socket, bytes in and out.
 
-:func:`connect` gives a redis-py client: retries on transient errors, and a bounded pool that
-makes bursts wait for a connection instead of failing. :class:`Pipe` is the hot path's single
-pipelined connection, for the few commands every message pays for.
+Everything that every message pays for (publish appends, the worker's read-route-acknowledge
+loop, the gateway's inbox reads) goes through :class:`Pipe`; everything else uses redis-py
+(:meth:`hubbub.redis.endpoint.RedisEndpoint.redis`). Both are configured by the same
+:class:`~hubbub.redis.endpoint.RedisEndpoint`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import SSLConnection, parse_url
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
-from .resp import Arg, Command, Replies, first_error, pack, pack_many
-
-
-def connect(url: str, name: str | None = None, max_connections: int = 64) -> Redis:
-    """``name`` shows in ``CLIENT LIST``: operators (and fault tests) can tell who is who."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=5,
-        client_name=name,
-        decode_responses=False,
-        health_check_interval=10,
-        socket_connect_timeout=2,
-        socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=2),
-    )
-    return Redis.from_pool(pool)
+from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.redis.resp import Arg, Command, Replies, first_error, pack, pack_many
 
 
 class Pipe:
@@ -46,29 +27,29 @@ class Pipe:
 
     Commands are written as they come (flushed once per event-loop turn) and replies matched
     in order, so concurrent callers share writes and round trips. The publish stream, the
-    worker's read-route-acknowledge loop and the gateway's inbox reads use it; everything else
-    uses :func:`connect`. A lost connection fails the calls in flight with
-    :class:`redis.exceptions.ConnectionError` and is reopened by the next call; a reply later
-    than ``timeout`` (plus a blocking command's own ``block``) aborts the connection with
-    :class:`redis.exceptions.TimeoutError`, so a frozen server cannot hang a caller.
+    worker's read-route-acknowledge loop and the gateway's inbox reads use it. It speaks RESP2
+    over TCP, TLS (CA, client certificate, verification as the endpoint says) or a Unix socket,
+    with AUTH and SELECT from the URL; it does not retry (see :mod:`hubbub.redis.endpoint`),
+    speak RESP3, follow Sentinel or Cluster redirections. A lost connection fails the calls in
+    flight with :class:`redis.exceptions.ConnectionError` and is reopened by the next call; a
+    reply later than ``timeout`` (plus a blocking command's own ``block``) aborts the
+    connection with :class:`redis.exceptions.TimeoutError`, so a frozen server cannot hang a
+    caller.
     """
 
-    def __init__(
-        self,
-        url: str,
-        name: str | None = None,
-        *,
-        timeout: float = 5.0,
-        connect_timeout: float = 2.0,
-    ) -> None:
-        self.url = url
-        self.name = name
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self._address = parse_url(url)
+    def __init__(self, endpoint: RedisEndpoint) -> None:
+        self.endpoint = endpoint
+        self.timeout = endpoint.timeout
+        self._address = endpoint.address()
+        self._ssl = endpoint.ssl_context()
         self._connection: _Connection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, name: str | None = None, *, timeout: float = 5.0) -> Pipe:
+        """A pipe to ``url`` with the endpoint's defaults otherwise."""
+        return cls(RedisEndpoint(url, name, timeout=timeout))
 
     async def execute(self, *command: Arg, block: float = 0.0) -> Any:
         """One command's reply; an error reply is raised as ``ResponseError``."""
@@ -132,51 +113,31 @@ class Pipe:
         def factory() -> _Connection:
             return _Connection(timeout)
 
-        where = (
-            address.get("path") or f"{address.get('host', 'localhost')}:{address.get('port', 6379)}"
-        )
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                if "path" in address:
-                    _, connection = await loop.create_unix_connection(factory, address["path"])
+            async with asyncio.timeout(self.endpoint.connect_timeout):
+                if address.path is not None:
+                    _, connection = await loop.create_unix_connection(factory, address.path)
                 else:
                     _, connection = await loop.create_connection(
-                        factory,
-                        address.get("host", "localhost"),
-                        address.get("port", 6379),
-                        ssl=self._ssl_context(),
+                        factory, address.host, address.port, ssl=self._ssl
                     )
         except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"Error connecting to Redis at {where}: {exc!r}") from exc
+            raise RedisConnectionError(f"Error connecting to Redis at {address}: {exc!r}") from exc
         return connection
 
     def _hello(self) -> list[Command]:
         address = self._address
         hello: list[Command] = []
-        if address.get("password"):
-            username = address.get("username")
-            auth = (
-                ("AUTH", username, address["password"])
-                if username
-                else ("AUTH", address["password"])
-            )
-            hello.append(auth)
-        if address.get("db"):
-            hello.append(("SELECT", int(address["db"])))
-        if self.name:
-            hello.append(("CLIENT", "SETNAME", self.name))
+        if address.password:
+            if address.username:
+                hello.append(("AUTH", address.username, address.password))
+            else:
+                hello.append(("AUTH", address.password))
+        if address.db:
+            hello.append(("SELECT", address.db))
+        if self.endpoint.name:
+            hello.append(("CLIENT", "SETNAME", self.endpoint.name))
         return hello or [("PING",)]
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        address = self._address
-        if address.get("connection_class") is not SSLConnection:
-            return None
-        cafile = address.get("ssl_ca_certs")
-        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-        if str(address.get("ssl_cert_reqs", "required")).lower() in ("none", "optional"):
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
 
 
 class _Waiter:

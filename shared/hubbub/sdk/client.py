@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .tokens import mint_token
+from hubbub.tokens import mint_token
 
 
 class ServiceAuth(httpx.Auth):

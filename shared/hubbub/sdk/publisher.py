@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from . import names
-from .envelopes import Kind, Publish
-from .keys import KeySchema
-from .redis import Pipe
-from .settings import Settings
-from .signalr import encode_invocation
-from .stream import PublishStream
+from hubbub.protocol import names
+from hubbub.protocol.signalr import encode_invocation
+from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.stream import PublishStream
+from hubbub.settings import Settings
+from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.keys import KeySchema
 
 
 class Publisher:
@@ -36,7 +37,7 @@ class Publisher:
 
     @classmethod
     def from_settings(cls, settings: Settings, hub: str) -> Publisher:
-        return cls(Pipe(settings.redis_url, "hubbub-publisher"), settings, hub)
+        return cls(Pipe(RedisEndpoint.from_settings(settings, "hubbub-publisher")), settings, hub)
 
     async def __aenter__(self) -> Publisher:
         return self

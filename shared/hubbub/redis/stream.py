@@ -11,10 +11,10 @@ import zlib
 
 from redis.asyncio import Redis
 
-from .envelopes import Kind, Publish
-from .keys import KeySchema
-from .redis import Pipe
-from .resp import Prefix
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.resp import Prefix
+from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.keys import KeySchema
 
 
 def partition_of(message: Publish, partitions: int) -> int:
@@ -34,7 +34,7 @@ def message_id(partition: int, entry_id: bytes | str) -> str:
 class PublishStream:
     """Appends accepted messages to their partition; returns the message id.
 
-    Appends from concurrent requests share the :class:`~hubbub.redis.Pipe`'s writes and round
+    Appends from concurrent requests share the :class:`~hubbub.redis.pipe.Pipe`'s writes and round
     trips; a batch is one write of all its ``XADD`` commands.
     """
 

@@ -1,7 +1,7 @@
 """RESP2 without I/O: commands to bytes, bytes to replies.
 
 The hot path (publish appends, the worker's reads and deliveries, the gateway's inbox reads)
-speaks to Redis through :class:`hubbub.redis.Pipe`, which is this module plus a socket. Parsing
+speaks to Redis through :class:`hubbub.redis.pipe.Pipe`, which is this module plus a socket. Parsing
 is hiredis's; error replies come back as :class:`redis.exceptions.ResponseError` instances, so
 callers handle the same exceptions as with redis-py.
 """

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from . import keys as k
-from .envelopes import Kind, control
-from .keys import HubKeys, KeySchema
+from hubbub.wire import keys as k
+from hubbub.wire.envelopes import Kind, control
+from hubbub.wire.keys import HubKeys, KeySchema
 
 _HELPERS = f"""
 local function key(base, marker, name) return base .. ':' .. marker .. ':' .. name end

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 
-from .client import HubbubClient
-from .embedded import RedisProcess
-from .settings import Settings
-from .tokens import mint_token
+from hubbub.dev.embedded import RedisProcess
+from hubbub.sdk.client import HubbubClient
+from hubbub.settings import Settings
+from hubbub.tokens import mint_token
 
 
 def _json_or_text(value: str) -> Any:
