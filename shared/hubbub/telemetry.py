@@ -1,23 +1,27 @@
 """Tracing: one trace per message, REST handler -> stream -> worker -> inbox -> sockets.
 
 Configured only by the standard ``OTEL_*`` variables (endpoint, service name, sampler). With
-no OTLP endpoint set, :func:`setup_tracing` returns ``None`` and every call site skips its
-span entirely, so tracing off costs one ``is None`` test per message. The tracer is passed
-around explicitly (no global provider is installed).
+no OTLP endpoint set, :func:`setup_tracing` returns ``None``; call sites open their spans with
+:func:`span`, which then hands back one shared no-op context, so one code path serves both and
+tracing off costs a function call per message. The tracer is passed around explicitly (no
+global provider is installed).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -27,7 +31,6 @@ OPERATION = "messaging.operation.type"
 DESTINATION = "messaging.destination.name"
 MESSAGE_ID = "messaging.message.id"
 CONSUMER_GROUP = "messaging.consumer.group.name"
-BATCH_COUNT = "messaging.batch.message_count"
 BODY_SIZE = "messaging.message.body.size"
 
 
@@ -55,6 +58,24 @@ def setup_tracing(default_service_name: str) -> Telemetry | None:
     provider = TracerProvider(resource=Resource.create(attributes))  # sampler: OTEL_TRACES_*
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return Telemetry(provider.get_tracer("hubbub"), provider)
+
+
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def span(
+    tracer: Tracer | None,
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    context: Context | None = None,
+    attributes: Attributes = None,
+) -> AbstractContextManager[Span | None]:
+    """``with span(tracer, ...) as s:`` the current span, or ``None`` when tracing is off (the
+    same no-op context every time: nothing is allocated)."""
+    if tracer is None:
+        return _NO_SPAN
+    return tracer.start_as_current_span(name, context=context, kind=kind, attributes=attributes)
 
 
 def traceparent_of(span: Span) -> str | None:
