@@ -238,3 +238,21 @@ def test_settings_read_the_prefix_from_the_environment(monkeypatch: pytest.Monke
     monkeypatch.setenv("HUBBUB_KEY_PREFIX", "x{y}")
     with pytest.raises(ValidationError, match="key_prefix"):
         Settings()
+
+
+def test_membership_scripts_take_their_keys_from_the_schema() -> None:
+    """Lua never spells a key: no kind marker or separator literal, no hash tag, no prefix
+    argument; every key (or family prefix of the hub's slot) arrives through KEYS."""
+    from hubbub.redis import membership
+
+    scripts = [v for n, v in vars(membership).items() if n.startswith("_") and isinstance(v, str)]
+    assert len(scripts) >= 7
+    markers = [
+        keys.CONNECTION_GROUPS, keys.GROUP_CONNECTIONS, keys.GROUP_GATEWAYS,
+        keys.USER_CONNECTIONS, keys.USER_GATEWAYS, keys.USER_GROUPS, keys.GATEWAY_CONNECTIONS,
+    ]  # fmt: skip
+    for script in scripts:
+        for marker in markers:
+            assert f"'{marker}'" not in script and f"':{marker}:'" not in script
+        assert "':'" not in script and "{" not in script.replace("{}", "")
+        assert "base" not in script

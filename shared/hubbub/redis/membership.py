@@ -18,114 +18,118 @@ from hubbub.wire import keys as k
 from hubbub.wire.envelopes import Kind, control
 from hubbub.wire.keys import HubKeys, KeySchema
 
+# Every key comes through KEYS, built by the key schema; a family prefix (``hk.x("")``) stands
+# for keys named by what the script reads (a connection's groups, a user's connections), which
+# share the hub's hash slot. Helper arguments are KEYS indexes, documented per script.
 _HELPERS = f"""
-local function key(base, marker, name) return base .. ':' .. marker .. ':' .. name end
-local function join(base, conn, gw, group)
-  if redis.call('SADD', key(base, '{k.GROUP_CONNECTIONS}', group), conn) == 1 then
-    redis.call('HINCRBY', key(base, '{k.GROUP_GATEWAYS}', group), gw, 1)
-  end
-  redis.call('SADD', key(base, '{k.CONNECTION_GROUPS}', conn), group)
+local GW, USER = '{k.CONNECTION_GATEWAY}', '{k.CONNECTION_USER}'
+local function join(conn, gw, group, cg, gc, gg)
+  if redis.call('SADD', gc, conn) == 1 then redis.call('HINCRBY', gg, gw, 1) end
+  redis.call('SADD', cg, group)
 end
-local function leave(base, conn, gw, group)
-  local removed = redis.call('SREM', key(base, '{k.GROUP_CONNECTIONS}', group), conn)
-  if removed == 1 then
-    local gg = key(base, '{k.GROUP_GATEWAYS}', group)
-    if redis.call('HINCRBY', gg, gw, -1) <= 0 then redis.call('HDEL', gg, gw) end
-  end
-  redis.call('SREM', key(base, '{k.CONNECTION_GROUPS}', conn), group)
+local function leave(conn, gw, group, cg, gc, gg)
+  local removed = redis.call('SREM', gc, conn)
+  if removed == 1 and redis.call('HINCRBY', gg, gw, -1) <= 0 then redis.call('HDEL', gg, gw) end
+  redis.call('SREM', cg, group)
   return removed
 end
-local function gateway_of(base, conn)
-  return redis.call('HGET', key(base, '{k.CONNECTION}', conn), 'gw')
-end
-local function live_user_groups(base, user, now)
-  local ugr = key(base, '{k.USER_GROUPS}', user)
+local function live_user_groups(ugr, now)
   redis.call('ZREMRANGEBYSCORE', ugr, '-inf', '(' .. now)
   return redis.call('ZRANGE', ugr, 0, -1)
 end
 """
 
-# KEYS[1] connection hash. ARGV: base, conn, gw, user ('' = anonymous), now.
+# KEYS: connection, its groups, gateway's connections, user's connections, user's gateways,
+# user's groups, gc prefix, gg prefix. ARGV: conn, gw, user ('' = anonymous), now.
 # Returns false if the connection id is live, else the groups it joined through its user.
 _REGISTER = (
     _HELPERS
-    + f"""
-local base, conn, gw, user, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+    + """
+local conn, gw, user, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-redis.call('HSET', KEYS[1], 'gw', gw, 'user', user)
-redis.call('SADD', key(base, '{k.GATEWAY_CONNECTIONS}', gw), conn)
-local groups = {{}}
+redis.call('HSET', KEYS[1], GW, gw, USER, user)
+redis.call('SADD', KEYS[3], conn)
+local groups = {}
 if user ~= '' then
-  redis.call('SADD', key(base, '{k.USER_CONNECTIONS}', user), conn)
-  redis.call('HINCRBY', key(base, '{k.USER_GATEWAYS}', user), gw, 1)
-  groups = live_user_groups(base, user, now)
-  for _, group in ipairs(groups) do join(base, conn, gw, group) end
+  redis.call('SADD', KEYS[4], conn)
+  redis.call('HINCRBY', KEYS[5], gw, 1)
+  groups = live_user_groups(KEYS[6], now)
+  for _, group in ipairs(groups) do
+    join(conn, gw, group, KEYS[2], KEYS[7] .. group, KEYS[8] .. group)
+  end
 end
 return groups
 """
 )
 
-# KEYS[1] connection hash. ARGV: base, conn. Returns the gateway that held it, or false.
+# KEYS: connection, its groups, gwc prefix, uc prefix, ug prefix, gc prefix, gg prefix.
+# ARGV: conn. Returns the gateway that held it, or false.
 _UNREGISTER = (
     _HELPERS
-    + f"""
-local base, conn = ARGV[1], ARGV[2]
-local info = redis.call('HMGET', KEYS[1], 'gw', 'user')
+    + """
+local conn = ARGV[1]
+local info = redis.call('HMGET', KEYS[1], GW, USER)
 local gw, user = info[1], info[2]
 if not gw then return false end
-for _, group in ipairs(redis.call('SMEMBERS', key(base, '{k.CONNECTION_GROUPS}', conn))) do
-  leave(base, conn, gw, group)
+for _, group in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  leave(conn, gw, group, KEYS[2], KEYS[6] .. group, KEYS[7] .. group)
 end
 if user and user ~= '' then
-  redis.call('SREM', key(base, '{k.USER_CONNECTIONS}', user), conn)
-  local ug = key(base, '{k.USER_GATEWAYS}', user)
+  redis.call('SREM', KEYS[4] .. user, conn)
+  local ug = KEYS[5] .. user
   if redis.call('HINCRBY', ug, gw, -1) <= 0 then redis.call('HDEL', ug, gw) end
 end
-redis.call('SREM', key(base, '{k.GATEWAY_CONNECTIONS}', gw), conn)
-redis.call('DEL', KEYS[1], key(base, '{k.CONNECTION_GROUPS}', conn))
+redis.call('SREM', KEYS[3] .. gw, conn)
+redis.call('DEL', KEYS[1], KEYS[2])
 return gw
 """
 )
 
-# KEYS[1] connection hash. ARGV: base, conn, group, 1 = add / 0 = remove.
+# KEYS: connection, its groups, group's connections, group's gateways.
+# ARGV: conn, group, 1 = add / 0 = remove.
 # Returns the connection's gateway, or false when the connection does not exist.
 _CONNECTION_GROUP = (
     _HELPERS
     + """
-local base, conn, group, add = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local gw = gateway_of(base, conn)
+local conn, group, add = ARGV[1], ARGV[2], ARGV[3]
+local gw = redis.call('HGET', KEYS[1], GW)
 if not gw then return false end
-if add == '1' then join(base, conn, gw, group) else leave(base, conn, gw, group) end
-return gw
-"""
-)
-
-# KEYS[1] connection hash. ARGV: base, conn. Returns the gateway, or false.
-_CONNECTION_ALL_GROUPS = (
-    _HELPERS
-    + f"""
-local base, conn = ARGV[1], ARGV[2]
-local gw = gateway_of(base, conn)
-if not gw then return false end
-for _, group in ipairs(redis.call('SMEMBERS', key(base, '{k.CONNECTION_GROUPS}', conn))) do
-  leave(base, conn, gw, group)
+if add == '1' then
+  join(conn, gw, group, KEYS[2], KEYS[3], KEYS[4])
+else
+  leave(conn, gw, group, KEYS[2], KEYS[3], KEYS[4])
 end
 return gw
 """
 )
 
-# KEYS[1] user's groups. ARGV: base, user, group, expiry ('inf', a unix time, or '' = none).
+# KEYS: connection, its groups, gc prefix, gg prefix. ARGV: conn. Returns the gateway, or false.
+_CONNECTION_ALL_GROUPS = (
+    _HELPERS
+    + """
+local conn = ARGV[1]
+local gw = redis.call('HGET', KEYS[1], GW)
+if not gw then return false end
+for _, group in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  leave(conn, gw, group, KEYS[2], KEYS[3] .. group, KEYS[4] .. group)
+end
+return gw
+"""
+)
+
+# KEYS: user's groups, user's connections, c prefix, cg prefix, gc prefix, gg prefix.
+# ARGV: group, expiry ('inf', a unix time, or '' = none).
 # Adds the binding (future connections) and the user's live connections. Returns gw, conn, ...
 _ADD_USER_GROUP = (
     _HELPERS
-    + f"""
-local base, user, group, expiry = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+    + """
+local group, expiry = ARGV[1], ARGV[2]
 if expiry ~= '' then redis.call('ZADD', KEYS[1], expiry, group) end
-local touched = {{}}
-for _, conn in ipairs(redis.call('SMEMBERS', key(base, '{k.USER_CONNECTIONS}', user))) do
-  local gw = gateway_of(base, conn)
+local touched = {}
+for _, conn in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local gw = redis.call('HGET', KEYS[3] .. conn, GW)
   if gw then
-    join(base, conn, gw, group)
+    join(conn, gw, group, KEYS[4] .. conn, KEYS[5] .. group, KEYS[6] .. group)
     table.insert(touched, gw); table.insert(touched, conn)
   end
 end
@@ -133,22 +137,24 @@ return touched
 """
 )
 
-# KEYS[1] user's groups. ARGV: base, user, group ('' = all groups). Returns gw, conn, ...
+# KEYS: user's groups, user's connections, c prefix, cg prefix, gc prefix, gg prefix.
+# ARGV: group ('' = all groups). Returns gw, conn, ...
 _REMOVE_USER_GROUP = (
     _HELPERS
-    + f"""
-local base, user, group = ARGV[1], ARGV[2], ARGV[3]
+    + """
+local group = ARGV[1]
 if group == '' then redis.call('DEL', KEYS[1]) else redis.call('ZREM', KEYS[1], group) end
-local touched = {{}}
-for _, conn in ipairs(redis.call('SMEMBERS', key(base, '{k.USER_CONNECTIONS}', user))) do
-  local gw = gateway_of(base, conn)
+local touched = {}
+for _, conn in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local gw = redis.call('HGET', KEYS[3] .. conn, GW)
   if gw then
+    local cg = KEYS[4] .. conn
     if group == '' then
-      for _, g in ipairs(redis.call('SMEMBERS', key(base, '{k.CONNECTION_GROUPS}', conn))) do
-        leave(base, conn, gw, g)
+      for _, g in ipairs(redis.call('SMEMBERS', cg)) do
+        leave(conn, gw, g, cg, KEYS[5] .. g, KEYS[6] .. g)
       end
     else
-      leave(base, conn, gw, group)
+      leave(conn, gw, group, cg, KEYS[5] .. group, KEYS[6] .. group)
     end
     table.insert(touched, gw); table.insert(touched, conn)
   end
@@ -157,20 +163,29 @@ return touched
 """
 )
 
-# KEYS[1] user's groups. ARGV: base, user, group, now. 1 if bound or any connection is in.
-_USER_IN_GROUP = (
-    _HELPERS
-    + f"""
-local base, user, group, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+# KEYS: user's groups, group's connections, user's connections. ARGV: group, now.
+# 1 if the user is bound to the group or any of its connections is in it.
+_USER_IN_GROUP = """
+local group, now = ARGV[1], tonumber(ARGV[2])
 local expiry = redis.call('ZSCORE', KEYS[1], group)
 if expiry and tonumber(expiry) >= now then return 1 end
-local gc = key(base, '{k.GROUP_CONNECTIONS}', group)
-for _, conn in ipairs(redis.call('SMEMBERS', key(base, '{k.USER_CONNECTIONS}', user))) do
-  if redis.call('SISMEMBER', gc, conn) == 1 then return 1 end
+for _, conn in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if redis.call('SISMEMBER', KEYS[2], conn) == 1 then return 1 end
 end
 return 0
 """
-)
+
+
+def _user_keys(hk: HubKeys, user: str) -> list[str]:
+    """KEYS of the user-group scripts."""
+    return [
+        hk.user_groups(user),
+        hk.user_connections(user),
+        hk.connection(""),
+        hk.connection_groups(""),
+        hk.group_connections(""),
+        hk.group_gateways(""),
+    ]
 
 
 def _pairs(flat: list[bytes]) -> dict[str, list[str]]:
@@ -211,9 +226,19 @@ class Membership:
     async def register(self, hub: str, conn: str, gateway: str, user: str | None) -> Registration:
         hk = self.schema.hub(hub)
         await self.redis.sadd(self.schema.gateway_hubs(gateway), hub)
+        name = user or ""
         result = await self._register(
-            keys=[hk.connection(conn)],
-            args=[hk.base, conn, gateway, user or "", time.time()],
+            keys=[
+                hk.connection(conn),
+                hk.connection_groups(conn),
+                hk.gateway_connections(gateway),
+                hk.user_connections(name),
+                hk.user_gateways(name),
+                hk.user_groups(name),
+                hk.group_connections(""),
+                hk.group_gateways(""),
+            ],
+            args=[conn, gateway, name, time.time()],
         )
         if result is None:
             raise ConnectionExists(conn)
@@ -221,7 +246,18 @@ class Membership:
 
     async def unregister(self, hub: str, conn: str) -> str | None:
         hk = self.schema.hub(hub)
-        gw = await self._unregister(keys=[hk.connection(conn)], args=[hk.base, conn])
+        gw = await self._unregister(
+            keys=[
+                hk.connection(conn),
+                hk.connection_groups(conn),
+                hk.gateway_connections(""),
+                hk.user_connections(""),
+                hk.user_gateways(""),
+                hk.group_connections(""),
+                hk.group_gateways(""),
+            ],
+            args=[conn],
+        )
         return gw.decode() if gw else None
 
     # ------------------------------------------------------------ groups
@@ -235,7 +271,13 @@ class Membership:
     async def _connection_change(self, hub: str, conn: str, group: str, add: bool) -> bool:
         hk = self.schema.hub(hub)
         gw = await self._connection_group(
-            keys=[hk.connection(conn)], args=[hk.base, conn, group, "1" if add else "0"]
+            keys=[
+                hk.connection(conn),
+                hk.connection_groups(conn),
+                hk.group_connections(group),
+                hk.group_gateways(group),
+            ],
+            args=[conn, group, "1" if add else "0"],
         )
         if not gw:
             return False
@@ -245,7 +287,15 @@ class Membership:
 
     async def remove_connection_from_all_groups(self, hub: str, conn: str) -> bool:
         hk = self.schema.hub(hub)
-        gw = await self._connection_all_groups(keys=[hk.connection(conn)], args=[hk.base, conn])
+        gw = await self._connection_all_groups(
+            keys=[
+                hk.connection(conn),
+                hk.connection_groups(conn),
+                hk.group_connections(""),
+                hk.group_gateways(""),
+            ],
+            args=[conn],
+        )
         if not gw:
             return False
         await self._notify({gw.decode(): [conn]}, Kind.LEAVE, hub, "")
@@ -262,9 +312,7 @@ class Membership:
             expiry = ""
         else:
             expiry = repr(time.time() + ttl)
-        touched = await self._add_user_group(
-            keys=[hk.user_groups(user)], args=[hk.base, user, group, expiry]
-        )
+        touched = await self._add_user_group(keys=_user_keys(hk, user), args=[group, expiry])
         await self._notify(_pairs(touched), Kind.JOIN, hub, group)
 
     async def remove_user_from_group(self, hub: str, user: str, group: str) -> None:
@@ -275,9 +323,7 @@ class Membership:
 
     async def _remove_user(self, hub: str, user: str, group: str) -> None:
         hk = self.schema.hub(hub)
-        touched = await self._remove_user_group(
-            keys=[hk.user_groups(user)], args=[hk.base, user, group]
-        )
+        touched = await self._remove_user_group(keys=_user_keys(hk, user), args=[group])
         await self._notify(_pairs(touched), Kind.LEAVE, hub, group)
 
     async def _notify(
@@ -294,7 +340,7 @@ class Membership:
             await pipe.execute()
 
     async def close_connection(self, hub: str, conn: str, reason: str | None) -> bool:
-        gw = await self.redis.hget(self.schema.hub(hub).connection(conn), "gw")
+        gw = await self.redis.hget(self.schema.hub(hub).connection(conn), k.CONNECTION_GATEWAY)
         if not gw:
             return False
         await self.redis.xadd(
@@ -318,7 +364,8 @@ class Membership:
     async def user_in_group(self, hub: str, user: str, group: str) -> bool:
         hk: HubKeys = self.schema.hub(hub)
         found = await self._user_in_group(
-            keys=[hk.user_groups(user)], args=[hk.base, user, group, time.time()]
+            keys=[hk.user_groups(user), hk.group_connections(group), hk.user_connections(user)],
+            args=[group, time.time()],
         )
         return bool(found)
 

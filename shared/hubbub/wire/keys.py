@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Kind markers of per-hub keys. The membership scripts build keys from the same markers.
+# Kind markers of per-hub keys.
 CONNECTION = "c"
 CONNECTION_GROUPS = "cg"
 GROUP_CONNECTIONS = "gc"
@@ -20,15 +20,24 @@ USER_GATEWAYS = "ug"
 USER_GROUPS = "ugr"
 GATEWAY_CONNECTIONS = "gwc"
 
+# Fields of the connection hash (:meth:`HubKeys.connection`).
+CONNECTION_GATEWAY = "gw"
+CONNECTION_USER = "user"
+
 
 @dataclass(frozen=True, slots=True)
 class HubKeys:
-    """Keys of one hub. Group, user and connection names go in verbatim."""
+    """Keys of one hub. Group, user and connection names go in verbatim.
+
+    Each method with an empty name gives its family's *prefix* (``...:gc:``): the membership
+    scripts receive those through ``KEYS`` (they share the hub's hash slot) and append names
+    they read from Redis, e.g. the groups of a connection being unregistered.
+    """
 
     base: str  # "<prefix>:{<prefix>:<hub>}"
 
     def connection(self, conn: str) -> str:
-        """Hash: ``gw`` (gateway id) and ``user`` of a live connection."""
+        """Hash: :data:`CONNECTION_GATEWAY` (gateway id) and :data:`CONNECTION_USER`."""
         return f"{self.base}:{CONNECTION}:{conn}"
 
     def connection_groups(self, conn: str) -> str:
