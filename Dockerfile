@@ -1,10 +1,9 @@
-# hubbub-fanout: the fan-out worker. It reads the publish stream in a consumer group and
-# writes to the gateways' inboxes; it listens on no port.
+# Both Hubbub images from one file: they share the builder and the runtime base, and differ
+# only in their last stage (`--target`). The build context is the repository root (the one
+# `hubbub` distribution in pyproject.toml holds the gateway, the fan-out worker and the core):
 #
-# The build context is the repository root (the one `hubbub` distribution in pyproject.toml
-# holds the gateway, the fan-out worker and the shared core):
-#
-#   docker build -f services/fanout-worker/Dockerfile -t hubbub-fanout:0.1.0 .
+#   docker build --target gateway -t hubbub-gateway:0.1.0 .
+#   docker build --target fanout  -t hubbub-fanout:0.1.0 .
 #
 # Both stages use the same pinned image, so the console script's shebang
 # (/usr/local/bin/python3) and the environment markers pip evaluated in the builder hold in
@@ -35,8 +34,8 @@ COPY services/fanout-worker/hubbub_fanout/ services/fanout-worker/hubbub_fanout/
 RUN pip wheel --wheel-dir /wheels . \
  && pip install --no-index --find-links /wheels --prefix /install hubbub
 
-# ---------------------------------------------------------------------------- runtime
-FROM ${PYTHON_IMAGE}
+# ---------------------------------------------------------------------------- runtime base
+FROM ${PYTHON_IMAGE} AS runtime
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -51,6 +50,25 @@ COPY --from=builder /install /usr/local
 
 USER 10001:10001
 
-# Exec form: the worker is PID 1 and handles SIGTERM itself (it stops reading and closes
-# its Redis connection).
+# ---------------------------------------------------------------------------- fanout
+# The fan-out worker: reads the publish stream in a consumer group and writes to the gateways'
+# inboxes; it listens on no port but its /metrics (9102).
+FROM runtime AS fanout
+
+# Exec form: the worker is PID 1 and handles SIGTERM itself (it stops reading, releases its
+# leases and closes its Redis connections).
 ENTRYPOINT ["hubbub-fanout"]
+
+# ---------------------------------------------------------------------------- gateway
+# The gateway: the SignalR endpoints for clients and the internal REST API, on port 8080.
+# Last, so that a build without --target gives the gateway.
+FROM runtime AS gateway
+
+ENV HUBBUB_HOST=0.0.0.0 \
+    HUBBUB_PORT=8080
+
+EXPOSE 8080
+
+# Exec form: the gateway is PID 1 and receives SIGTERM itself, which makes it send every
+# client a SignalR Close with allowReconnect before it exits.
+ENTRYPOINT ["hubbub-gateway"]
