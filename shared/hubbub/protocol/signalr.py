@@ -169,10 +169,6 @@ class RecordBuffer:
         self._buf = tail
         return parts
 
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
 
 def _loads(record: bytes) -> dict[str, Any]:
     try:
@@ -344,6 +340,3 @@ class ServerProtocol:
         self.phase = Phase.OPEN
         self.protocol = request.protocol
         return HandshakeAccepted(request)
-
-    def close(self) -> None:
-        self.phase = Phase.CLOSED
