@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from hubbub.dev.embedded import RedisProcess
 from hubbub.redis.stream import partition_of
 from hubbub.sdk.client import HubbubClient
-from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
@@ -86,7 +86,7 @@ async def test_worker_sigkill_mid_stream(deployment: Deployment, redis: Redis, p
     for _ in range(3):
         deployment.start_worker()
     schema = KeySchema(prefix)
-    group_partition = partition_of(Publish(Kind.GROUP, "chat", "ga", b""), 16)
+    group_partition = partition_of(MessageEntry(Kind.GROUP, "chat", "ga", b""), 16)
     lease = schema.partition_lease(group_partition)
     killed: list[str] = []
 

@@ -247,13 +247,14 @@ async def test_gateway_drops_redelivered_message_ids(
     """What a worker that dies between its inbox appends and its XACK causes: the same
     delivery twice. The client must see it once."""
     from hubbub.protocol.signalr import encode_invocation
-    from hubbub.wire.envelopes import Kind, Publish
+    from hubbub.wire.envelopes import Kind, MessageEntry
 
     client = await RawClient.connect(cluster.gateways[1].url)
     assert client.connection_id
-    delivery = Publish(
+    fields = MessageEntry(
         Kind.CONNECTION, "chat", client.connection_id, encode_invocation("dup", [1])
-    ).delivery(b"7:1-1")
+    ).fields(b"7:1-1")
+    delivery = dict(zip(fields[::2], fields[1::2], strict=True))
     inbox = KeySchema(prefix).inbox(f"{prefix}-gw2")
     await redis.xadd(inbox, delivery)
     await redis.xadd(inbox, delivery)

@@ -16,7 +16,7 @@ from hubbub.dev.embedded import RedisProcess
 from hubbub.protocol.signalr import encode_invocation
 from hubbub.sdk.client import ServiceAuth
 from hubbub.tokens import mint_token
-from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
 from tests.integration.test_rest import published
 from tests.support.processes import ACCESS_KEY, Deployment
@@ -43,12 +43,12 @@ async def http(gateway: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def stored(redis: Redis, message_id: str) -> Publish:
+async def stored(redis: Redis, message_id: str) -> MessageEntry:
     """The publish-stream entry a ``messageId`` names."""
     partition, _, entry = message_id.partition(":")
     key = KeySchema(PREFIX).publish_partition(int(partition))
     [(_, fields)] = await redis.xrange(key, entry, entry)
-    return Publish.from_fields(fields)
+    return MessageEntry.decode(fields)
 
 
 async def count(redis: Redis) -> int:

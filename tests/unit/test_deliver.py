@@ -5,7 +5,7 @@ Pure logic: the transport below records writes (the real one is tested end to en
 from __future__ import annotations
 
 from hubbub.protocol.wsframe import text_frame
-from hubbub.wire.envelopes import Delivery, Kind
+from hubbub.wire.envelopes import ControlEntry, Kind, MessageEntry, Op
 from hubbub_gateway.deliver import LocalConnection, LocalIndex
 
 
@@ -46,8 +46,8 @@ def connect(index: LocalIndex, conn_id: str, user: str | None = None) -> Recordi
     return proto.transport
 
 
-def message(n: int, kind: Kind = Kind.ALL, target: str = "") -> Delivery:
-    return Delivery(kind, "chat", target, f"0:{n}-0".encode(), f"m{n}".encode())
+def message(n: int, kind: Kind = Kind.ALL, target: str = "") -> MessageEntry:
+    return MessageEntry(kind, "chat", target, f"m{n}".encode(), message_id=f"0:{n}-0".encode())
 
 
 def test_one_write_per_socket_per_read_with_frames_in_order() -> None:
@@ -79,7 +79,7 @@ def test_a_join_applies_to_the_messages_after_it_in_the_same_read() -> None:
     a = connect(index, "a")
     index.handle_many([
         message(1, Kind.GROUP, "g"),
-        Delivery(Kind.JOIN, "chat", "g", connections=("a",)),
+        ControlEntry(Op.JOIN, "chat", ("a",), target="g"),
         message(2, Kind.GROUP, "g"),
     ])  # fmt: skip
     assert a.writes == [text_frame(b"m2")]
@@ -90,7 +90,7 @@ async def test_messages_before_a_close_are_written_before_it() -> None:
     a = connect(index, "a")
     index.handle_many([
         message(1),
-        Delivery(Kind.CLOSE, "chat", "", connections=("a",), reason="bye"),
+        ControlEntry(Op.CLOSE, "chat", ("a",), reason="bye"),
         message(2),
     ])  # fmt: skip
     assert a.writes[0] == text_frame(b"m1")

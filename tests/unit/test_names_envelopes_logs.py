@@ -5,19 +5,18 @@ from __future__ import annotations
 import logging
 
 import pytest
-from redis.typing import EncodableT, FieldT
 
 from hubbub import logs
 from hubbub.logs import RedactingFilter, redact
 from hubbub.protocol import names
 from hubbub.protocol.names import InvalidName
 from hubbub.wire.envelopes import (
-    MESSAGE_KINDS,
-    Delivery,
+    ControlEntry,
     Fields,
     Kind,
-    Publish,
-    control,
+    MessageEntry,
+    Op,
+    decode_entry,
     hello,
 )
 
@@ -119,37 +118,33 @@ class TestConnectionId:
 # ---------------------------------------------------------------- envelopes
 
 
-def as_read_back(fields: dict[FieldT, EncodableT]) -> Fields:
+def as_read_back(flat: list[bytes]) -> Fields:
     """What XREAD returns for an entry written with these fields (no decode_responses)."""
-    out: Fields = {}
-    for key, value in fields.items():
-        assert isinstance(key, bytes), key
-        assert isinstance(value, bytes), (key, value)
-        out[key] = value
-    return out
+    assert all(isinstance(x, bytes) for x in flat)
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 FRAME = b'{"type":1,"target":"Receive","arguments":["hi"]}\x1e'
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-class TestPublish:
+class TestMessageEntry:
     @pytest.mark.parametrize(
-        "publish",
+        "entry",
         [
-            Publish(Kind.ALL, "chat", "", FRAME),
-            Publish(Kind.GROUP, "chat", "g1", FRAME, excluded=("c1", "c-2_x")),
-            Publish(Kind.USER, "app_chat", "user@example.com", FRAME, traceparent=TRACEPARENT),
-            Publish(Kind.CONNECTION, "chat", "c1", FRAME, ("c2",), TRACEPARENT),
-            Publish(Kind.GROUP, "chat", "a,b:{c}\u00e9", b"\x00\xff" + FRAME),
+            MessageEntry(Kind.ALL, "chat", "", FRAME),
+            MessageEntry(Kind.GROUP, "chat", "g1", FRAME, excluded=("c1", "c-2_x")),
+            MessageEntry(Kind.USER, "app_chat", "user@example.com", FRAME, traceparent=TRACEPARENT),
+            MessageEntry(Kind.CONNECTION, "chat", "c1", FRAME, ("c2",), TRACEPARENT),
+            MessageEntry(Kind.GROUP, "chat", "a,b:{c}\u00e9", b"\x00\xff" + FRAME),
         ],
     )
-    def test_round_trip(self, publish: Publish) -> None:
-        assert Publish.from_fields(as_read_back(publish.to_fields())) == publish
+    def test_round_trip(self, entry: MessageEntry) -> None:
+        assert MessageEntry.decode(as_read_back(entry.fields())) == entry
 
     def test_field_layout(self) -> None:
-        fields = Publish(Kind.GROUP, "chat", "g1", FRAME, ("c1", "c2"), TRACEPARENT).to_fields()
-        assert fields == {
+        entry = MessageEntry(Kind.GROUP, "chat", "g1", FRAME, ("c1", "c2"), TRACEPARENT)
+        assert as_read_back(entry.fields()) == {
             b"k": b"g",
             b"h": b"chat",
             b"t": b"g1",
@@ -159,83 +154,81 @@ class TestPublish:
         }
 
     def test_optional_fields_are_omitted(self) -> None:
-        fields = Publish(Kind.ALL, "chat", "", FRAME).to_fields()
+        fields = as_read_back(MessageEntry(Kind.ALL, "chat", "", FRAME).fields())
         assert set(fields) == {b"k", b"h", b"t", b"f"}
-        publish = Publish.from_fields(as_read_back(fields))
-        assert publish.excluded == ()
-        assert publish.traceparent is None
+        entry = MessageEntry.decode(fields)
+        assert entry.excluded == ()
+        assert entry.traceparent is None
 
     def test_unknown_kind_refused(self) -> None:
-        fields = as_read_back(Publish(Kind.ALL, "chat", "", FRAME).to_fields())
+        fields = as_read_back(MessageEntry(Kind.ALL, "chat", "", FRAME).fields())
         fields[b"k"] = b"?"
         with pytest.raises(ValueError):
-            Publish.from_fields(fields)
+            MessageEntry.decode(fields)
+
+    def test_labels(self) -> None:
+        assert [k.label for k in Kind] == ["all", "group", "user", "connection"]
+        assert all(Kind.from_label(k.label) is k for k in Kind)
 
 
-class TestDelivery:
+class TestInboxEntries:
     def test_from_a_delivery(self) -> None:
-        publish = Publish(Kind.GROUP, "chat", "g1", FRAME, ("c1", "c2"), TRACEPARENT)
-        fields = publish.delivery(b"1700000000000-0")
+        entry = MessageEntry(Kind.GROUP, "chat", "g1", FRAME, ("c1", "c2"), TRACEPARENT)
+        fields = as_read_back(entry.fields(b"1700000000000-0"))
         assert fields[b"m"] == b"1700000000000-0"
-        delivery = Delivery.from_fields(as_read_back(fields))
-        assert delivery == Delivery(
+        assert decode_entry(fields) == MessageEntry(
             kind=Kind.GROUP,
             hub="chat",
             target="g1",
-            message_id=b"1700000000000-0",
             frame=FRAME,
-            connections=("c1", "c2"),
-            reason=None,
+            excluded=("c1", "c2"),
             traceparent=TRACEPARENT,
+            message_id=b"1700000000000-0",
         )
-        assert delivery.kind in MESSAGE_KINDS
 
     def test_delivery_does_not_change_the_publish_fields(self) -> None:
-        publish = Publish(Kind.ALL, "chat", "", FRAME)
-        publish.delivery(b"1-0")
-        assert b"m" not in publish.to_fields()
+        entry = MessageEntry(Kind.ALL, "chat", "", FRAME)
+        entry.fields(b"1-0")
+        assert b"m" not in as_read_back(entry.fields())
 
     def test_from_a_broadcast_without_exclusions(self) -> None:
-        fields = Publish(Kind.ALL, "chat", "", FRAME).delivery(b"5-1")
-        delivery = Delivery.from_fields(as_read_back(fields))
-        assert delivery == Delivery(Kind.ALL, "chat", "", b"5-1", FRAME)
+        fields = as_read_back(MessageEntry(Kind.ALL, "chat", "", FRAME).fields(b"5-1"))
+        assert decode_entry(fields) == MessageEntry(Kind.ALL, "chat", "", FRAME, message_id=b"5-1")
 
     def test_from_a_join_control_entry(self) -> None:
-        fields = control(Kind.JOIN, "chat", ("c1", "c2"), target="g1")
-        delivery = Delivery.from_fields(as_read_back(fields))
-        assert delivery == Delivery(
-            kind=Kind.JOIN,
-            hub="chat",
-            target="g1",
-            message_id=b"",
-            frame=b"",
-            connections=("c1", "c2"),
-            reason=None,
-            traceparent=None,
+        fields = as_read_back(ControlEntry(Op.JOIN, "chat", ("c1", "c2"), target="g1").fields())
+        assert decode_entry(fields) == ControlEntry(
+            op=Op.JOIN, hub="chat", connections=("c1", "c2"), target="g1", reason=None
         )
-        assert delivery.kind not in MESSAGE_KINDS
 
     def test_from_a_close_control_entry_with_reason(self) -> None:
-        fields = control(Kind.CLOSE, "chat", ("c1",), reason="kicked by admin")
-        delivery = Delivery.from_fields(as_read_back(fields))
-        assert delivery.kind is Kind.CLOSE
-        assert delivery.target == ""
-        assert delivery.connections == ("c1",)
-        assert delivery.reason == "kicked by admin"
+        entry = ControlEntry(Op.CLOSE, "chat", ("c1",), reason="kicked by admin")
+        decoded = decode_entry(as_read_back(entry.fields()))
+        assert isinstance(decoded, ControlEntry)
+        assert decoded.op is Op.CLOSE
+        assert decoded.target == ""
+        assert decoded.connections == ("c1",)
+        assert decoded.reason == "kicked by admin"
 
     def test_control_entry_with_no_connections(self) -> None:
-        fields = control(Kind.LEAVE, "chat", (), target="g1")
-        assert Delivery.from_fields(as_read_back(fields)).connections == ()
+        fields = as_read_back(ControlEntry(Op.LEAVE, "chat", (), target="g1").fields())
+        decoded = decode_entry(fields)
+        assert isinstance(decoded, ControlEntry) and decoded.connections == ()
+
+    def test_mapping_is_the_same_fields(self) -> None:
+        entry = ControlEntry(Op.LEAVE, "chat", ("a",), target="g1", reason="r")
+        assert entry.mapping() == as_read_back(entry.fields())
 
     def test_from_a_hello(self) -> None:
-        delivery = Delivery.from_fields(as_read_back(hello("gw-1")))
-        assert delivery.kind is Kind.HELLO
-        assert delivery.hub == ""
-        assert delivery.target == "gw-1"
+        decoded = decode_entry(as_read_back(hello("gw-1").fields()))
+        assert isinstance(decoded, ControlEntry)
+        assert decoded.op is Op.HELLO
+        assert decoded.hub == ""
+        assert decoded.target == "gw-1"
 
-    def test_message_kinds(self) -> None:
-        assert {Kind.ALL, Kind.GROUP, Kind.USER, Kind.CONNECTION} == MESSAGE_KINDS
-        assert len({k.value for k in Kind}) == len(Kind)
+    def test_kind_and_op_values_never_overlap(self) -> None:
+        values = [k.value for k in Kind] + [o.value for o in Op]
+        assert len(set(values)) == len(values)
 
 
 # ---------------------------------------------------------------- log redaction

@@ -31,7 +31,7 @@ from hubbub.telemetry import (
     context_from,
     traceparent_of,
 )
-from hubbub.wire.envelopes import Fields, Kind, Publish
+from hubbub.wire.envelopes import Fields, Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
 
 log = logging.getLogger("hubbub.fanout.route")
@@ -72,12 +72,12 @@ class Router:
         if not entries:
             return
         started = time.perf_counter()
-        parsed: list[tuple[bytes, Publish]] = []
+        parsed: list[tuple[bytes, MessageEntry]] = []
         for entry_id, fields in entries:
             if not fields:  # trimmed away while pending
                 continue
             try:
-                parsed.append((entry_id, Publish.from_fields(fields)))
+                parsed.append((entry_id, MessageEntry.decode(fields)))
             except (KeyError, ValueError, UnicodeDecodeError):
                 self.metrics.drops.labels("malformed").inc()
                 log.error("dropping malformed publish entry %r", entry_id)
@@ -118,21 +118,21 @@ class Router:
                 if not gateways:
                     metrics.drops.labels("no_recipient").inc()
             if process is None:
-                fields = m.field_args(mid)
+                fields = m.fields(mid)
                 commands += [("XADD", d, *create, *inbox_cap, *fields) for d in destinations]
             else:
                 for d in destinations:
                     tp = self._producer_span(process, d, spans)
-                    fields = replace(m, traceparent=tp).field_args(mid)
+                    fields = replace(m, traceparent=tp).fields(mid)
                     commands.append(("XADD", d, *create, *inbox_cap, *fields))
-            metrics.routed.labels(m.kind.name.lower()).inc(len(destinations))
+            metrics.routed.labels(m.kind.label).inc(len(destinations))
         commands.append(("XACK", stream, self.group, *(entry_id for entry_id, _ in entries)))
         await pipe.execute_many(commands)
         for span in reversed(spans):
             span.end()
         metrics.stage.labels("route").observe(time.perf_counter() - started)
 
-    def _process_span(self, stream: str, entry_id: bytes, m: Publish, partition: int) -> Span:
+    def _process_span(self, stream: str, entry_id: bytes, m: MessageEntry, partition: int) -> Span:
         assert self.tracer is not None
         return self.tracer.start_span(
             f"process {stream}",
@@ -144,7 +144,7 @@ class Router:
                 DESTINATION: stream,
                 CONSUMER_GROUP: self.group,
                 MESSAGE_ID: message_id(partition, entry_id),
-                "hubbub.kind": m.kind.name.lower(),
+                "hubbub.kind": m.kind.label,
             },
         )
 

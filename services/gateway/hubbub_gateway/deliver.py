@@ -27,7 +27,7 @@ from hubbub.telemetry import (
     SYSTEM,
     context_from,
 )
-from hubbub.wire.envelopes import MESSAGE_KINDS, Delivery, Kind
+from hubbub.wire.envelopes import ControlEntry, Entry, Kind, MessageEntry, Op
 
 log = logging.getLogger("hubbub.gateway.deliver")
 
@@ -264,7 +264,7 @@ class LocalIndex:
 
     # ------------------------------------------------------------ delivery
 
-    def handle_many(self, deliveries: list[Delivery]) -> None:
+    def handle_many(self, deliveries: list[Entry]) -> None:
         """Handle one read's entries in order. A socket that several of them reach gets its
         frames in one write: one system call per socket per read, not per message."""
         if len(deliveries) == 1:
@@ -282,22 +282,26 @@ class LocalIndex:
         for conn, frames in (batch or {}).items():
             conn.send(frames[0] if len(frames) == 1 else b"".join(frames))
 
-    def handle(self, delivery: Delivery) -> None:
-        kind = delivery.kind
-        if kind in MESSAGE_KINDS:
-            self._deliver(delivery)
-        elif kind is Kind.JOIN:
-            self.join(delivery.hub, delivery.target, delivery.connections)
-        elif kind is Kind.LEAVE:
-            self.leave(delivery.hub, delivery.target, delivery.connections)
-        elif kind is Kind.CLOSE:
+    def handle(self, entry: Entry) -> None:
+        if isinstance(entry, MessageEntry):
+            self._deliver(entry)
+        else:
+            self._control(entry)
+
+    def _control(self, entry: ControlEntry) -> None:
+        op = entry.op
+        if op is Op.JOIN:
+            self.join(entry.hub, entry.target, entry.connections)
+        elif op is Op.LEAVE:
+            self.leave(entry.hub, entry.target, entry.connections)
+        elif op is Op.CLOSE:
             if self._batch:  # what was sent before the close goes out before it
                 self._flush()
                 self._batch = {}
-            for conn in list(self._local(delivery.hub, delivery.connections)):
-                conn.close(delivery.reason or None)
+            for conn in list(self._local(entry.hub, entry.connections)):
+                conn.close(entry.reason or None)
 
-    def _deliver(self, delivery: Delivery) -> None:
+    def _deliver(self, delivery: MessageEntry) -> None:
         if not self.seen.first_time(delivery.message_id):
             self.duplicates += 1
             self.metrics.drops.labels("duplicate").inc()
@@ -307,12 +311,12 @@ class LocalIndex:
             return
         self._write(delivery)
 
-    def _write(self, delivery: Delivery) -> int:
+    def _write(self, delivery: MessageEntry) -> int:
         recipients = self._recipients(delivery)
         if not recipients:
             return 0
         frame = text_frame(delivery.frame)
-        excluded = delivery.connections
+        excluded = delivery.excluded
         batch = self._batch
         written = 0
         # Copy: a send that overflows a buffer must not disturb the set being walked.
@@ -330,7 +334,7 @@ class LocalIndex:
         self.metrics.deliveries.inc(written)
         return written
 
-    def _deliver_traced(self, delivery: Delivery) -> None:
+    def _deliver_traced(self, delivery: MessageEntry) -> None:
         assert self.tracer is not None
         source = self.feed if delivery.kind is Kind.ALL else self.inbox
         with self.tracer.start_as_current_span(
@@ -347,7 +351,7 @@ class LocalIndex:
         ) as span:
             span.set_attribute("hubbub.recipients", self._write(delivery))
 
-    def _recipients(self, delivery: Delivery) -> Iterable[LocalConnection] | None:
+    def _recipients(self, delivery: MessageEntry) -> Iterable[LocalConnection] | None:
         kind = delivery.kind
         if kind is Kind.ALL:
             return self._hubs.get(delivery.hub)

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from hubbub.redis.pipe import Pipe
 from hubbub.redis.resp import streams_reply
 from hubbub.redis.stream import id_after, last_entry_id
-from hubbub.wire.envelopes import Delivery, hello
+from hubbub.wire.envelopes import Entry, decode_entry, hello
 from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
@@ -59,7 +59,7 @@ class InboxReader:
 
     async def create_inbox(self) -> None:
         """Deliveries never create an inbox (NOMKSTREAM): the gateway does, when it lives."""
-        await self.redis.xadd(self.inbox, hello(self.gateway_id), maxlen=self.maxlen)
+        await self.redis.xadd(self.inbox, hello(self.gateway_id).mapping(), maxlen=self.maxlen)
 
     async def run(self) -> None:
         backoff = 0.05
@@ -84,11 +84,11 @@ class InboxReader:
                 backoff = min(backoff * 2, 2.0)
                 continue
             started = time.perf_counter()
-            deliveries = []
+            deliveries: list[Entry] = []
             for stream, entries in streams_reply(response):
                 for entry_id, fields in entries:
                     try:
-                        deliveries.append(Delivery.from_fields(fields))
+                        deliveries.append(decode_entry(fields))
                     except Exception:
                         log.exception("dropping malformed inbox entry %r", entry_id)
                 self.positions[stream] = entries[-1][0]

@@ -42,7 +42,7 @@ from hubbub.telemetry import (
     traceparent_of,
 )
 from hubbub.tokens import ServiceTokenVerifier, TokenError, mint_token
-from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.envelopes import Kind, MessageEntry
 
 from .errors import ApiError
 from .state import GatewayState
@@ -118,14 +118,7 @@ _TARGET_CHECKS: dict[Kind, Callable[[str], str] | None] = {
     Kind.USER: names.user_id,
     Kind.CONNECTION: names.connection_id,
 }
-_BATCH_KINDS = {
-    "all": Kind.ALL,
-    "group": Kind.GROUP,
-    "user": Kind.USER,
-    "connection": Kind.CONNECTION,
-}
 EXCLUDABLE = frozenset({Kind.ALL, Kind.GROUP})  # the kinds whose sends take ``excluded``
-_LABELS = {kind: kind.name.lower() for kind in _TARGET_CHECKS}
 
 
 def _check_accepting(state: GatewayState) -> None:
@@ -135,7 +128,7 @@ def _check_accepting(state: GatewayState) -> None:
 
 def _message(
     kind: Kind, hub: str, name: str, body: SendBody, excluded: Sequence[str] = ()
-) -> Publish:
+) -> MessageEntry:
     """Check the recipient and the excluded ids, and encode the frame once."""
     check = _TARGET_CHECKS[kind]
     target = check(name) if check is not None else ""
@@ -145,14 +138,14 @@ def _message(
         frame = encode_invocation(body.target, body.arguments)
     except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
         raise ApiError(400, "Error.InvalidRequest", f"arguments: {exc}") from None
-    return Publish(kind, hub, target, frame, tuple(excluded))
+    return MessageEntry(kind, hub, target, frame, tuple(excluded))
 
 
-def _batch_messages(hub: str, body: BatchBody) -> list[Publish]:
+def _batch_messages(hub: str, body: BatchBody) -> list[MessageEntry]:
     """Validate everything before anything is appended: a bad item refuses the whole batch."""
     messages = []
     for i, item in enumerate(body.messages):
-        kind = _BATCH_KINDS[item.to]
+        kind = Kind.from_label(item.to)
         try:
             if item.excluded and kind not in EXCLUDABLE:
                 raise names.InvalidName("'excluded' applies to 'all' and 'group' only")
@@ -167,11 +160,11 @@ def _batch_messages(hub: str, body: BatchBody) -> list[Publish]:
 @functools.cache
 def _counters(metrics: Metrics) -> tuple[dict[Kind, Counter], Histogram]:
     """The metrics' labelled children, looked up once (``labels()`` takes a lock)."""
-    accepted = {kind: metrics.accepted.labels(label) for kind, label in _LABELS.items()}
+    accepted = {kind: metrics.accepted.labels(kind.label) for kind in Kind}
     return accepted, metrics.stage.labels("ingest")
 
 
-def _accepted(state: GatewayState, messages: Sequence[Publish], started: float) -> None:
+def _accepted(state: GatewayState, messages: Sequence[MessageEntry], started: float) -> None:
     accepted, ingest_seconds = _counters(state.metrics)
     if len(messages) == 1:
         accepted[messages[0].kind].inc()
@@ -222,7 +215,7 @@ async def accept_batch(state: GatewayState, hub: str, body: BatchBody) -> list[s
 async def _publish_traced(
     telemetry: Telemetry,
     state: GatewayState,
-    message: Publish,
+    message: MessageEntry,
     route: str,
     headers: Mapping[str, str],
 ) -> str:
@@ -239,7 +232,7 @@ async def _publish_traced(
                 SYSTEM: "redis",
                 OPERATION: "send",
                 DESTINATION: stream,
-                "hubbub.kind": _LABELS[message.kind],
+                "hubbub.kind": message.kind.label,
             },
         ) as producer:
             traced = dataclasses.replace(message, traceparent=traceparent_of(producer))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from hubbub.wire import keys as k
-from hubbub.wire.envelopes import Kind, control
+from hubbub.wire.envelopes import ControlEntry, Op
 from hubbub.wire.keys import HubKeys, KeySchema
 
 # Every key comes through KEYS, built by the key schema; a family prefix (``hk.x("")``) stands
@@ -281,8 +281,8 @@ class Membership:
         )
         if not gw:
             return False
-        kind = Kind.JOIN if add else Kind.LEAVE
-        await self._notify({gw.decode(): [conn]}, kind, hub, group)
+        op = Op.JOIN if add else Op.LEAVE
+        await self._notify({gw.decode(): [conn]}, op, hub, group)
         return True
 
     async def remove_connection_from_all_groups(self, hub: str, conn: str) -> bool:
@@ -298,7 +298,7 @@ class Membership:
         )
         if not gw:
             return False
-        await self._notify({gw.decode(): [conn]}, Kind.LEAVE, hub, "")
+        await self._notify({gw.decode(): [conn]}, Op.LEAVE, hub, "")
         return True
 
     async def add_user_to_group(
@@ -313,7 +313,7 @@ class Membership:
         else:
             expiry = repr(time.time() + ttl)
         touched = await self._add_user_group(keys=_user_keys(hk, user), args=[group, expiry])
-        await self._notify(_pairs(touched), Kind.JOIN, hub, group)
+        await self._notify(_pairs(touched), Op.JOIN, hub, group)
 
     async def remove_user_from_group(self, hub: str, user: str, group: str) -> None:
         await self._remove_user(hub, user, group)
@@ -324,18 +324,18 @@ class Membership:
     async def _remove_user(self, hub: str, user: str, group: str) -> None:
         hk = self.schema.hub(hub)
         touched = await self._remove_user_group(keys=_user_keys(hk, user), args=[group])
-        await self._notify(_pairs(touched), Kind.LEAVE, hub, group)
+        await self._notify(_pairs(touched), Op.LEAVE, hub, group)
 
-    async def _notify(
-        self, by_gateway: dict[str, list[str]], kind: Kind, hub: str, group: str
-    ) -> None:
+    async def _notify(self, by_gateway: dict[str, list[str]], op: Op, hub: str, group: str) -> None:
         """Tell each gateway to update its local index. Idempotent, so a retry is safe."""
         if not by_gateway:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for gw, conns in by_gateway.items():
                 pipe.xadd(
-                    self.schema.inbox(gw), control(kind, hub, tuple(conns), group), nomkstream=True
+                    self.schema.inbox(gw),
+                    ControlEntry(op, hub, tuple(conns), group).mapping(),
+                    nomkstream=True,
                 )
             await pipe.execute()
 
@@ -345,7 +345,7 @@ class Membership:
             return False
         await self.redis.xadd(
             self.schema.inbox(gw.decode() if isinstance(gw, bytes) else gw),
-            control(Kind.CLOSE, hub, (conn,), reason=reason),
+            ControlEntry(Op.CLOSE, hub, (conn,), reason=reason).mapping(),
             nomkstream=True,
         )
         return True

@@ -13,11 +13,11 @@ from redis.asyncio import Redis
 
 from hubbub.redis.pipe import Pipe
 from hubbub.redis.resp import Prefix
-from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
 
 
-def partition_of(message: Publish, partitions: int) -> int:
+def partition_of(message: MessageEntry, partitions: int) -> int:
     return target_partition(message.hub, message.kind, message.target, partitions)
 
 
@@ -48,19 +48,17 @@ class PublishStream:
     def stream_for(self, hub: str, kind: Kind, target: str) -> str:
         return self.keys[target_partition(hub, kind, target, self.partitions)]
 
-    async def append(self, message: Publish) -> str:
+    async def append(self, message: MessageEntry) -> str:
         n = partition_of(message, self.partitions)
-        xadd = self._xadd[n].pack(message.field_args())
+        xadd = self._xadd[n].pack(message.fields())
         (entry_id,) = await self.pipe.execute_packed(xadd, 1)
         return message_id(n, entry_id)
 
-    async def append_many(self, messages: list[Publish]) -> list[str]:
+    async def append_many(self, messages: list[MessageEntry]) -> list[str]:
         """One round trip for a batch; ids come back in order."""
         parts = [partition_of(m, self.partitions) for m in messages]
         xadd = self._xadd
-        commands = b"".join(
-            xadd[n].pack(m.field_args()) for n, m in zip(parts, messages, strict=True)
-        )
+        commands = b"".join(xadd[n].pack(m.fields()) for n, m in zip(parts, messages, strict=True))
         ids = await self.pipe.execute_packed(commands, len(messages))
         return [message_id(n, i) for n, i in zip(parts, ids, strict=True)]
 

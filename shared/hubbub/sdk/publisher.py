@@ -18,7 +18,7 @@ from hubbub.redis.endpoint import RedisEndpoint
 from hubbub.redis.pipe import Pipe
 from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
-from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
 
 
@@ -52,11 +52,11 @@ class Publisher:
         method: str,
         arguments: Sequence[Any],
         excluded: Sequence[str],
-    ) -> Publish:
+    ) -> MessageEntry:
         for conn in excluded:
             names.connection_id(conn)
         frame = encode_invocation(method, list(arguments))
-        return Publish(kind, self.hub, target, frame, tuple(excluded))
+        return MessageEntry(kind, self.hub, target, frame, tuple(excluded))
 
     async def send_to_all(
         self, method: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()

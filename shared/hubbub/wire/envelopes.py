@@ -1,8 +1,12 @@
-"""What travels through Redis: publish-stream entries and gateway deliveries.
+"""What travels through Redis streams: message entries and control entries.
 
-Both are flat Redis stream field maps with short byte keys. The SignalR frame is encoded once,
-at ingest, and travels as opaque bytes to every gateway, which writes the same bytes to every
-socket. The publish entry's stream id is the message id used for de-duplication.
+Both are flat Redis stream field maps with short byte keys, spelled once below. A
+:class:`MessageEntry` is an accepted send: appended to the publish stream by the REST edge or
+the SDK, copied by a worker into each recipient gateway's inbox (then with its message id) or
+into the broadcast feed. A :class:`ControlEntry` asks one gateway to change its local index
+(join, leave, close) and is written to its inbox by membership changes. The SignalR frame is
+encoded once, at ingest, and travels as opaque bytes to every gateway, which writes the same
+bytes to every socket.
 """
 
 from __future__ import annotations
@@ -12,18 +16,45 @@ from dataclasses import dataclass
 
 from redis.typing import EncodableT, FieldT
 
-Fields = dict[bytes, bytes]  # as read back from Redis
-OutFields = dict[FieldT, EncodableT]  # as redis-py's xadd takes them (dicts are invariant)
+Fields = dict[bytes, bytes]  # an entry as read back from Redis
+
+# Field names of both entry types.
+KIND = b"k"  # Kind (messages) or Op (control entries): their values never overlap
+HUB = b"h"
+TARGET = b"t"  # message: group, user or connection id; control: group, or the gateway id
+FRAME = b"f"
+EXCLUDED = b"x"  # message: connection ids left out, comma-separated
+TRACEPARENT = b"tp"
+MESSAGE_ID = b"m"  # inbox and feed copies of a message: "<partition>:<entry id>"
+CONNECTIONS = b"cs"  # control: the connection ids it applies to, comma-separated
+REASON = b"r"  # control: the close reason
 
 
 class Kind(bytes, enum.Enum):
-    """Recipients of a message, or what a control entry asks a gateway to do."""
+    """Recipients of a message."""
 
     ALL = b"a"
     GROUP = b"g"
     USER = b"u"
     CONNECTION = b"c"
-    # Control entries, written straight to a gateway inbox by membership changes.
+
+    @property
+    def label(self) -> str:
+        """The kind as the REST batch body (``to``), metrics and spans name it."""
+        return _LABELS[self]
+
+    @classmethod
+    def from_label(cls, label: str) -> Kind:
+        return _KINDS[label]
+
+
+_LABELS = {kind: kind.name.lower() for kind in Kind}
+_KINDS = {label: kind for kind, label in _LABELS.items()}
+
+
+class Op(bytes, enum.Enum):
+    """What a control entry asks a gateway to do."""
+
     JOIN = b"J"
     LEAVE = b"L"
     CLOSE = b"X"
@@ -32,16 +63,9 @@ class Kind(bytes, enum.Enum):
     HELLO = b"H"
 
 
-MESSAGE_KINDS = frozenset({Kind.ALL, Kind.GROUP, Kind.USER, Kind.CONNECTION})
-
-
 def _join_ids(ids: tuple[str, ...]) -> bytes:
     # Connection ids are [A-Za-z0-9_-], so a comma never occurs inside one.
     return ",".join(ids).encode()
-
-
-def _as_map(args: list[bytes]) -> OutFields:
-    return dict(zip(args[::2], args[1::2], strict=True))
 
 
 def _split_ids(raw: bytes | None) -> tuple[str, ...]:
@@ -49,8 +73,8 @@ def _split_ids(raw: bytes | None) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class Publish:
-    """One accepted REST send, as appended to the publish stream."""
+class MessageEntry:
+    """One accepted send: to the publish stream, and as copied to inboxes and the feed."""
 
     kind: Kind
     hub: str
@@ -58,84 +82,84 @@ class Publish:
     frame: bytes
     excluded: tuple[str, ...] = ()
     traceparent: str | None = None
+    message_id: bytes = b""  # set on inbox and feed copies only
 
-    def field_args(self, message_id: bytes | None = None) -> list[bytes]:
-        """The entry's fields flat, as ``XADD`` takes them; with the message id, the inbox
-        entry a worker hands to a gateway."""
-        args = [b"k", self.kind.value, b"h", self.hub.encode(), b"t", self.target.encode(),
-                b"f", self.frame]  # fmt: skip
+    def fields(self, message_id: bytes | None = None) -> list[bytes]:
+        """The entry's fields flat, as ``XADD`` takes them; with ``message_id``, the copy a
+        worker hands to a gateway."""
+        args = [KIND, self.kind.value, HUB, self.hub.encode(), TARGET, self.target.encode(),
+                FRAME, self.frame]  # fmt: skip
         if self.excluded:
-            args += (b"x", _join_ids(self.excluded))
+            args += (EXCLUDED, _join_ids(self.excluded))
         if self.traceparent:
-            args += (b"tp", self.traceparent.encode())
-        if message_id is not None:
-            args += (b"m", message_id)
+            args += (TRACEPARENT, self.traceparent.encode())
+        message_id = message_id or self.message_id
+        if message_id:
+            args += (MESSAGE_ID, message_id)
         return args
 
-    def to_fields(self) -> OutFields:
-        return _as_map(self.field_args())
-
     @classmethod
-    def from_fields(cls, fields: Fields) -> Publish:
-        tp = fields.get(b"tp")
+    def decode(cls, fields: Fields) -> MessageEntry:
+        """Raises ``KeyError``/``ValueError``/``UnicodeDecodeError`` on a malformed entry."""
+        tp = fields.get(TRACEPARENT)
         return cls(
-            kind=Kind(fields[b"k"]),
-            hub=fields[b"h"].decode(),
-            target=fields[b"t"].decode(),
-            frame=fields[b"f"],
-            excluded=_split_ids(fields.get(b"x")),
+            kind=Kind(fields[KIND]),
+            hub=fields[HUB].decode(),
+            target=fields[TARGET].decode(),
+            frame=fields[FRAME],
+            excluded=_split_ids(fields.get(EXCLUDED)),
             traceparent=tp.decode() if tp else None,
+            message_id=fields.get(MESSAGE_ID, b""),
         )
-
-    def delivery(self, message_id: bytes) -> OutFields:
-        """The inbox entry for this message: the same fields plus the message id."""
-        return _as_map(self.field_args(message_id))
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """An inbox or broadcast-feed entry as a gateway reads it."""
+class ControlEntry:
+    """A change to one gateway's local index: JOIN or LEAVE ``connections`` to or from group
+    ``target`` ("" = every group), CLOSE them (with ``reason``), or HELLO (``target`` is the
+    gateway id)."""
 
-    kind: Kind
+    op: Op
     hub: str
-    target: str
-    message_id: bytes = b""
-    frame: bytes = b""
-    connections: tuple[str, ...] = ()  # excluded ids for messages; subjects for control
+    connections: tuple[str, ...] = ()
+    target: str = ""
     reason: str | None = None
-    traceparent: str | None = None
+
+    def fields(self) -> list[bytes]:
+        args = [KIND, self.op.value, HUB, self.hub.encode(), TARGET, self.target.encode(),
+                CONNECTIONS, _join_ids(self.connections)]  # fmt: skip
+        if self.reason is not None:
+            args += (REASON, self.reason.encode())
+        return args
+
+    def mapping(self) -> dict[FieldT, EncodableT]:
+        """The fields as redis-py's ``xadd`` takes them."""
+        flat = self.fields()
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     @classmethod
-    def from_fields(cls, fields: Fields) -> Delivery:
-        kind = Kind(fields[b"k"])
-        tp = fields.get(b"tp")
-        reason = fields.get(b"r")
+    def decode(cls, fields: Fields) -> ControlEntry:
+        reason = fields.get(REASON)
         return cls(
-            kind=kind,
-            hub=fields[b"h"].decode(),
-            target=fields.get(b"t", b"").decode(),
-            message_id=fields.get(b"m", b""),
-            frame=fields.get(b"f", b""),
-            connections=_split_ids(fields.get(b"x") or fields.get(b"cs")),
+            op=Op(fields[KIND]),
+            hub=fields[HUB].decode(),
+            connections=_split_ids(fields.get(CONNECTIONS)),
+            target=fields.get(TARGET, b"").decode(),
             reason=reason.decode() if reason is not None else None,
-            traceparent=tp.decode() if tp else None,
         )
 
 
-def control(
-    kind: Kind, hub: str, connections: tuple[str, ...], target: str = "", reason: str | None = None
-) -> OutFields:
-    """A control entry: JOIN/LEAVE ``connections`` to/from group ``target``, or CLOSE them."""
-    fields: OutFields = {
-        b"k": kind.value,
-        b"h": hub.encode(),
-        b"t": target.encode(),
-        b"cs": _join_ids(connections),
-    }
-    if reason is not None:
-        fields[b"r"] = reason.encode()
-    return fields
+Entry = MessageEntry | ControlEntry
+_MESSAGE_KINDS = frozenset(kind.value for kind in Kind)
 
 
-def hello(gateway: str) -> OutFields:
-    return {b"k": Kind.HELLO.value, b"h": b"", b"t": gateway.encode()}
+def decode_entry(fields: Fields) -> Entry:
+    """An inbox or broadcast-feed entry, as a gateway reads it."""
+    if fields.get(KIND) in _MESSAGE_KINDS:
+        return MessageEntry.decode(fields)
+    return ControlEntry.decode(fields)
+
+
+def hello(gateway: str) -> ControlEntry:
+    """The entry a gateway creates its inbox with."""
+    return ControlEntry(Op.HELLO, "", target=gateway)
