@@ -1,0 +1,93 @@
+"""A fan-out worker's supervisor, run in this process against a real redis-server: pending
+entries go out before new ones, and leases are given back at the end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from hubbub.dev.embedded import RedisProcess
+from hubbub.metrics import Metrics
+from hubbub.redis.pipe import Pipe
+from hubbub.settings import Settings
+from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.keys import KeySchema
+from hubbub_fanout.supervisor import Supervisor
+from tests.support.processes import eventually
+
+Start = Callable[[], Supervisor]
+
+
+def broadcast(n: int) -> Publish:
+    return Publish(Kind.ALL, "chat", "", b"frame-%d" % n)
+
+
+async def feed_frames(redis: Redis, schema: KeySchema) -> list[bytes]:
+    return [fields[b"f"] for _, fields in await redis.xrange(schema.broadcast_feed)]
+
+
+@pytest.fixture
+def settings(redis_server: RedisProcess, prefix: str) -> Settings:
+    return Settings(
+        redis_url=redis_server.url,
+        key_prefix=prefix,
+        publish_partitions=1,  # every message in partition 0
+        worker_name="w-new",
+        lease_ms=2000,
+        lease_interval=0.1,
+        read_block_ms=100,
+        metrics_port=0,
+    )
+
+
+@pytest.fixture
+async def start(redis: Redis, settings: Settings) -> AsyncIterator[Start]:
+    """Starts the supervisor as a task; stops it and waits for its end after the test."""
+    pipe = Pipe.from_url(settings.redis_url, "test-worker")
+    running: list[tuple[Supervisor, asyncio.Task[None]]] = []
+
+    def start() -> Supervisor:
+        worker = Supervisor(settings, redis=redis, pipe=pipe, metrics=Metrics())
+        running.append((worker, asyncio.create_task(worker.run())))
+        return worker
+
+    yield start
+    for worker, task in running:
+        worker.stop()
+        await asyncio.wait_for(task, 5)
+    await pipe.aclose()
+
+
+async def test_pending_entries_go_out_before_new_ones_and_leases_are_released(
+    redis: Redis, settings: Settings, start: Start
+) -> None:
+    schema = KeySchema(settings.key_prefix)
+    stream = schema.publish_partition(0)
+    await redis.xgroup_create(stream, settings.worker_group, id="0", mkstream=True)
+    for n in (1, 2, 3):
+        await redis.xadd(stream, broadcast(n).to_fields())
+    # A worker that read these and died before acknowledging them.
+    await redis.xreadgroup(settings.worker_group, "w-dead", {stream: ">"}, count=10)
+    for n in (4, 5):
+        await redis.xadd(stream, broadcast(n).to_fields())
+
+    worker = start()
+
+    async def all_routed() -> list[bytes] | None:
+        frames = await feed_frames(redis, schema)
+        return frames if len(frames) >= 5 else None
+
+    assert await eventually(all_routed) == [b"frame-%d" % n for n in (1, 2, 3, 4, 5)]
+    assert await redis.get(schema.partition_lease(0)) == b"w-new"
+    pending = await redis.xpending(stream, settings.worker_group)
+    assert pending["pending"] == 0
+
+    worker.stop()
+    await eventually(lambda: _released(redis, schema))
+
+
+async def _released(redis: Redis, schema: KeySchema) -> bool:
+    return await redis.get(schema.partition_lease(0)) is None
