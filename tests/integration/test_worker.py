@@ -1,5 +1,6 @@
-"""A fan-out worker's supervisor, run in this process against a real redis-server: pending
-entries go out before new ones, and leases are given back at the end."""
+"""A fan-out worker's parts, run in this process against a real redis-server: pending
+entries go out before new ones, leases are given back at the end, and a partition whose
+stream Redis lost is routed (and measured) again."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from hubbub.redis.pipe import Pipe
 from hubbub.settings import Settings
 from hubbub.wire.envelopes import Kind, Publish
 from hubbub.wire.keys import KeySchema
+from hubbub_fanout.gauges import Gauges
 from hubbub_fanout.supervisor import Supervisor
 from tests.support.processes import eventually
 
@@ -91,3 +93,44 @@ async def test_pending_entries_go_out_before_new_ones_and_leases_are_released(
 
 async def _released(redis: Redis, schema: KeySchema) -> bool:
     return await redis.get(schema.partition_lease(0)) is None
+
+
+async def test_a_partition_whose_stream_redis_lost_is_routed_again(
+    redis: Redis, settings: Settings, start: Start
+) -> None:
+    """Redis back without its data (or the stream deleted): the consumer group is gone, and
+    the worker must create it again rather than fail every read."""
+    schema = KeySchema(settings.key_prefix)
+    stream = schema.publish_partition(0)
+    start()
+    await eventually(lambda: _leased(redis, schema))
+    await redis.xadd(stream, broadcast(1).to_fields())
+    await eventually(lambda: _feed_has(redis, schema, b"frame-1"))
+
+    async for key in redis.scan_iter(match=f"{settings.key_prefix}:*"):
+        await redis.delete(key)
+    await redis.xadd(stream, broadcast(2).to_fields())  # as the REST API does: no group
+    await eventually(lambda: _feed_has(redis, schema, b"frame-2"))
+
+
+async def _leased(redis: Redis, schema: KeySchema) -> bool:
+    return await redis.get(schema.partition_lease(0)) is not None
+
+
+async def _feed_has(redis: Redis, schema: KeySchema, frame: bytes) -> bool:
+    return frame in await feed_frames(redis, schema)
+
+
+async def test_gauges_report_owned_partitions_even_before_their_stream_exists(
+    redis: Redis, settings: Settings
+) -> None:
+    settings = settings.model_copy(update={"publish_partitions": 3})
+    metrics = Metrics()
+    gauges = Gauges(settings, redis=redis, metrics=metrics)
+    stream = KeySchema(settings.key_prefix).publish_partition(1)
+    await redis.xgroup_create(stream, settings.worker_group, id="0", mkstream=True)
+    await redis.xadd(stream, broadcast(1).to_fields())
+    await gauges.measure({0, 1, 2})  # 0 and 2 have no stream yet
+    assert [metrics.stream_lag.labels(str(n))._value.get() for n in range(3)] == [0, 1, 0]
+    await gauges.measure({1})
+    assert {s.labels["partition"] for s in metrics.stream_lag.collect()[0].samples} == {"1"}

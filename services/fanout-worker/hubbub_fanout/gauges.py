@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from hubbub.metrics import Metrics
 from hubbub.settings import Settings
@@ -35,7 +36,16 @@ class Gauges:
                     except KeyError:
                         pass
                 continue
-            for group in await self.redis.xinfo_groups(self.schema.publish_partition(n)):
+            try:
+                groups = await self.redis.xinfo_groups(self.schema.publish_partition(n))
+            except ResponseError as exc:
+                if "no such key" not in str(exc):
+                    raise
+                # No stream (yet): nothing published since Redis lost it; recovery makes it.
+                lag.labels(str(n)).set(0)
+                pending.labels(str(n)).set(0)
+                continue
+            for group in groups:
                 name = group["name"]
                 if (name.decode() if isinstance(name, bytes) else name) == self.group:
                     lag.labels(str(n)).set(group.get("lag") or 0)

@@ -3,6 +3,9 @@
 Entries are pending when they were read but not acknowledged: by a previous owner that died
 or gave the partition up, or by this worker before a Redis error. ``XAUTOCLAIM`` makes them
 ours; routing them first keeps the partition's order, and gateways drop the redeliveries.
+
+Recovery also creates the partition's consumer group when it is missing: on a partition just
+acquired, and after Redis came back without its data (every read would fail otherwise).
 """
 
 from __future__ import annotations
@@ -30,19 +33,10 @@ class Recovery:
         self.lease_ms = settings.lease_ms
         self.schema = KeySchema(settings.key_prefix)
 
-    async def ensure_group(self, partition: int) -> None:
-        """Create the consumer group from the stream's start, so nothing accepted is skipped."""
-        try:
-            await self.redis.xgroup_create(
-                self.schema.publish_partition(partition), self.group, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
     async def recover(self, partition: int) -> None:
         """Route, in order, every entry of the partition that was read but not acknowledged."""
         stream = self.schema.publish_partition(partition)
+        await self._ensure_group(stream)
         start = "0-0"
         while True:
             start_id, entries, deleted = await self.redis.xautoclaim(
@@ -57,6 +51,14 @@ class Recovery:
                 break
             start = start_id
         await self._forget_idle_consumers(stream)
+
+    async def _ensure_group(self, stream: str) -> None:
+        """Create the consumer group from the stream's start, so nothing accepted is skipped."""
+        try:
+            await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     async def _forget_idle_consumers(self, stream: str) -> None:
         """Workers come and go; their names would pile up in the group. Once their pending

@@ -138,8 +138,6 @@ class Supervisor:
     async def refresh_leases(self) -> None:
         """Renew and rebalance; a partition just acquired is recovered before it is read."""
         acquired, lost = await self.leases.refresh()
-        for n in acquired:
-            await self.recovery.ensure_group(n)
         self.recovering = (self.recovering | acquired) - lost
         if acquired or lost:
             log.info(
