@@ -1,4 +1,4 @@
-"""Gauges: how far behind the partitions this worker owns are, for dashboards and autoscaling.
+"""Gauges: how far behind the partitions this worker owns are, for dashboards and alerts.
 
 Lag is what no worker has read yet, pending what was read and not yet acknowledged. A worker
 reports only the partitions it owns and drops the others' series, so each partition is

@@ -71,6 +71,8 @@ class Schedule:
 
 
 class Supervisor:
+    """One worker: its parts, built from the settings, and the loop that runs them."""
+
     def __init__(
         self,
         settings: Settings,
@@ -89,12 +91,12 @@ class Supervisor:
         self.consumer = Consumer(settings, pipe=pipe, router=router, name=name)
         reaper = Reaper(settings, redis=redis, name=name)
         gauges = Gauges(settings, redis=redis, metrics=metrics)
-        leases = self.leases
+        consumer, leases = self.consumer, self.leases
         self.schedule = Schedule(
             [
                 Periodic("leases", settings.lease_interval, self.refresh_leases),
                 Periodic("reap", settings.reap_interval, reaper.reap),
-                Periodic("trim", settings.trim_interval, lambda: self.consumer.trim(leases.owned)),
+                Periodic("trim", settings.trim_interval, lambda: consumer.trim(leases.owned)),
                 Periodic("gauges", settings.gauge_interval, lambda: gauges.measure(leases.owned)),
             ]
         )
@@ -119,13 +121,14 @@ class Supervisor:
                 log.warning("redis error, retrying in %.2fs: %r", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
-                self.recovering |= self.leases.owned
+                self.recovering |= self.leases.owned  # a read batch may be unacknowledged
         try:
             await self.leases.release_all()
         except RedisError as exc:
             log.warning("could not release leases (they will expire): %r", exc)
 
     async def turn(self) -> None:
+        """Due jobs, then recovery, then one read: a partition's pending entries go first."""
         await self.schedule.run_due()
         for n in sorted(self.recovering):
             await self.recovery.recover(n)
