@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     broadcast_retention_ms: int = 60_000
     read_batch: int = 512
     read_block_ms: int = 1000
+    # How often a reader (a worker, a gateway's inbox) trims the streams it has consumed.
+    trim_interval: float = 1.0
 
     # Publish stream partitions: fixed for the life of a deployment's data (changing it
     # reorders in-flight messages); more partitions than workers lets work spread.
@@ -70,6 +72,7 @@ class Settings(BaseSettings):
     lease_ms: int = 5000
     lease_interval: float = 1.0
     reap_interval: float = 2.0
+    gauge_interval: float = 5.0  # how often the lag / pending gauges are measured
     metrics_port: int = 9102  # the worker's /metrics (gateways serve it on their own port)
 
     log_level: str = "INFO"

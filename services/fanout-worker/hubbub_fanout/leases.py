@@ -15,6 +15,7 @@ import time
 
 from redis.asyncio import Redis
 
+from hubbub.settings import Settings
 from hubbub.wire.keys import KeySchema
 
 # KEYS[1] lease. ARGV: name, ttl ms. 1 if we hold (or now hold) the lease.
@@ -33,14 +34,14 @@ return 0
 
 
 class Leases:
-    def __init__(
-        self, redis: Redis, schema: KeySchema, name: str, partitions: int, lease_ms: int
-    ) -> None:
+    """The partitions this worker holds (:attr:`owned`), kept and shared out by :meth:`refresh`."""
+
+    def __init__(self, settings: Settings, *, redis: Redis, name: str) -> None:
         self.redis = redis
-        self.schema = schema
+        self.schema = KeySchema(settings.key_prefix)
         self.name = name
-        self.partitions = partitions
-        self.lease_ms = lease_ms
+        self.partitions = settings.publish_partitions
+        self.lease_ms = settings.lease_ms
         self.owned: set[int] = set()
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -80,6 +81,7 @@ class Leases:
         return acquired, lost
 
     async def release_all(self) -> None:
+        """Give every partition back at once, so the next owner need not wait for expiry."""
         for n in sorted(self.owned):
             await self._release(keys=[self.schema.partition_lease(n)], args=[self.name])
         self.owned.clear()

@@ -6,22 +6,28 @@ recipients (group -> gateways, user -> gateways, connection -> gateway, all kept
 hashes in Redis), one to append each delivery to its gateway's inbox and ``XACK`` the batch.
 The cost of a message is O(gateways it reaches), whatever the size of the group; a broadcast
 is one append to the feed every gateway reads.
+
+A traced entry (it carries a ``traceparent`` and this worker has a tracer) gets a consumer span,
+and one producer span per delivery whose context the delivery carries on; they end after the
+round trip, so they time it. An untraced entry builds none of that: its fields are shared by
+all its deliveries.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from typing import Any
 
 from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from hubbub.metrics import Metrics
 from hubbub.redis.pipe import Pipe
-from hubbub.redis.resp import Command
+from hubbub.redis.resp import Command, Prefix
 from hubbub.redis.stream import message_id
+from hubbub.settings import Settings
 from hubbub.telemetry import (
     CONSUMER_GROUP,
     DESTINATION,
@@ -29,42 +35,50 @@ from hubbub.telemetry import (
     OPERATION,
     SYSTEM,
     context_from,
+    span,
     traceparent_of,
 )
 from hubbub.wire.envelopes import Fields, Kind, MessageEntry
-from hubbub.wire.keys import KeySchema
+from hubbub.wire.keys import CONNECTION_GATEWAY, KeySchema
 
 log = logging.getLogger("hubbub.fanout.route")
 
 Entry = tuple[bytes, Fields]
 
+# Gateways come and go; the packed XADD of each one's inbox is kept until this many are known.
+_INBOXES_KEPT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A stream deliveries are appended to, with the head of its ``XADD`` packed once."""
+
+    key: str
+    xadd: Prefix
+
 
 class Router:
+    """Routes batches of a partition's entries; reads nothing but the gateway lookups."""
+
     def __init__(
         self,
-        redis: Redis,
+        settings: Settings,
+        *,
         pipe: Pipe,
-        schema: KeySchema,
-        group: str,
-        inbox_maxlen: int,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
         tracer: Tracer | None = None,
     ) -> None:
-        self.metrics = metrics or Metrics()
-        self.tracer = tracer
-        self.redis = redis
         self.pipe = pipe
-        self.schema = schema
-        self.group = group
-        self.inbox_maxlen = inbox_maxlen
-
-    async def ensure_group(self, stream: str) -> None:
-        """Create the consumer group from the stream's start, so nothing accepted is skipped."""
-        try:
-            await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self.metrics = metrics
+        self.tracer = tracer
+        self.group = settings.worker_group
+        self.schema = schema = KeySchema(settings.key_prefix)
+        self.streams = [schema.publish_partition(n) for n in range(settings.publish_partitions)]
+        self._xack = [Prefix("XACK", stream, self.group) for stream in self.streams]
+        self._cap = ("MAXLEN", "~", settings.inbox_maxlen, "*")
+        feed = schema.broadcast_feed
+        self._to_feed = [Destination(feed, Prefix("XADD", feed, *self._cap))]
+        self._inboxes: dict[bytes, Destination] = {}
 
     async def route(self, partition: int, entries: list[Entry]) -> None:
         """Deliver a batch, then acknowledge it. A crash in between means a redelivery,
@@ -72,6 +86,29 @@ class Router:
         if not entries:
             return
         started = time.perf_counter()
+        messages = self._parse(entries)
+        found = iter(await self.pipe.execute_many(self._lookups(messages)))
+        stream = self.streams[partition]
+        routed = self.metrics.routed
+        commands: list[bytes] = []
+        with ExitStack() as spans:  # a traced batch's spans end once its deliveries are in
+            for entry_id, m in messages:
+                mid = message_id(partition, entry_id).encode()
+                fields = m.fields(mid)
+                process = self._process_span(spans, stream, mid, m)
+                if m.kind is Kind.ALL:
+                    destinations = self._to_feed
+                else:
+                    destinations = self._inboxes_of(next(found))
+                for d in destinations:
+                    send = self._send_span(spans, process, d.key)
+                    commands.append(d.xadd.pack(fields if send is None else _via(send, m, mid)))
+                routed.labels(m.kind.label).inc(len(destinations))
+            commands.append(self._xack[partition].pack([entry_id for entry_id, _ in entries]))
+            await self.pipe.execute_packed(b"".join(commands), len(commands))
+        self.metrics.stage.labels("route").observe(time.perf_counter() - started)
+
+    def _parse(self, entries: list[Entry]) -> list[tuple[bytes, MessageEntry]]:
         parsed: list[tuple[bytes, MessageEntry]] = []
         for entry_id, fields in entries:
             if not fields:  # trimmed away while pending
@@ -81,10 +118,12 @@ class Router:
             except (KeyError, ValueError, UnicodeDecodeError):
                 self.metrics.drops.labels("malformed").inc()
                 log.error("dropping malformed publish entry %r", entry_id)
+        return parsed
 
-        pipe = self.pipe
+    def _lookups(self, messages: list[tuple[bytes, MessageEntry]]) -> list[Command]:
+        """One lookup per message that is not a broadcast: the gateways of its target."""
         lookups: list[Command] = []
-        for _, m in parsed:
+        for _, m in messages:
             if m.kind is Kind.ALL:
                 continue
             hk = self.schema.hub(m.hub)
@@ -93,68 +132,67 @@ class Router:
             elif m.kind is Kind.USER:
                 lookups.append(("HKEYS", hk.user_gateways(m.target)))
             else:
-                lookups.append(("HGET", hk.connection(m.target), "gw"))
-        answers = iter(await pipe.execute_many(lookups))
+                lookups.append(("HGET", hk.connection(m.target), CONNECTION_GATEWAY))
+        return lookups
 
-        metrics = self.metrics
-        stream = self.schema.publish_partition(partition)
-        spans: list[Span] = []
-        commands: list[Command] = []
-        inbox_cap = ("MAXLEN", "~", self.inbox_maxlen, "*")
-        for entry_id, m in parsed:
-            mid = message_id(partition, entry_id).encode()
-            process = None
-            if self.tracer is not None and m.traceparent:
-                process = self._process_span(stream, entry_id, m, partition)
-                spans.append(process)
-            if m.kind is Kind.ALL:
-                destinations = [self.schema.broadcast_feed]
-                create = ()
-            else:
-                answer = next(answers)
-                gateways = [answer] if isinstance(answer, bytes) else list(answer or [])
-                destinations = [self.schema.inbox(gw.decode()) for gw in gateways]
-                create = ("NOMKSTREAM",)  # a reaped gateway's inbox stays deleted
-                if not gateways:
-                    metrics.drops.labels("no_recipient").inc()
-            if process is None:
-                fields = m.fields(mid)
-                commands += [("XADD", d, *create, *inbox_cap, *fields) for d in destinations]
-            else:
-                for d in destinations:
-                    tp = self._producer_span(process, d, spans)
-                    fields = replace(m, traceparent=tp).fields(mid)
-                    commands.append(("XADD", d, *create, *inbox_cap, *fields))
-            metrics.routed.labels(m.kind.label).inc(len(destinations))
-        commands.append(("XACK", stream, self.group, *(entry_id for entry_id, _ in entries)))
-        await pipe.execute_many(commands)
-        for span in reversed(spans):
-            span.end()
-        metrics.stage.labels("route").observe(time.perf_counter() - started)
+    def _inboxes_of(self, found: Any) -> list[Destination]:
+        """The inboxes of the gateways a lookup found (``HKEYS``: a list; ``HGET``: one or
+        ``None``)."""
+        gateways: list[bytes] = [found] if isinstance(found, bytes) else found or []
+        if not gateways:
+            self.metrics.drops.labels("no_recipient").inc()
+        return [self._inbox(gateway) for gateway in gateways]
 
-    def _process_span(self, stream: str, entry_id: bytes, m: MessageEntry, partition: int) -> Span:
-        assert self.tracer is not None
-        return self.tracer.start_span(
-            f"process {stream}",
-            context=context_from(m.traceparent),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                SYSTEM: "redis",
-                OPERATION: "process",
-                DESTINATION: stream,
-                CONSUMER_GROUP: self.group,
-                MESSAGE_ID: message_id(partition, entry_id),
-                "hubbub.kind": m.kind.label,
-            },
+    def _inbox(self, gateway: bytes) -> Destination:
+        inbox = self._inboxes.get(gateway)
+        if inbox is None:
+            if len(self._inboxes) >= _INBOXES_KEPT:
+                self._inboxes.clear()
+            key = self.schema.inbox(gateway.decode())
+            # NOMKSTREAM: a reaped gateway's inbox stays deleted.
+            inbox = Destination(key, Prefix("XADD", key, "NOMKSTREAM", *self._cap))
+            self._inboxes[gateway] = inbox
+        return inbox
+
+    def _process_span(
+        self, spans: ExitStack, stream: str, mid: bytes, m: MessageEntry
+    ) -> Span | None:
+        """The consumer span of a traced entry, child of the publisher's; ``None`` (and nothing
+        built) when the entry or the worker is untraced."""
+        if self.tracer is None or not m.traceparent:
+            return None
+        return spans.enter_context(
+            span(
+                self.tracer,
+                f"process {stream}",
+                kind=SpanKind.CONSUMER,
+                context=context_from(m.traceparent),
+                attributes={
+                    SYSTEM: "redis",
+                    OPERATION: "process",
+                    DESTINATION: stream,
+                    CONSUMER_GROUP: self.group,
+                    MESSAGE_ID: mid.decode(),
+                    "hubbub.kind": m.kind.label,
+                },
+            )
         )
 
-    def _producer_span(self, process: Span, destination: str, spans: list[Span]) -> str:
-        assert self.tracer is not None
-        span = self.tracer.start_span(
-            f"send {destination}",
-            context=set_span_in_context(process),
-            kind=SpanKind.PRODUCER,
-            attributes={SYSTEM: "redis", OPERATION: "send", DESTINATION: destination},
+    def _send_span(self, spans: ExitStack, process: Span | None, destination: str) -> Span | None:
+        """The producer span of one delivery of a traced entry; ``None`` when untraced."""
+        if process is None:
+            return None
+        return spans.enter_context(
+            span(
+                self.tracer,
+                f"send {destination}",
+                kind=SpanKind.PRODUCER,
+                context=set_span_in_context(process),
+                attributes={SYSTEM: "redis", OPERATION: "send", DESTINATION: destination},
+            )
         )
-        spans.append(span)
-        return traceparent_of(span) or ""
+
+
+def _via(send: Span, m: MessageEntry, mid: bytes) -> list[bytes]:
+    """A traced delivery's fields: the gateway's span continues from the producer span."""
+    return replace(m, traceparent=traceparent_of(send) or "").fields(mid)

@@ -133,16 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             telemetry=telemetry,
         )
         app.state.hubbub = state
-        reader = InboxReader(
-            redis,
-            inbox_pipe,
-            schema,
-            settings.gateway_id,
-            state.index,
-            settings.read_batch,
-            settings.read_block_ms,
-            settings.inbox_maxlen,
-        )
+        reader = InboxReader(settings, redis=redis, pipe=inbox_pipe, index=state.index)
         await reader.start_positions()
         tasks = [
             asyncio.create_task(reader.run(), name="inbox"),

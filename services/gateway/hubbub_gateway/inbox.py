@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from hubbub.redis.pipe import Pipe
 from hubbub.redis.resp import streams_reply
 from hubbub.redis.stream import id_after, last_entry_id
+from hubbub.settings import Settings
 from hubbub.wire.envelopes import Entry, decode_entry, hello
 from hubbub.wire.keys import KeySchema
 
@@ -25,29 +26,20 @@ from .deliver import LocalIndex
 log = logging.getLogger("hubbub.gateway.inbox")
 
 
-TRIM_INTERVAL = 1.0
-
-
 class InboxReader:
-    def __init__(
-        self,
-        redis: Redis,
-        pipe: Pipe,
-        schema: KeySchema,
-        gateway_id: str,
-        index: LocalIndex,
-        batch: int,
-        block_ms: int,
-        maxlen: int,
-    ) -> None:
+    """This gateway's reader of its inbox and the broadcast feed; it trims what it handled."""
+
+    def __init__(self, settings: Settings, *, redis: Redis, pipe: Pipe, index: LocalIndex) -> None:
         self.redis = redis
         self.pipe = pipe
-        self.gateway_id = gateway_id
-        self.maxlen = maxlen
         self.index = index
-        self.batch = batch
-        self.block_ms = block_ms
-        self.inbox = schema.inbox(gateway_id).encode()
+        self.gateway_id = settings.gateway_id
+        self.maxlen = settings.inbox_maxlen
+        self.batch = settings.read_batch
+        self.block_ms = settings.read_block_ms
+        self.trim_interval = settings.trim_interval
+        schema = KeySchema(settings.key_prefix)
+        self.inbox = schema.inbox(self.gateway_id).encode()
         self.feed = schema.broadcast_feed.encode()
         self.positions: dict[bytes, bytes] = {}
 
@@ -69,7 +61,7 @@ class InboxReader:
                 now = time.monotonic()
                 if now >= next_trim:
                     await self.trim()
-                    next_trim = now + TRIM_INTERVAL
+                    next_trim = now + self.trim_interval
                 positions = self.positions
                 response = await self.pipe.execute(
                     "XREAD", "COUNT", self.batch, "BLOCK", self.block_ms,
@@ -102,7 +94,8 @@ class InboxReader:
 
     async def trim(self) -> None:
         """Drop inbox entries already handled: only this gateway reads its inbox, so what it
-        has read is needed by nobody. (The shared broadcast feed is capped by length.)"""
+        has read is needed by nobody. (Every gateway reads the broadcast feed: the workers trim
+        it to a retention window, ``broadcast_retention_ms``.)"""
         handled = self.positions.get(self.inbox)
         if handled and handled != b"0-0":
             await self.pipe.execute("XTRIM", self.inbox, "MINID", id_after(handled))
