@@ -1,29 +1,30 @@
 """REST ingest benchmark: how many publishes per second ONE gateway process accepts.
 
-    .venv/bin/python bench/ingest.py                       # the working tree
-    .venv/bin/python bench/ingest.py --baseline HEAD       # HEAD's gateway, then the working tree
-    .venv/bin/python bench/ingest.py --baseline HEAD --rounds 2 --results bench/RESULTS.md
+    .venv/bin/python -m bench.ingest                       # the working tree
+    .venv/bin/python -m bench.ingest --baseline HEAD       # HEAD's gateway, then the working tree
+    .venv/bin/python -m bench.ingest --baseline HEAD --rounds 2 --results bench/RESULTS.md
 
 What runs: one ``redis-server`` (:class:`hubbub.dev.embedded.RedisProcess`, on a free port) and one
-gateway process (``python -m hubbub_gateway.main``, as the tests start it); no fan-out worker,
-so nothing but the ingest runs on the server side. ``wrk`` (one thread, ``--connections``
-keep-alive connections) POSTs one request shape over and over, signed with a service JWT minted
-for that URL (as ``hubbub token`` / the Azure SDK do: one token reused for many requests).
+gateway process (started by :func:`hubbub.dev.launcher.start_service`, as the tests and
+``hubbub dev`` start it); no fan-out worker, so nothing but the ingest runs on the server side.
+``wrk`` (one thread, ``--connections`` keep-alive connections) POSTs one request shape over and
+over, signed with a service JWT minted for that URL (as ``hubbub token`` / the Azure SDK do: one
+token reused for many requests).
 
 Scenarios: ``POST /api/hubs/bench/:send`` (broadcast), the ``users/{u}``, ``groups/{g}`` and
 ``connections/{c}`` ``/:send`` variants, and ``POST /api/hubs/bench/:batch`` with
 ``--batch-size`` messages to distinct users.
 
-Figures per scenario: requests/s and messages/s as wrk counts them; every request must be
-answered 2xx (wrk's "Non-2xx" count is reported and fails the run) and the messages that reached
-the publish stream (``XINFO STREAM`` entries-added, summed over the partitions) are counted
-independently. **Gateway CPU µs per request** = user+system CPU of the gateway process
-(``/proc/<pid>/stat``) over the run / requests the gateway accepted (entries added / batch size).
-redis-server's and wrk's CPU are given in cores, and so is the *other load*: CPU the whole
-machine used meanwhile (``/proc/stat``) minus gateway, redis and wrk, i.e. whatever else runs on
-this (shared) machine. With ``--baseline REV`` the same scenarios run against REV's gateway
-(its sources from ``git archive REV``, put first on ``PYTHONPATH``) in the same invocation; with
-``--rounds N`` both systems take turns N times and the median is reported.
+Figures per scenario: requests/s and messages/s as wrk counts them; every request must be answered
+2xx (wrk's "Non-2xx" count is reported and fails the run) and the messages that reached the publish
+stream (``XINFO STREAM`` entries-added, summed over the partitions) are counted independently.
+**Gateway CPU µs per request** = user+system CPU of the gateway process (``/proc/<pid>/stat``,
+:mod:`bench.procstat`) over the run / requests the gateway accepted (entries added / batch size).
+redis-server's and wrk's CPU are given in cores, and so is the *other load*: CPU the whole machine
+used meanwhile (``/proc/stat``) minus gateway, redis and wrk, i.e. whatever else runs on this
+(shared) machine. With ``--baseline REV`` the same scenarios run against REV's gateway (its sources
+from ``git archive REV``, put first on ``PYTHONPATH``) in the same invocation; with ``--rounds N``
+both systems take turns N times and the median is reported.
 
 ``wrk`` must be on PATH (Debian: ``apt-get install wrk``).
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -40,7 +42,6 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,9 @@ from pathlib import Path
 import orjson
 from redis import Redis
 
+from bench.procstat import cpu_seconds, loadavg, machine_busy_seconds
 from hubbub.dev.embedded import RedisProcess, free_port
+from hubbub.dev.launcher import start_service
 from hubbub.tokens import mint_token
 from hubbub.wire.keys import KeySchema
 
@@ -56,7 +59,6 @@ REPO = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "bench-access-key-0123456789abcdef"
 PREFIX = "ingest"
 PARTITIONS = 16
-TICK = os.sysconf("SC_CLK_TCK")
 HEADING = "## REST ingest"
 
 
@@ -130,21 +132,6 @@ class Run:
         return max(0.0, self.machine_busy - own) / self.seconds
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-
-def machine_busy() -> float:
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / TICK
-
-
-def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
-
-
 def accepted(redis: Redis) -> int:
     schema = KeySchema(PREFIX)
     total = 0
@@ -176,32 +163,14 @@ def gateway(
         env.pop(var, None)  # tracing off: the figures are for the untraced path
     if source is not None:
         env["PYTHONPATH"] = f"{source / 'shared'}:{source / 'services' / 'gateway'}"
-    log = (workdir / f"gateway-{name}.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "hubbub_gateway.main"], env=env, stdout=log, stderr=log
+    child = start_service(
+        "gateway", f"gateway-{name}", env=env, log=workdir / f"gateway-{name}.log", port=port
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gateway exited; see {log.name}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{url}/api/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gateway not healthy; see {log.name}")
-            time.sleep(0.05)
-        yield url, process.pid
+        child.wait_healthy_sync(within=30, interval=0.05)
+        yield child.url, child.pid
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        child.stop(20)
 
 
 def wrk_script(workdir: Path, url: str, scenario: Scenario) -> Path:
@@ -249,11 +218,13 @@ def measure(
     seconds: float,
     connections: int,
 ) -> Run:
-    before = (cpu_seconds(gateway_pid), cpu_seconds(redis_pid), machine_busy(), accepted(redis))
+    before = (cpu_seconds(gateway_pid), cpu_seconds(redis_pid), machine_busy_seconds(),
+              accepted(redis))  # fmt: skip
     started = time.monotonic()
     output, wrk_cpu = run_wrk(url, scenario, script, seconds, connections)
     elapsed = time.monotonic() - started
-    after = (cpu_seconds(gateway_pid), cpu_seconds(redis_pid), machine_busy(), accepted(redis))
+    after = (cpu_seconds(gateway_pid), cpu_seconds(redis_pid), machine_busy_seconds(),
+             accepted(redis))  # fmt: skip
     done = re.search(r"(\d+) requests in ([\d.]+)(m?s)", output)
     if not done:
         raise RuntimeError(f"unexpected wrk output:\n{output}")
@@ -289,7 +260,7 @@ def source_of(rev: str, workdir: Path) -> Path:
         check=True,
         capture_output=True,
     ).stdout
-    with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
     return target
 
@@ -439,7 +410,7 @@ def main() -> int:
     names = [label for label, _ in systems]
     info = (
         f"- run: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(started))}, "
-        f"{(time.time() - started) / 60:.1f} min; command: `.venv/bin/python bench/ingest.py "
+        f"{(time.time() - started) / 60:.1f} min; command: `.venv/bin/python -m bench.ingest "
         f"{' '.join(sys.argv[1:])}`\n"
         f"- machine: nproc {os.cpu_count()}; load average (1 min) {load_before} before, "
         f"{load_after} after; other load during the runs: "
@@ -451,9 +422,9 @@ def main() -> int:
         "tracing off"
     )
     parts = [
-        f"{HEADING}\n\nProduced by `bench/ingest.py` (see its docstring). Gateway CPU per "
-        "accepted request is the steadiest figure; requests/s also depends on what else the "
-        "machine's cores run (other load).",
+        f"{HEADING}\n\nProduced by `python -m bench.ingest` (see the docstring of "
+        "`bench/ingest.py`). Gateway CPU per accepted request is the steadiest figure; "
+        "requests/s also depends on what else the machine's cores run (other load).",
         info,
         table(runs, names),
     ]

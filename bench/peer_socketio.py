@@ -36,7 +36,7 @@ def build_app(redis_url: str) -> Any:
         engineio_logger=False,
     )
 
-    @sio.event
+    @sio.event  # type: ignore[untyped-decorator]  # python-socketio ships no type hints
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         query = parse_qs(environ.get("QUERY_STRING", ""))
         for group in query.get("group", []):

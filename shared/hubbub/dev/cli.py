@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 import httpx
 
 from hubbub.dev.embedded import RedisProcess
+from hubbub.dev.launcher import ChildProcess, LocalDeployment, NotHealthy, ProcessExited
 from hubbub.sdk.client import HubbubClient
 from hubbub.settings import Settings
 from hubbub.tokens import mint_token
@@ -28,18 +27,13 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"a gateway exited during start-up (code {process.returncode})")
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"gateway at {url} did not become healthy")
+def _wait_healthy(gateway: ChildProcess) -> None:
+    try:
+        gateway.wait_healthy_sync(within=30.0)
+    except ProcessExited as exc:
+        raise SystemExit(f"a gateway exited during start-up (code {exc.returncode})") from None
+    except NotHealthy:
+        raise SystemExit(f"gateway at {gateway.url} did not become healthy") from None
 
 
 def dev(args: argparse.Namespace) -> int:
@@ -55,44 +49,31 @@ def dev(args: argparse.Namespace) -> int:
         redis = RedisProcess(port=args.redis_port, directory=str(redis_dir), appendonly=True)
         redis.start()
         redis_url = redis.url
-    children: list[subprocess.Popen[bytes]] = []
-    base_env = dict(os.environ, HUBBUB_REDIS_URL=redis_url, HUBBUB_ACCESS_KEY=settings.access_key)
-    urls = []
+    # The children write to this terminal; a Ctrl-C reaches them as well as this process.
+    deployment = LocalDeployment(
+        redis_url,
+        settings.access_key,
+        host=args.host,
+        gateway_id="dev-{name}",
+        worker_id="dev-{name}",
+    )
     try:
         for i in range(args.gateways):
-            port = args.port + i
-            env = dict(base_env, HUBBUB_PORT=str(port), HUBBUB_GATEWAY_ID=f"dev-gw{i + 1}")
-            env["HUBBUB_HOST"] = args.host
-            children.append(
-                subprocess.Popen([sys.executable, "-m", "hubbub_gateway.main"], env=env)
-            )
-            urls.append(f"http://{args.host}:{port}")
+            deployment.launch_gateway(port=args.port + i)
         for i in range(args.workers):
-            env = dict(
-                base_env,
-                HUBBUB_WORKER_NAME=f"dev-worker{i + 1}",
-                HUBBUB_METRICS_PORT=str(9102 + i),
-            )
-            children.append(subprocess.Popen([sys.executable, "-m", "hubbub_fanout.main"], env=env))
-        for url, child in zip(urls, children, strict=False):
-            _wait_healthy(url, child)
-        _print_banner(urls, redis_url, settings.access_key)
-        return _wait(children)
+            deployment.start_worker(HUBBUB_METRICS_PORT=str(9102 + i))
+        for gateway in deployment.gateways:
+            _wait_healthy(gateway)
+        _print_banner([g.url for g in deployment.gateways], redis_url, settings.access_key)
+        return _wait(deployment)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        deployment.stop()
         if redis is not None:
             redis.stop()
         print("hubbub dev: stopped", file=sys.stderr)
 
 
-def _wait(children: list[subprocess.Popen[bytes]]) -> int:
+def _wait(deployment: LocalDeployment) -> int:
     stop = False
 
     def on_signal(*_: object) -> None:
@@ -102,7 +83,7 @@ def _wait(children: list[subprocess.Popen[bytes]]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     while not stop:
-        if any(c.poll() is not None for c in children):
+        if deployment.exited():
             print("hubbub dev: a child process exited; stopping", file=sys.stderr)
             return 1
         time.sleep(0.2)

@@ -1,0 +1,210 @@
+"""``python -m bench``: the benchmark's command line (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import bench
+from bench.clients import CLIENT_IMPLS
+from bench.common import log, run_loop
+from bench.phases import run_all
+from bench.report import kept_sections, machine_and_versions, print_details, results_markdown
+from bench.targets import TARGETS
+from bench.workloads import DEFAULT_RATES, WORKLOADS
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=(bench.__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--compare", action="store_true", help="run Hubbub and python-socketio (same workloads)"
+    )
+    parser.add_argument("--target", choices=sorted(TARGETS), action="append", dest="targets",
+                        help="system(s) to run (repeatable; default hubbub)")  # fmt: skip
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="W1, W2, W3, the ramp and W4 idle (10,000 connections unless --idle says)",
+    )
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), action="append",
+                        dest="workloads", help="fixed-rate workload(s) (repeatable)")  # fmt: skip
+    parser.add_argument("--ramp", action="store_true", help="W1 ramp, then W1 at 10 %% of it")
+    parser.add_argument("--idle", type=int, default=None, help="W4: this many idle connections")
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--rate", type=float, help="messages/s of every fixed workload")
+    for w, rate in DEFAULT_RATES.items():
+        parser.add_argument(f"--{w}-rate", type=float, default=rate, help=f"default {rate:g}")
+    parser.add_argument("--seconds", type=float, default=10, help="duration of each fixed phase")
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--publisher-procs", type=int, default=2)
+    parser.add_argument("--publishers", type=int, default=8, help="requests in flight per proc")
+    parser.add_argument("--gateways", type=int, default=2, help="server processes per system")
+    parser.add_argument("--workers", type=int, default=2, help="Hubbub fan-out workers")
+    parser.add_argument(
+        "--hubbub-publish",
+        choices=["rest", "direct"],
+        default=None,
+        help="how Hubbub's publisher processes publish: straight to the publish stream "
+        "(hubbub.sdk.publisher.Publisher) or through the REST API (default: direct with --compare, "
+        "as the peer publishes straight to Redis; rest otherwise)",
+    )
+    parser.add_argument(
+        "--rest-seconds",
+        type=float,
+        default=5.0,
+        help="--all with direct publishing: the extra W3 via REST phase (Hubbub only) lasts "
+        "this long; 0 skips it",
+    )
+    parser.add_argument("--pad", type=int, default=16, help="payload padding (frame ~100 B)")
+    parser.add_argument(
+        "--compression",
+        choices=["none", "deflate"],
+        default="none",
+        help="offer permessage-deflate from the load clients",
+    )
+    parser.add_argument(
+        "--client-impl",
+        choices=sorted(CLIENT_IMPLS),
+        default="sansio",
+        help="load-client WebSocket layer, both from the websockets library (see the classes)",
+    )
+    parser.add_argument("--drain-timeout", type=float, default=5.0)
+    parser.add_argument("--ramp-start", type=float, default=50.0, help="first W1 rate, msg/s")
+    parser.add_argument("--ramp-seconds", type=float, default=3.0, help="publishing per step")
+    parser.add_argument("--ramp-drain", type=float, default=2.0, help="drain timeout per step")
+    parser.add_argument("--ramp-max-steps", type=int, default=10)
+    parser.add_argument("--ramp-precision", type=float, default=0.15)
+    parser.add_argument("--ramp-p99-ms", type=float, default=100.0)
+    parser.add_argument(
+        "--ramp-retry-load",
+        type=float,
+        default=0.3,
+        help="a ramp step that failed while other work used at least this many cores runs "
+        "once more",
+    )
+    parser.add_argument("--ramp-budget", type=float, default=120.0, help="seconds per system")
+    parser.add_argument("--latency-fraction", type=float, default=0.1)
+    parser.add_argument("--idle-settle", type=float, default=3.0, help="W4: pause before RSS")
+    parser.add_argument("--idle-cpu-seconds", type=float, default=3.0, help="W4: idle CPU window")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="pause between group joins and the first publish (default: none)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=2.0,
+        help="first measure the servers' idle CPU (clients connected) this long",
+    )
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir of logs")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the server processes under cProfile (<name>.prof next to the logs; "
+        "inflates their CPU figures)",
+    )
+    parser.add_argument("--results", type=Path, help="write the report (markdown) to this file")
+    parser.add_argument("--json", type=Path, help="write every figure (JSON) to this file")
+    parser.add_argument("--details", action="store_true", help="print every figure of each phase")
+    args = parser.parse_args(argv)
+    if args.compare:
+        args.targets = ["hubbub", "socketio"]
+    elif not args.targets:
+        args.targets = ["hubbub"]
+    else:  # Hubbub first (its ramp sets the latency check's rate), no repeats
+        args.targets = sorted(set(args.targets), key=lambda n: n != "hubbub")
+    if args.all:
+        args.workloads = args.workloads or list(DEFAULT_RATES)
+        args.ramp = True
+        if args.idle is None:
+            args.idle = 10_000
+    elif args.workloads is None and not args.ramp and not args.idle:
+        args.workloads = ["broadcast"]
+    args.workloads = list(dict.fromkeys(args.workloads or []))
+    args.idle = args.idle or 0
+    if args.hubbub_publish is None:
+        args.hubbub_publish = "direct" if args.compare else "rest"
+    args.rest_phase = (
+        args.all
+        and args.hubbub_publish == "direct"
+        and "hubbub" in args.targets
+        and "users" in args.workloads
+        and args.rest_seconds > 0
+    )
+    args.rates = {w: args.rate or getattr(args, f"{w}_rate") for w in DEFAULT_RATES}
+    if args.clients < 1 or args.client_procs < 1 or args.seconds <= 0:
+        parser.error("--clients, --client-procs and --seconds must be positive")
+    if any(r <= 0 for r in args.rates.values()) or args.publisher_procs < 1:
+        parser.error("rates and --publisher-procs must be positive")
+    args.client_procs = min(args.client_procs, args.clients)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = os.environ.get("BENCH_COMMAND") or shlex.join(
+        ["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
+    )
+    raise_fd_limit()
+    # SIGTERM stops the benchmark the way Ctrl-C does: everything it started is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    workdir = Path(tempfile.mkdtemp(prefix="hubbub-bench-"))
+    cleanup: list[Callable[[], None]] = []
+    report: dict[str, Any] | None = None
+    try:
+        report = run_loop(run_all(args, workdir, cleanup))
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        return 130
+    finally:
+        for step in reversed(cleanup):  # idempotent: a no-op after a normal run
+            with contextlib.suppress(Exception):
+                step()
+        issues = report is not None and any(
+            part.get("log_issues")
+            for part in [*report["sessions"].values(), *report["idle"].values()]
+        )
+        keep = args.keep_logs or args.profile or report is None or issues
+        if keep:
+            log(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    info = machine_and_versions(args, command)
+    text = results_markdown(report, args, info)
+    if args.details:
+        print_details(report)
+    print(text)
+    if args.results:
+        args.results.write_text(text + "\n" + kept_sections(args.results))
+        log(f"results written to {args.results}")
+    if args.json:
+        args.json.write_text(json.dumps({"info": info, **report}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
