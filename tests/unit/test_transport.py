@@ -284,16 +284,32 @@ async def test_detached_socket_calls_the_session_and_drops_the_handshake() -> No
     assert proto not in peer.state.connections
 
 
-async def test_oversized_message_closes_1009() -> None:
+async def test_oversized_message_closes_1009_and_logs_it_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     session = Session()
     peer = Peer(detaching_app(session), max_size=1000)
     await settle()
     peer.received()
+    caplog.set_level(logging.INFO, "hubbub.gateway.transport")
     peer.send(b"x" * 1001)
     await settle()
     assert close_code(peer.received()) == 1009
     assert session.data == [] and session.disconnects == 1
     assert peer.transport.closing
+    (record,) = [r for r in caplog.records if "closing" in r.getMessage()]
+    assert record.levelno == logging.INFO and "(1009)" in record.getMessage()
+
+
+async def test_messages_in_the_same_read_as_the_clients_close_are_delivered() -> None:
+    session = Session()
+    peer = Peer(detaching_app(session))
+    await settle()
+    peer.received()
+    peer.client.send_text(b"last words")
+    peer.client.send_close(1001)
+    peer.proto.data_received(b"".join(peer.client.data_to_send()[:2]))
+    assert session.data == [b"last words"] and session.disconnects == 1
 
 
 async def test_invalid_utf8_text_closes_1007() -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
@@ -31,7 +31,7 @@ import uvicorn
 from uvicorn.server import ServerState
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
@@ -88,6 +88,16 @@ def _address(transport: asyncio.BaseTransport, name: str) -> tuple[str, int] | N
     if isinstance(info, (tuple, list)) and len(info) >= 2:
         return str(info[0]), int(info[1])
     return None  # a Unix socket, or unknown
+
+
+def _log_failure(chunks: list[bytes]) -> None:
+    """Log why websockets failed the connection, from the Close it queued for the client (a
+    control frame: two header bytes, unmasked, then at most 125 bytes of payload)."""
+    for chunk in chunks:
+        if len(chunk) >= 4 and chunk[0] == 0x88:
+            close = Close.parse(chunk[2 : 2 + chunk[1]])
+            log.info("closing WebSocket (%d): %s", close.code, close.reason)
+            return
 
 
 def _status_phrase(status: int) -> str:
@@ -190,8 +200,7 @@ class _Handshake:
                 self.denial = (status, headers, [])
                 self.phase = self.DENYING
             else:
-                raise RuntimeError(f"Expected 'websocket.accept', 'websocket.close' or "
-                                   f"'websocket.http.response.start', got {kind!r}.")  # fmt: skip
+                raise RuntimeError(f"Unexpected ASGI message {kind!r} before accept.")
         elif phase == self.DENYING:
             if kind != "websocket.http.response.body":
                 raise RuntimeError(f"Expected 'websocket.http.response.body', got {kind!r}.")
@@ -212,8 +221,7 @@ class _Handshake:
                 elif kind == "websocket.close":
                     proto.close(int(message.get("code", 1000)), message.get("reason") or "")
                 else:
-                    raise RuntimeError(f"Expected 'websocket.send' or 'websocket.close', "
-                                       f"got {kind!r}.")  # fmt: skip
+                    raise RuntimeError(f"Unexpected ASGI message {kind!r} after accept.")
             except InvalidState as exc:  # the client's Close came first
                 raise SocketClosed("the WebSocket connection is closing") from exc
         else:
@@ -221,7 +229,7 @@ class _Handshake:
 
     # ------------------------------------------------------------ answering the upgrade
 
-    def _accept(self, subprotocol: str | None, app_headers: Any) -> None:
+    def _accept(self, subprotocol: str | None, app_headers: Iterable[tuple[bytes, bytes]]) -> None:
         proto, response = self.proto, self.response
         assert response is not None
         extra = [
@@ -248,6 +256,8 @@ class _Handshake:
         proto = self.proto
         self.phase = self.DONE
         self.response = None
+        if proto.lost or proto.transport.is_closing():
+            return
         log.info('%s - "WebSocket %s" %d', proto.peer(), self.target(), response.status_code)
         proto.ws.send_response(response)  # then EOF: flush() closes the transport
         proto.flush()
@@ -288,8 +298,7 @@ class _Handshake:
             if proto.lost or self.detached:
                 return
             if self.phase in (self.CONNECTING, self.DENYING):
-                log.warning("ASGI app returned without accepting or refusing WebSocket %s",
-                            self.target())  # fmt: skip
+                log.warning("ASGI app returned without answering WebSocket %s", self.target())
                 self.respond(proto.ws.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, ""))
             elif self.phase == self.OPEN:
                 proto.close(1000)  # the app is done with an open socket it did not detach
@@ -358,16 +367,23 @@ class HubbubWebSocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
+        was_open = ws.state is State.OPEN
         ws.receive_data(data)
+        client_closed = False
         for event in ws.events_received():
             if isinstance(event, Frame):
-                self._frame(event)
+                client_closed |= self._frame(event)
             elif isinstance(event, Request):  # first and once
                 self._request(event)
-        close = ws.close_sent
-        if ws.parser_exc is not None and close is not None and not self.transport.is_closing():
-            log.info("closing WebSocket (%d): %s", close.code, ws.parser_exc)  # once: then EOF
-        self.flush()  # Pongs, the Close echo, a failure's Close; then EOF closes
+        chunks = ws.data_to_send()  # Pongs, the Close echo, a failure's Close; then EOF
+        if (
+            was_open
+            and ws.state is not State.OPEN
+            and not client_closed
+            and self.close_timer is None
+        ):
+            _log_failure(chunks)  # websockets failed the connection: 1002, 1007, 1009, 1011
+        self._write(chunks)
 
     def eof_received(self) -> bool | None:
         self.ws.receive_eof()
@@ -381,8 +397,7 @@ class HubbubWebSocketProtocol(asyncio.Protocol):
         timer, self.close_timer = self.close_timer, None
         if timer is not None:
             timer.cancel()
-        close = self.ws.close_rcvd
-        self._disconnected(close.code if close is not None else 1006)
+        self._disconnected(1006)  # unless the client's Close said otherwise before
         self._writable()
 
     def pause_writing(self) -> None:
@@ -436,13 +451,13 @@ class HubbubWebSocketProtocol(asyncio.Protocol):
         self.session = session
         self.resume_reading()  # it was paused while messages waited for the app
         for message in queued:
-            if message["type"] == "websocket.disconnect":
-                self.session = None
-                session.on_disconnect()
+            if self.session is not session:  # told of the disconnect already
                 return
-            if message["type"] == "websocket.receive":
+            if message["type"] == "websocket.disconnect":
+                self._disconnected(message["code"])
+            elif message["type"] == "websocket.receive":
                 session.on_data(payload(message))
-        if self.lost:  # it went while being registered, without a disconnect event queued
+        if self.lost:
             self._disconnected(1006)
 
     def write_frames(self, frames: bytes, max_buffer: int | None = None) -> bool:
@@ -517,7 +532,9 @@ class HubbubWebSocketProtocol(asyncio.Protocol):
 
     def flush(self) -> None:
         """Write what websockets has to send; its end-of-stream mark closes the transport."""
-        chunks = self.ws.data_to_send()
+        self._write(self.ws.data_to_send())
+
+    def _write(self, chunks: list[bytes]) -> None:
         if not chunks or self.lost:
             return
         transport = self.transport
@@ -587,51 +604,50 @@ class HubbubWebSocketProtocol(asyncio.Protocol):
         handshake.put({"type": "websocket.connect"})
         self.spawn(handshake.run(cast(ASGIApp, config.loaded_app)))
 
-    def _frame(self, frame: Frame) -> None:
+    def _frame(self, frame: Frame) -> bool:
+        """Handle one frame from the client; True if it was its Close."""
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if not frame.fin:
                 self.partial, self.partial_text = [bytes(frame.data)], opcode is Opcode.TEXT
-                return
-            self._message(bytes(frame.data), opcode is Opcode.TEXT)
+            else:
+                self._message(bytes(frame.data), opcode is Opcode.TEXT)
         elif opcode is Opcode.CONT:
             partial = self.partial
-            if partial is None:
-                return  # websockets refuses a stray continuation before it gets here
-            partial.append(bytes(frame.data))
-            if frame.fin:
-                self.partial = None
-                self._message(b"".join(partial), self.partial_text)
+            if partial is not None:  # else websockets would have failed the connection
+                partial.append(bytes(frame.data))
+                if frame.fin:
+                    self.partial = None
+                    self._message(b"".join(partial), self.partial_text)
         elif opcode is Opcode.CLOSE:
-            close = self.ws.close_rcvd
-            if close is not None:
-                self._disconnected(close.code, close.reason)
-        # PING: websockets queued the Pong (flushed after these events); PONG: unsolicited.
+            close = Close.parse(frame.data)  # valid: websockets checked it
+            self._disconnected(close.code, close.reason)
+            return True
+        # PING: websockets queued the Pong (written after these events); PONG: unsolicited.
+        return False
 
     def _message(self, data: bytes, text: bool) -> None:
-        """A complete message from the client; dropped once our Close is sent."""
-        if self.ws.state is not State.OPEN:
+        """A complete message from the client, for the session or the app; dropped once they
+        were told of the disconnect: after our Close or a failure (a client's own Close comes
+        after its last message, even in the same read)."""
+        session, handshake = self.session, self.handshake
+        if session is None and (handshake is None or handshake.disconnected):
             return
         decoded: str | None = None
         # The ASGI app wants text as str; for the session, bytes are checked (ASCII is UTF-8).
-        if text and (self.handshake is not None or not data.isascii()):
+        if text and (session is None or not data.isascii()):
             try:
                 decoded = data.decode()
             except UnicodeDecodeError as exc:
-                log.info("closing WebSocket (1007): invalid UTF-8 in a text message")
-                self.ws.fail(1007, f"{exc.reason} at position {exc.start}")
-                self.flush()
+                if self.ws.state is State.OPEN:
+                    self.ws.fail(1007, f"invalid UTF-8 at position {exc.start}")
                 self._disconnected(1007)
                 return
-        session = self.session
         if session is not None:
             session.on_data(data)
-            return
-        handshake = self.handshake
-        if handshake is None:
-            return
-        if text:
-            handshake.put({"type": "websocket.receive", "text": decoded})
-        else:
-            handshake.put({"type": "websocket.receive", "bytes": data})
-        self.pause_reading()  # until the app has read it (the session paces itself)
+        elif handshake is not None:
+            if text:
+                handshake.put({"type": "websocket.receive", "text": decoded})
+            else:
+                handshake.put({"type": "websocket.receive", "bytes": data})
+            self.pause_reading()  # until the app has read it (the session paces itself)
