@@ -1,6 +1,6 @@
 """The gateway's local index: which sockets a delivery reaches, and how the frames are written.
 
-Pure logic: the transport below records writes (the real one is tested end to end)."""
+Pure logic: the socket below records writes (the real one is tested end to end)."""
 
 from __future__ import annotations
 
@@ -9,41 +9,32 @@ from hubbub.wire.envelopes import ControlEntry, Kind, MessageEntry, Op
 from hubbub_gateway.deliver import LocalConnection, LocalIndex
 
 
-class RecordingTransport:
+class RecordingSocket:
+    """Stands in for the WebSocket protocol: records each write_frames call."""
+
     def __init__(self) -> None:
         self.writes: list[bytes] = []
+        self.closed = False
 
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
+    def write_frames(self, frames: bytes, max_buffer: int | None = None) -> bool:
+        if not self.closed:
+            self.writes.append(frames)
+        return True
 
-    def is_closing(self) -> bool:
-        return False
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = True
 
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
+    async def drain(self) -> None:
         pass
 
 
-class Proto:
-    def __init__(self) -> None:
-        self.transport = RecordingTransport()
-        self.close_sent = False
-
-
-class Ws:
-    async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        pass
-
-
-def connect(index: LocalIndex, conn_id: str, user: str | None = None) -> RecordingTransport:
-    proto = Proto()
-    conn = LocalConnection(conn_id, "chat", user, proto, Ws(), 1 << 20)
+def connect(index: LocalIndex, conn_id: str, user: str | None = None) -> RecordingSocket:
+    socket = RecordingSocket()
+    conn = LocalConnection(conn_id, "chat", user, socket, 1 << 20)
     conn.start(b"")
     index.add(conn)
-    proto.transport.writes.clear()
-    return proto.transport
+    socket.writes.clear()
+    return socket
 
 
 def message(n: int, kind: Kind = Kind.ALL, target: str = "") -> MessageEntry:

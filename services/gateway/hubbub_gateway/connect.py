@@ -133,9 +133,8 @@ class Session:
         self.identity = identity if identity.roles else NO_ROLES
         self.protocol = ServerProtocol(state.settings.max_message_size)
         self.proto: HubbubWebSocketProtocol = ws.scope["extensions"][EXTENSION]
-        # The socket is closed through its protocol, so nothing keeps the ASGI scope alive.
         self.conn = LocalConnection(
-            conn_id, hub, identity.user_id, self.proto, self.proto, state.settings.send_buffer_max
+            conn_id, hub, identity.user_id, self.proto, state.settings.send_buffer_max
         )
         # While a task handles messages, those that arrive meanwhile wait here (else None).
         self.backlog: list[bytes] | None = None
@@ -279,7 +278,7 @@ class Session:
                 events = self._parse(backlog.pop(0))
         except Exception:
             log.exception("error serving connection", extra={"connection_id": conn.id})
-            self.proto.transport.close()  # as uvicorn does when an ASGI app fails
+            self.proto.close(1011)  # what an ASGI app's failure gets
         finally:
             self.backlog = None
         if self.gone:
@@ -299,10 +298,7 @@ class Session:
             elif isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
             elif isinstance(event, Close):
-                try:
-                    await self.proto.close(1000)
-                except Exception:
-                    log.debug("socket already closed")
+                self.proto.close(1000)
                 return False
         return True
 

@@ -8,7 +8,6 @@ ASGI message per socket; a slow client overflows its own bounded buffer and is c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Set
@@ -33,41 +32,30 @@ log = logging.getLogger("hubbub.gateway.deliver")
 
 PING_FRAME = text_frame(PING_RECORD)
 OVERFLOW_REASON = "Send buffer overflow: the client did not read its messages fast enough."
-CLOSE_TIMEOUT = 5.0
 NO_GROUPS: frozenset[str] = frozenset()
 
 
-class Transport(Protocol):
-    def write(self, data: bytes) -> None: ...
+class Socket(Protocol):
+    """What the delivery path needs of a client's socket
+    (:class:`.transport.HubbubWebSocketProtocol`)."""
 
-    def is_closing(self) -> bool: ...
+    def write_frames(self, frames: bytes, max_buffer: int | None = None) -> bool: ...
 
-    def get_write_buffer_size(self) -> int: ...
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
 
-    def abort(self) -> None: ...
-
-
-class SocketProtocol(Protocol):
-    """What the delivery path needs of the server's WebSocket protocol instance."""
-
-    transport: Transport
-    close_sent: bool
-
-
-class Closable(Protocol):
-    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+    async def drain(self) -> None: ...
 
 
 class LocalConnection:
     """One client socket on this gateway. ``__slots__`` keeps idle connections small.
 
-    Frames are written straight to the socket's transport. The transport's buffer is the
-    bounded send queue: past ``max_buffer`` bytes the client is closed with a reason, and cut
-    off if it still does not read, so it never holds memory or anyone else up.
+    Frames are written straight to the socket (:meth:`.transport.HubbubWebSocketProtocol.
+    write_frames`). The transport's buffer is the bounded send queue: past ``max_buffer``
+    bytes the client is closed with a reason, and cut off if it does not answer the Close
+    either, so it never holds memory or anyone else up.
     """
 
     __slots__ = (
-        "_closer",
         "closing",
         "groups",
         "hub",
@@ -77,25 +65,17 @@ class LocalConnection:
         "max_buffer",
         "overflowed",
         "pending",
-        "proto",
+        "socket",
         "user",
-        "ws",
     )
 
     def __init__(
-        self,
-        conn_id: str,
-        hub: str,
-        user: str | None,
-        proto: SocketProtocol,
-        ws: Closable,
-        max_buffer: int,
+        self, conn_id: str, hub: str, user: str | None, socket: Socket, max_buffer: int
     ) -> None:
         self.id = conn_id
         self.hub = hub
         self.user = user
-        self.proto = proto
-        self.ws = ws
+        self.socket = socket
         self.max_buffer = max_buffer
         # Its groups: a set of its own from the first join (most connections never join one).
         self.groups: Set[str] = NO_GROUPS
@@ -105,25 +85,20 @@ class LocalConnection:
         self.pending: list[bytes] | None = []
         self.idle_send_ticks = 0
         self.idle_recv_ticks = 0
-        self._closer: asyncio.Task[None] | None = None
 
     def send(self, frame: bytes) -> None:
-        """Write one complete WebSocket frame."""
+        """Write one or more complete WebSocket frames."""
         if self.closing:
             return
         pending = self.pending
         if pending is not None:
             pending.append(frame)
             return
-        transport = self.proto.transport
-        if transport.get_write_buffer_size() > self.max_buffer:
+        if not self.socket.write_frames(frame, self.max_buffer):
             log.warning("closing connection %s: send buffer overflow", self.id)
             self.overflowed = True
             self.close(OVERFLOW_REASON)
             return
-        if self.proto.close_sent or transport.is_closing():
-            return
-        transport.write(frame)
         self.idle_send_ticks = 0
 
     def start(self, first: bytes) -> None:
@@ -134,31 +109,19 @@ class LocalConnection:
             self.send(frame)
 
     def close(self, error: str | None = None, allow_reconnect: bool = False) -> None:
-        """Write a SignalR Close, then close the WebSocket (abort it if the peer is stuck)."""
+        """Write a SignalR Close, then close the WebSocket (the socket aborts it if the peer
+        does not answer in time)."""
         if self.closing:
             return
         self.closing = True
-        transport = self.proto.transport
-        if not self.proto.close_sent and not transport.is_closing():
-            transport.write(text_frame(encode_close(error, allow_reconnect)))
-        self._closer = asyncio.get_running_loop().create_task(self._close_socket())
-
-    async def _close_socket(self) -> None:
-        transport = self.proto.transport
-        timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
-        try:
-            await self.ws.close(1000)
-        except Exception as exc:  # already gone
-            log.debug("close of %s: %r", self.id, exc)
-        finally:
-            if transport.is_closing():
-                timer.cancel()
+        socket = self.socket
+        socket.write_frames(text_frame(encode_close(error, allow_reconnect)))  # past any bound
+        socket.close(1000)
 
     async def closed(self) -> None:
-        """Wait until a close started by :meth:`close` is done."""
-        closer = self._closer
-        if closer is not None:
-            await asyncio.shield(closer)
+        """Wait until a close started by :meth:`close` has gone out: the socket's write buffer
+        drained (the client reads) or the socket is gone (at most the close timeout)."""
+        await self.socket.drain()
 
 
 class SeenIds:

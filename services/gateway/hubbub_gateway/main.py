@@ -27,10 +27,15 @@ class DrainingServer(uvicorn.Server):
         self.settings = settings
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        # A drain on SIGTERM is the normal way out: exit 0 rather than re-raise the signal.
+        # A drain on SIGTERM is the normal way out, so the process exits 0. uvicorn's own
+        # handler also records the signal to raise it again once the server has stopped
+        # (then the exit status says "killed by SIGTERM"); setting the public should_exit
+        # flag ourselves starts the same graceful shutdown without that record. SIGINT
+        # (Ctrl-C, twice to force) keeps uvicorn's behaviour.
         if sig == signal.SIGTERM:
-            self._captured_signals.remove(sig)
+            self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         state = getattr(self.hubbub_app.state, "hubbub", None)
@@ -54,12 +59,16 @@ def main() -> None:
         port=settings.port,
         loop="uvloop",
         http="httptools",
+        # Our own WebSocket protocol (public websockets sans-I/O API), see transport.py.
         ws=HubbubWebSocketProtocol,
-        # Frames are pre-encoded once for all recipients; compression would undo that.
+        # Frames are pre-encoded once for all recipients; compression would undo that (the
+        # protocol never negotiates it; this says so to uvicorn too).
         ws_per_message_deflate=False,
-        # signalrcore never answers WebSocket pings: SignalR Ping records keep connections alive.
+        # signalrcore never answers WebSocket pings: SignalR Ping records keep connections
+        # alive (the protocol sends no WebSocket Pings; it answers the client's).
         ws_ping_interval=None,
-        # Bigger than max_message_size so oversized messages get a SignalR close reason.
+        # Bigger than max_message_size so oversized messages get a SignalR close reason;
+        # beyond it the protocol closes with 1009.
         ws_max_size=max(1024 * 1024, settings.max_message_size * 4),
         log_config=None,
         access_log=False,
