@@ -37,6 +37,14 @@ class ClientIdentity:
         return JOIN_LEAVE_ROLE in self.roles or f"{JOIN_LEAVE_ROLE}.{group}" in self.roles
 
 
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme in any case), or
+    ``None`` for another scheme or no header: the one parser of REST and client requests."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
 def _decode(token: str, keys: tuple[str, ...]) -> dict[str, Any]:
     last: Exception | None = None
     for key in keys:
