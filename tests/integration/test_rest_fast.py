@@ -1,6 +1,7 @@
-"""The send endpoints' raw ASGI path (``hubbub_gateway.ingest_fast``) against a real gateway
-process and a real Redis: what it stores, what it refuses and how, and that the FastAPI routes
-(which still serve requests with an ``Origin`` header) answer every bad request the same way."""
+"""The send and batch endpoints (``hubbub_gateway.ingest``'s ASGI apps, reached through the
+shortcut in ``hubbub_gateway.endpoints``) against a real gateway process and a real Redis: what
+they store, what they refuse and how, and that CORS and the body limit apply to them as to any
+route."""
 
 from __future__ import annotations
 
@@ -313,8 +314,8 @@ BAD_REQUESTS: list[tuple[str, bytes]] = [
 async def test_fast_path_and_fastapi_routes_refuse_alike(
     http: httpx.AsyncClient, redis: Redis, path: str, body: bytes
 ) -> None:
-    """With an ``Origin`` header a send goes through CORS and the FastAPI routes instead: same
-    status, body and error code, plus the CORS headers."""
+    """With an ``Origin`` header a send gets the same status, body and error code, plus the
+    CORS headers (CORS wraps the send endpoints like every route)."""
     before = await count(redis)
     fast = await http.post(path, content=body, headers=JSON)
     routed = await http.post(path, content=body, headers={**JSON, "origin": "http://app.test"})

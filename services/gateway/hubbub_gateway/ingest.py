@@ -1,57 +1,74 @@
-"""Ingest: the REST API internal services call, shaped after Azure SignalR Service's.
+"""Ingest: the send and batch endpoints of the REST API, one raw ASGI app each.
 
-A send is validated, encoded into its SignalR frame once, and appended to the publish stream;
-the ``202`` carries the stream entry id as the message id. Membership calls change Redis
-atomically and tell the gateways concerned. Paths exist under ``/api/hubs`` and the legacy
-``/api/v1/hubs``; ``api-version`` is accepted and ignored.
+A send is checked, its SignalR frame encoded once (:func:`hubbub.wire.messages.build_message`)
+and appended to the publish stream; the ``202`` carries the stream entry id as the message id.
+Internal services call these endpoints thousands of times a second, and FastAPI's request
+handling (dependency solving, request objects) took about two thirds of the gateway's CPU per
+request, so :class:`SendEndpoint` and :class:`BatchEndpoint` serve them as plain ASGI apps:
+they read the body as FastAPI would and run the checks in the order its routes did, with the
+same answers, byte for byte:
 
-Sends arrive by two edges that share every rule: the FastAPI routes below (which also document
-the API in OpenAPI) and the raw ASGI path of :mod:`.ingest_fast`, which serves the hot send
-endpoints without FastAPI's routing and dependency injection. Both check the caller with
-:func:`check_service_token`, the body with the pydantic models, and hand over to
-:func:`accept_send` / :func:`accept_batch`.
+    400 not JSON  ->  401 token  ->  400 hub name  ->  400 body (the pydantic models)
+    ->  503 draining  ->  400 names and arguments  ->  202 + message id
+
+The ``413`` for a body over the limit comes before all of them, from
+:class:`.middleware.BodyLimit`. Which requests reach these apps, and how they are documented,
+is the endpoint table's business (:mod:`.endpoints`).
 """
 
 from __future__ import annotations
 
+import abc
 import collections
 import dataclasses
+import email.message
 import functools
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind, Tracer
 from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import URL
+from starlette.types import Receive, Scope, Send
 
 from hubbub.metrics import Metrics
 from hubbub.protocol import names
-from hubbub.protocol.signalr import encode_invocation
+from hubbub.redis.stream import PublishStream
 from hubbub.telemetry import (
     BODY_SIZE,
     DESTINATION,
     MESSAGE_ID,
     OPERATION,
     SYSTEM,
-    Telemetry,
     context_from_headers,
+    span,
     traceparent_of,
 )
-from hubbub.tokens import ServiceTokenVerifier, TokenError, mint_token
+from hubbub.tokens import ServiceTokenVerifier, TokenError, bearer
 from hubbub.wire.envelopes import Kind, Publish
+from hubbub.wire.messages import (
+    EXCLUDABLE,
+    MAX_METHOD_LENGTH,
+    InvalidArguments,
+    build_message,
+)
 
-from .errors import ApiError
+from .errors import KNOWN_ERRORS, ApiError, invalid_request, known_error_response
 from .state import GatewayState
 
 
 class SendBody(BaseModel):
     """A message for SignalR clients: the client method to call and its arguments."""
 
-    target: str = Field(min_length=1, max_length=1024, description="Client method name")
+    target: str = Field(
+        min_length=1, max_length=MAX_METHOD_LENGTH, description="Client method name"
+    )
     arguments: list[Any] = Field(default_factory=list)
 
 
@@ -75,93 +92,99 @@ class Accepted(BaseModel):
     messageId: str
 
 
-class TokenAnswer(BaseModel):
-    token: str
+Model = TypeVar("Model", bound=BaseModel)
 
-
-async def _state(request: Request) -> GatewayState:
-    state: GatewayState = request.app.state.hubbub
-    return state
-
-
-def check_service_token(tokens: ServiceTokenVerifier, authorization: str, url: str) -> None:
-    """Service callers sign a JWT with the access key; ``aud`` is the request URL."""
-    if authorization[:7].lower() != "bearer ":
-        raise ApiError(401, "Error.Unauthorized", "missing 'Authorization: Bearer <token>'")
-    try:
-        tokens.verify(authorization[7:].strip(), url)
-    except TokenError as exc:
-        raise ApiError(401, "Error.Unauthorized", str(exc)) from None
-
-
-async def authenticate(request: Request) -> None:
-    state: GatewayState = request.app.state.hubbub
-    check_service_token(state.tokens, request.headers.get("authorization", ""), str(request.url))
-
-
-async def hub_param(hub: str, application: str | None = None) -> str:
-    return names.hub_name(hub, application)
-
-
-Hub = Annotated[str, Depends(hub_param)]
-Excluded = Annotated[list[str] | None, Query(description="Connection ids to leave out")]
-State = Annotated[GatewayState, Depends(_state)]
-
-router = APIRouter(dependencies=[Depends(authenticate)], tags=["REST API"])
-
-
-# ---------------------------------------------------------------- sends, for both edges
-
-_TARGET_CHECKS: dict[Kind, Callable[[str], str] | None] = {
-    Kind.ALL: None,
-    Kind.GROUP: names.group_name,
-    Kind.USER: names.user_id,
-    Kind.CONNECTION: names.connection_id,
-}
 _BATCH_KINDS = {
     "all": Kind.ALL,
     "group": Kind.GROUP,
     "user": Kind.USER,
     "connection": Kind.CONNECTION,
 }
-EXCLUDABLE = frozenset({Kind.ALL, Kind.GROUP})  # the kinds whose sends take ``excluded``
-_LABELS = {kind: kind.name.lower() for kind in _TARGET_CHECKS}
+_LABELS = {kind: kind.name.lower() for kind in _BATCH_KINDS.values()}
+_NO_TRACE: dict[str, str] = {}
+_EMPTY = object()  # no body at all, which FastAPI tells apart from a JSON null
 
 
-def _check_accepting(state: GatewayState) -> None:
-    if state.draining:
-        raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
+# ---------------------------------------------------------------- reading a body as FastAPI does
 
 
-def _message(
-    kind: Kind, hub: str, name: str, body: SendBody, excluded: Sequence[str] = ()
-) -> Publish:
-    """Check the recipient and the excluded ids, and encode the frame once."""
-    check = _TARGET_CHECKS[kind]
-    target = check(name) if check is not None else ""
-    for conn in excluded:
-        names.connection_id(conn)
+def decode_body(raw: bytes, content_type: str) -> Any:
+    """The body as FastAPI's routes decode it: JSON (``json.loads``, with the same errors) for
+    ``application/json`` and ``application/*+json``; the bytes themselves otherwise, which
+    no body model accepts."""
+    if not raw:
+        return _EMPTY
+    if content_type != "application/json" and not _is_json(content_type):
+        return raw
     try:
-        frame = encode_invocation(body.target, body.arguments)
-    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
-        raise ApiError(400, "Error.InvalidRequest", f"arguments: {exc}") from None
-    return Publish(kind, hub, target, frame, tuple(excluded))
+        # One difference remains: orjson reads integers beyond 64 bits as floats (as JavaScript
+        # clients would), json.loads as ints that no frame can carry (answered 400).
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # not always an error for json.loads (NaN, a BOM, UTF-16): let it decide
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise invalid_request([{"loc": ("body", exc.pos), "msg": "JSON decode error"}]) from None
+    except Exception:  # e.g. invalid UTF-8; FastAPI answers these with a plain 400
+        raise ApiError(400, "Error.Http400", "There was an error parsing the body") from None
 
 
-def _batch_messages(hub: str, body: BatchBody) -> list[Publish]:
-    """Validate everything before anything is appended: a bad item refuses the whole batch."""
-    messages = []
-    for i, item in enumerate(body.messages):
-        kind = _BATCH_KINDS[item.to]
-        try:
-            if item.excluded and kind not in EXCLUDABLE:
-                raise names.InvalidName("'excluded' applies to 'all' and 'group' only")
-            messages.append(_message(kind, hub, item.name, item, item.excluded))
-        except names.InvalidName as exc:
-            raise ApiError(400, "Error.InvalidName", f"messages[{i}]: {exc}") from None
-        except ApiError as exc:
-            raise ApiError(exc.status, exc.code, f"messages[{i}]: {exc.message}") from None
-    return messages
+@functools.lru_cache(maxsize=64)
+def _is_json(content_type: str) -> bool:
+    """FastAPI's test, parameters ignored; no content type is not JSON (its strict mode)."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def validate_body(model: type[Model], data: Any) -> Model:
+    """The decoded body through its model, with FastAPI's error texts (``body.target: ...``)."""
+    if data is _EMPTY:
+        raise invalid_request([{"loc": ("body",), "msg": "Field required"}])
+    try:
+        return model.model_validate(data, from_attributes=True)
+    except ValidationError as exc:
+        raise invalid_request(
+            {"loc": ("body", *e["loc"]), "msg": e["msg"]} for e in exc.errors()
+        ) from None
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or ``None`` if the client went away first. Its size is BodyLimit's
+    concern: it refuses, or stops reading, a body over the limit before it gets here."""
+    message = await receive()
+    if message["type"] != "http.request":
+        return None
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+def check_service_token(tokens: ServiceTokenVerifier, authorization: str, url: str) -> None:
+    """Service callers sign a JWT with the access key; ``aud`` is the request URL."""
+    token = bearer(authorization)
+    if token is None:
+        raise ApiError(401, "Error.Unauthorized", "missing 'Authorization: Bearer <token>'")
+    try:
+        tokens.verify(token, url)
+    except TokenError as exc:
+        raise ApiError(401, "Error.Unauthorized", str(exc)) from None
+
+
+# ---------------------------------------------------------------- accepting messages
 
 
 @functools.cache
@@ -181,6 +204,19 @@ def _accepted(state: GatewayState, messages: Sequence[Publish], started: float) 
     ingest_seconds.observe(time.perf_counter() - started)
 
 
+def _producer_span(
+    tracer: Tracer | None, publish: PublishStream, message: Publish
+) -> AbstractContextManager[Span | None]:
+    """The PRODUCER span of an append, named after its partition's stream (worked out only
+    when tracing is on); its context travels in the stream entry."""
+    if tracer is None:
+        return span(None, "")
+    stream = publish.stream_for(message.hub, message.kind, message.target)
+    attributes = {SYSTEM: "redis", OPERATION: "send", DESTINATION: stream,
+                  "hubbub.kind": _LABELS[message.kind]}  # fmt: skip
+    return span(tracer, f"send {stream}", kind=SpanKind.PRODUCER, attributes=attributes)
+
+
 async def accept_send(
     state: GatewayState,
     kind: Kind,
@@ -189,29 +225,52 @@ async def accept_send(
     body: SendBody,
     excluded: Sequence[str],
     route: str,
-    headers: Mapping[str, str],
+    trace: Mapping[str, str],
 ) -> str:
-    """Validate one send and append it; the message id. ``hub`` is already a checked name
-    (:func:`hubbub.protocol.names.hub_name`), ``name`` the raw group, user or connection id ("" for
-    all); ``route`` names the REST span and ``headers`` carry the caller's trace context."""
-    _check_accepting(state)
+    """Check one send and append it; the message id. ``hub`` is a checked name, ``name`` the
+    raw group, user or connection id ("" for all); ``route`` names the REST span and ``trace``
+    holds the caller's ``traceparent``/``tracestate`` (stored as is when tracing is off)."""
+    state.refuse_if_draining()
     started = time.perf_counter()
-    message = _message(kind, hub, name, body, excluded)
-    telemetry = state.telemetry
-    if telemetry is None:
-        traceparent = headers.get("traceparent")
-        if traceparent:
-            message = dataclasses.replace(message, traceparent=traceparent)
+    message = build_message(
+        kind, hub, name, body.target, body.arguments, excluded, trace.get("traceparent")
+    )
+    tracer = state.tracer
+    parent = context_from_headers(trace) if tracer is not None else None
+    with (
+        span(tracer, route, kind=SpanKind.SERVER, context=parent) as server,
+        _producer_span(tracer, state.publish, message) as producer,
+    ):
+        if server is not None and producer is not None:
+            server.set_attribute("hubbub.hub", hub)
+            message = dataclasses.replace(message, traceparent=traceparent_of(producer))
         message_id = await state.publish.append(message)
-    else:
-        message_id = await _publish_traced(telemetry, state, message, route, headers)
+        if producer is not None:
+            producer.set_attribute(MESSAGE_ID, message_id)
+            producer.set_attribute(BODY_SIZE, len(message.frame))
     _accepted(state, (message,), started)
     return message_id
 
 
+def _batch_messages(hub: str, body: BatchBody) -> list[Publish]:
+    """Check everything before anything is appended: a bad item refuses the whole batch."""
+    messages = []
+    for i, item in enumerate(body.messages):
+        try:
+            messages.append(
+                build_message(
+                    _BATCH_KINDS[item.to], hub, item.name, item.target, item.arguments,
+                    item.excluded,
+                )
+            )  # fmt: skip
+        except (names.InvalidName, InvalidArguments) as exc:
+            raise type(exc)(f"messages[{i}]: {exc}") from None
+    return messages
+
+
 async def accept_batch(state: GatewayState, hub: str, body: BatchBody) -> list[str]:
-    """Validate every message of a batch, then append them all in one round trip."""
-    _check_accepting(state)
+    """Check every message of a batch, then append them all in one round trip."""
+    state.refuse_if_draining()
     messages = _batch_messages(hub, body)
     started = time.perf_counter()
     ids = await state.publish.append_many(messages)
@@ -219,234 +278,136 @@ async def accept_batch(state: GatewayState, hub: str, body: BatchBody) -> list[s
     return ids
 
 
-async def _publish_traced(
-    telemetry: Telemetry,
-    state: GatewayState,
-    message: Publish,
-    route: str,
-    headers: Mapping[str, str],
-) -> str:
-    """The REST span, and a producer span whose context travels in the stream entry."""
-    tracer = telemetry.tracer
-    parent = context_from_headers(headers)
-    with tracer.start_as_current_span(route, context=parent, kind=SpanKind.SERVER) as server:
-        server.set_attribute("hubbub.hub", message.hub)
-        stream = state.publish.stream_for(message.hub, message.kind, message.target)
-        with tracer.start_as_current_span(
-            f"send {stream}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                SYSTEM: "redis",
-                OPERATION: "send",
-                DESTINATION: stream,
-                "hubbub.kind": _LABELS[message.kind],
-            },
-        ) as producer:
-            traced = dataclasses.replace(message, traceparent=traceparent_of(producer))
-            message_id = await state.publish.append(traced)
-            producer.set_attribute(MESSAGE_ID, message_id)
-            producer.set_attribute(BODY_SIZE, len(message.frame))
-    return message_id
+# ---------------------------------------------------------------- the ASGI apps
 
 
-# ---------------------------------------------------------------- the FastAPI routes
+class _Endpoint(abc.ABC):
+    """What a send and a batch share: headers, body, caller, hub, errors, the ``202``.
 
+    ``route`` is the route's method and template (``POST /api/hubs/{hub}/:send``); the path
+    parameters come in ``scope["path_params"]``, from the router or the shortcut.
+    """
 
-async def _send(
-    request: Request,
-    state: GatewayState,
-    kind: Kind,
-    hub: str,
-    name: str,
-    body: SendBody,
-    excluded: list[str] | None = None,
-) -> JSONResponse:
-    route = request.scope.get("route")
-    name_of_route = f"{request.method} {getattr(route, 'path', request.url.path)}"
-    message_id = await accept_send(
-        state, kind, hub, name, body, excluded or (), name_of_route, request.headers
-    )
-    return JSONResponse({"messageId": message_id}, status_code=202)
+    def __init__(self, route: str) -> None:
+        self.route = route
+        self._urls: dict[tuple[Any, ...], str] = {}
 
-
-def _not_found(code: str, what: str) -> ApiError:
-    return ApiError(404, code, f"{what} does not exist")
-
-
-def _exists(found: bool, code: str, what: str, request: Request) -> Response:
-    if not found:
-        if request.method == "HEAD":
-            return Response(status_code=404, headers={"x-ms-error-code": code})
-        raise _not_found(code, what)
-    return Response(status_code=200)
-
-
-def routes(prefix: str) -> APIRouter:
-    r = APIRouter()
-    accepted = {202: {"model": Accepted}}
-
-    @r.post(prefix + "/:send", status_code=202, responses=accepted, summary="Broadcast")
-    async def broadcast(
-        request: Request, state: State, hub: Hub, body: SendBody, excluded: Excluded = None
-    ) -> JSONResponse:
-        return await _send(request, state, Kind.ALL, hub, "", body, excluded)
-
-    @r.post(prefix + "/users/{user}/:send", status_code=202, responses=accepted)
-    async def send_to_user(
-        request: Request, state: State, hub: Hub, user: str, body: SendBody
-    ) -> JSONResponse:
-        return await _send(request, state, Kind.USER, hub, user, body)
-
-    @r.post(prefix + "/groups/{group}/:send", status_code=202, responses=accepted)
-    async def send_to_group(
-        request: Request,
-        state: State,
-        hub: Hub,
-        group: str,
-        body: SendBody,
-        excluded: Excluded = None,
-    ) -> JSONResponse:
-        return await _send(request, state, Kind.GROUP, hub, group, body, excluded)
-
-    @r.post(prefix + "/connections/{connection}/:send", status_code=202, responses=accepted)
-    async def send_to_connection(
-        request: Request, state: State, hub: Hub, connection: str, body: SendBody
-    ) -> JSONResponse:
-        return await _send(request, state, Kind.CONNECTION, hub, connection, body)
-
-    @r.post(
-        prefix + "/:batch",
-        status_code=202,
-        responses={202: {"model": BatchAccepted}},
-        summary="Send many messages in one call (one Redis round trip)",
-    )
-    async def batch(state: State, hub: Hub, body: BatchBody) -> JSONResponse:
-        ids = await accept_batch(state, hub, body)
-        return JSONResponse({"messageIds": ids}, status_code=202)
-
-    # ------------------------------------------------------------ connection <-> group
-
-    @r.put(prefix + "/groups/{group}/connections/{connection}")
-    async def add_connection_to_group(
-        state: State, hub: Hub, group: str, connection: str
-    ) -> Response:
-        done = await state.membership.add_connection_to_group(
-            hub, names.connection_id(connection), names.group_name(group)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authorization = content_type = ""
+        host = b""
+        trace = _NO_TRACE
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+            elif key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"host":
+                host = value
+            elif key in (b"traceparent", b"tracestate"):
+                trace = {**trace, key.decode(): value.decode("latin-1")}
+        raw = await _read_body(receive)
+        if raw is None:
+            return
+        try:
+            data = decode_body(raw, content_type)
+            state: GatewayState = scope["app"].state.hubbub
+            check_service_token(state.tokens, authorization, self._url(scope, host))
+            application, excluded = _query(scope["query_string"])
+            hub = names.hub_name(scope["path_params"]["hub"], application)
+            answer = await self.accept(state, scope, hub, data, excluded, trace)
+        except KNOWN_ERRORS as exc:
+            refusal = known_error_response(exc)
+            assert refusal is not None
+            return await refusal(scope, receive, send)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [
+                    (b"content-length", b"%d" % len(answer)),
+                    (b"content-type", b"application/json"),
+                ],
+            }
         )
-        if not done:
-            raise _not_found("Error.Connection.NotExisted", "connection")
-        return Response(status_code=200)
+        await send({"type": "http.response.body", "body": answer})
 
-    @r.delete(prefix + "/groups/{group}/connections/{connection}")
-    async def remove_connection_from_group(
-        state: State, hub: Hub, group: str, connection: str
-    ) -> Response:
-        done = await state.membership.remove_connection_from_group(
-            hub, names.connection_id(connection), names.group_name(group)
+    @abc.abstractmethod
+    async def accept(
+        self,
+        state: GatewayState,
+        scope: Scope,
+        hub: str,
+        data: Any,
+        excluded: list[str],
+        trace: Mapping[str, str],
+    ) -> bytes:
+        """Validate the decoded body, append, and return the ``202``'s body."""
+
+    def _url(self, scope: Scope, host: bytes) -> str:
+        """The request URL without its query, as Starlette's ``request.url`` spells it (the
+        token's ``aud`` is checked against it); remembered, as callers reuse a few paths."""
+        key = (scope["scheme"], host, scope["path"], scope.get("server"))
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= 4096:
+                self._urls.clear()
+            url = self._urls[key] = str(URL(scope={**scope, "query_string": b""}))
+        return url
+
+
+def _query(query_string: bytes) -> tuple[str | None, list[str]]:
+    """``application`` (the last one, as Starlette's query params have it) and every
+    ``excluded``; anything else, ``api-version`` included, is ignored."""
+    application = None
+    excluded: list[str] = []
+    if query_string:
+        for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+            if key == "application":
+                application = value
+            elif key == "excluded":
+                excluded.append(value)
+    return application, excluded
+
+
+class SendEndpoint(_Endpoint):
+    """``POST .../:send`` to all, or to the group, user or connection in path parameter
+    ``param``; ``excluded`` is taken for broadcasts and groups only, ignored otherwise."""
+
+    def __init__(self, route: str, kind: Kind, param: str | None) -> None:
+        super().__init__(route)
+        self.kind = kind
+        self.param = param
+        self.takes_excluded = kind in EXCLUDABLE
+
+    async def accept(
+        self,
+        state: GatewayState,
+        scope: Scope,
+        hub: str,
+        data: Any,
+        excluded: list[str],
+        trace: Mapping[str, str],
+    ) -> bytes:
+        body = validate_body(SendBody, data)
+        name = scope["path_params"][self.param] if self.param is not None else ""
+        excluded_ = excluded if self.takes_excluded else ()
+        message_id = await accept_send(
+            state, self.kind, hub, name, body, excluded_, self.route, trace
         )
-        if not done:
-            raise _not_found("Warning.Connection.NotExisted", "connection")
-        return Response(status_code=200)
-
-    @r.delete(prefix + "/connections/{connection}/groups")
-    async def remove_connection_from_all_groups(
-        state: State, hub: Hub, connection: str
-    ) -> Response:
-        await state.membership.remove_connection_from_all_groups(
-            hub, names.connection_id(connection)
-        )
-        return Response(status_code=200)
-
-    # ------------------------------------------------------------ user <-> group
-
-    @r.put(prefix + "/users/{user}/groups/{group}")
-    async def add_user_to_group(
-        state: State,
-        hub: Hub,
-        user: str,
-        group: str,
-        ttl: Annotated[int | None, Query(ge=0, description="Seconds; absent = durable")] = None,
-    ) -> Response:
-        await state.membership.add_user_to_group(
-            hub, names.user_id(user), names.group_name(group), ttl
-        )
-        return Response(status_code=200)
-
-    @r.delete(prefix + "/users/{user}/groups/{group}", status_code=204)
-    async def remove_user_from_group(state: State, hub: Hub, user: str, group: str) -> Response:
-        await state.membership.remove_user_from_group(
-            hub, names.user_id(user), names.group_name(group)
-        )
-        return Response(status_code=204)
-
-    @r.delete(prefix + "/users/{user}/groups", status_code=204)
-    async def remove_user_from_all_groups(state: State, hub: Hub, user: str) -> Response:
-        await state.membership.remove_user_from_all_groups(hub, names.user_id(user))
-        return Response(status_code=204)
-
-    @r.api_route(prefix + "/users/{user}/groups/{group}", methods=["GET", "HEAD"])
-    async def user_in_group(
-        request: Request, state: State, hub: Hub, user: str, group: str
-    ) -> Response:
-        found = await state.membership.user_in_group(
-            hub, names.user_id(user), names.group_name(group)
-        )
-        return _exists(found, "Info.User.NotInGroup", "user in group", request)
-
-    # ------------------------------------------------------------ existence and close
-
-    @r.api_route(prefix + "/connections/{connection}", methods=["GET", "HEAD"])
-    async def connection_exists(
-        request: Request, state: State, hub: Hub, connection: str
-    ) -> Response:
-        found = await state.membership.connection_exists(hub, names.connection_id(connection))
-        return _exists(found, "Warning.Connection.NotExisted", "connection", request)
-
-    @r.api_route(prefix + "/users/{user}", methods=["GET", "HEAD"])
-    async def user_exists(request: Request, state: State, hub: Hub, user: str) -> Response:
-        found = await state.membership.user_exists(hub, names.user_id(user))
-        return _exists(found, "Warning.User.NotExisted", "user", request)
-
-    @r.api_route(prefix + "/groups/{group}", methods=["GET", "HEAD"])
-    async def group_exists(request: Request, state: State, hub: Hub, group: str) -> Response:
-        found = await state.membership.group_exists(hub, names.group_name(group))
-        return _exists(found, "Warning.Group.NotExisted", "group", request)
-
-    @r.delete(prefix + "/connections/{connection}")
-    async def close_connection(
-        state: State,
-        hub: Hub,
-        connection: str,
-        reason: Annotated[str | None, Query(max_length=1024)] = None,
-    ) -> Response:
-        await state.membership.close_connection(hub, names.connection_id(connection), reason)
-        return Response(status_code=200)
-
-    # ------------------------------------------------------------ client tokens
-
-    @r.post(prefix + "/:generateToken", response_model=TokenAnswer)
-    async def generate_token(
-        request: Request,
-        state: State,
-        hub: Hub,
-        userId: Annotated[str | None, Query()] = None,
-        minutesToExpire: Annotated[int, Query(ge=1, le=60 * 24 * 365)] = 60,
-        role: Annotated[list[str] | None, Query()] = None,
-    ) -> TokenAnswer:
-        user = names.user_id(userId) if userId is not None else None
-        audience = str(request.base_url).rstrip("/") + f"/hubs/{hub}"
-        token = mint_token(
-            state.settings.access_key,
-            audience,
-            minutes=minutesToExpire,
-            user_id=user,
-            hub=hub,
-            roles=role,
-        )
-        return TokenAnswer(token=token)
-
-    return r
+        return orjson.dumps({"messageId": message_id})
 
 
-router.include_router(routes("/api/hubs/{hub}"))
-router.include_router(routes("/api/v1/hubs/{hub}"), include_in_schema=False)
+class BatchEndpoint(_Endpoint):
+    """``POST .../:batch``: many messages in one call and one Redis round trip."""
+
+    async def accept(
+        self,
+        state: GatewayState,
+        scope: Scope,
+        hub: str,
+        data: Any,
+        excluded: list[str],
+        trace: Mapping[str, str],
+    ) -> bytes:
+        ids = await accept_batch(state, hub, validate_body(BatchBody, data))
+        return orjson.dumps({"messageIds": ids})

@@ -10,7 +10,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from hubbub.protocol import names
-from hubbub.tokens import TokenError, connection_token, new_connection_id, verify_client_token
+from hubbub.tokens import (
+    TokenError,
+    bearer,
+    connection_token,
+    new_connection_id,
+    verify_client_token,
+)
 
 from .errors import ApiError
 from .state import GatewayState
@@ -21,10 +27,10 @@ TRANSPORTS = [{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}
 
 
 def bearer_token(authorization: str | None, query_token: str | None) -> str | None:
-    """The client token: ``Authorization: Bearer`` first, else the ``access_token`` query."""
-    if authorization and authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return query_token
+    """The client token: ``Authorization: Bearer`` first, else the ``access_token`` query (what
+    browsers' WebSockets, which cannot set headers, send)."""
+    token = bearer(authorization)
+    return token if token is not None else query_token
 
 
 @router.post("/hubs/{hub}/negotiate")
@@ -35,8 +41,7 @@ async def negotiate(request: Request, hub: str, negotiateVersion: int = 0) -> JS
         hub = names.hub_name(hub)
     except names.InvalidName as exc:
         raise ApiError(404, "Error.Hub.Invalid", str(exc)) from None
-    if state.draining:
-        raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
+    state.refuse_if_draining()
     token = bearer_token(
         request.headers.get("authorization"), request.query_params.get("access_token")
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
 
 from hubbub.metrics import Metrics
@@ -15,6 +16,7 @@ from hubbub.tokens import ServiceTokenVerifier
 from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
+from .errors import ApiError
 
 
 @dataclass
@@ -30,3 +32,14 @@ class GatewayState:
     telemetry: Telemetry | None = None
     draining: bool = False
     redis_ok: bool = True
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """For :func:`hubbub.telemetry.span`: ``None`` when tracing is off."""
+        return self.telemetry.tracer if self.telemetry is not None else None
+
+    def refuse_if_draining(self) -> None:
+        """A draining gateway takes no new work (sends, negotiations, sockets): the caller
+        gets ``503 Error.Draining`` and retries on another gateway."""
+        if self.draining:
+            raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
