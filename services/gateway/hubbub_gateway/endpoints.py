@@ -39,6 +39,7 @@ from .ingest import (
     BatchAccepted,
     BatchBody,
     BatchEndpoint,
+    RawEndpoint,
     SendBody,
     SendEndpoint,
     check_service_token,
@@ -294,7 +295,7 @@ def _documented(endpoint: Endpoint) -> Callable[..., Any]:
     return stand_in
 
 
-def _app_of(route: str, endpoint: Endpoint) -> ASGIApp:
+def _app_of(route: str, endpoint: Endpoint) -> RawEndpoint:
     if endpoint.body is BatchBody:
         return BatchEndpoint(route)
     assert endpoint.kind is not None
@@ -302,14 +303,14 @@ def _app_of(route: str, endpoint: Endpoint) -> ASGIApp:
     return SendEndpoint(route, endpoint.kind, param)
 
 
-def install(app: FastAPI, settings: Settings) -> list[tuple[str, ASGIApp]]:
+def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
     """Register the REST routes on ``app``; the send and batch routes' (template, ASGI app),
     for :class:`SendShortcut`.
 
     The routes go on the app's own router, not an included one: the route's ``app`` is what
     serves it there, and for sends that is set to the send's ASGI app.
     """
-    sends: list[tuple[str, ASGIApp]] = []
+    sends: list[tuple[str, RawEndpoint]] = []
     for prefix, documented in PREFIXES.items():
         for endpoint in table(settings):
             path = prefix + endpoint.path
@@ -330,14 +331,15 @@ def install(app: FastAPI, settings: Settings) -> list[tuple[str, ASGIApp]]:
             if endpoint.body is not None:
                 route = app.router.routes[-1]
                 assert isinstance(route, APIRoute) and route.endpoint is handler
-                route.app = _app_of(f"{endpoint.methods[0]} {path}", endpoint)
-                sends.append((path, route.app))
+                raw = _app_of(f"{endpoint.methods[0]} {path}", endpoint)
+                route.app = raw
+                sends.append((path, raw))
     return sends
 
 
 class SendShortcut:
     """The innermost middleware: a ``POST`` to a send or batch endpoint goes straight to its
-    ASGI app, with the path parameters the router would have found.
+    app (:meth:`.ingest.RawEndpoint.serve`), with the path parameters the router would find.
 
     Its one regex is made from the routes' templates with Starlette's rule for a parameter
     (``[^/]+``), so it takes exactly the requests those routes would serve; anything else
@@ -345,15 +347,18 @@ class SendShortcut:
     ``root_path``) goes on to the router, which finds the same apps for the same requests.
     """
 
-    def __init__(self, app: ASGIApp, sends: Sequence[tuple[str, ASGIApp]]) -> None:
+    def __init__(self, app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> None:
         self.app = app
-        self._targets: dict[int, tuple[ASGIApp, tuple[str, ...], int]] = {}
+        # The number of each template's group in the regex -> its app and the numbers of its
+        # parameters' groups (the hub, and the recipient's or 0 for none).
+        self._targets: dict[int, tuple[RawEndpoint, int, int]] = {}
         alternatives = []
         group = 1
         for template, target in sends:
-            params = tuple(_params(template))
+            params = _params(template)
+            assert params[0] == "hub" and len(params) <= 2, template
             alternatives.append("(" + re.sub(r"\\{\w+\\}", "([^/]+)", re.escape(template)) + ")")
-            self._targets[group] = (target, params, group)  # its parameters follow its group
+            self._targets[group] = (target, group + 1, group + 2 if len(params) == 2 else 0)
             group += 1 + len(params)
         self._path = re.compile("|".join(alternatives))
 
@@ -362,7 +367,6 @@ class SendShortcut:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             match = self._path.fullmatch(scope["path"])
             if match is not None and match.lastindex is not None:
-                target, params, first = self._targets[match.lastindex]
-                scope["path_params"] = dict(zip(params, match.groups()[first:]))  # noqa: B905
-                return target(scope, receive, send)
+                target, hub, name = self._targets[match.lastindex]
+                return target.serve(scope, receive, send, match[hub], match[name] if name else "")
         return self.app(scope, receive, send)

@@ -20,17 +20,19 @@ from __future__ import annotations
 
 import abc
 import collections
+import contextlib
 import dataclasses
 import email.message
 import functools
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Tracer
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field, ValidationError
@@ -46,6 +48,7 @@ from hubbub.telemetry import (
     MESSAGE_ID,
     OPERATION,
     SYSTEM,
+    Telemetry,
     context_from_headers,
     span,
     traceparent_of,
@@ -102,6 +105,7 @@ _BATCH_KINDS = {
 }
 _LABELS = {kind: kind.name.lower() for kind in _BATCH_KINDS.values()}
 _NO_TRACE: dict[str, str] = {}
+_NO_QUERY: tuple[None, tuple[str, ...]] = (None, ())
 _EMPTY = object()  # no body at all, which FastAPI tells apart from a JSON null
 
 
@@ -148,28 +152,25 @@ def validate_body(model: type[Model], data: Any) -> Model:
     if data is _EMPTY:
         raise invalid_request([{"loc": ("body",), "msg": "Field required"}])
     try:
-        return model.model_validate(data, from_attributes=True)
+        # The model's validator itself (what model_validate calls, at twice the cost).
+        body: Model = model.__pydantic_validator__.validate_python(data, from_attributes=True)
+        return body
     except ValidationError as exc:
         raise invalid_request(
             {"loc": ("body", *e["loc"]), "msg": e["msg"]} for e in exc.errors()
         ) from None
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body, or ``None`` if the client went away first. Its size is BodyLimit's
-    concern: it refuses, or stops reading, a body over the limit before it gets here."""
-    message = await receive()
-    if message["type"] != "http.request":
-        return None
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        return body
-    chunks = [body]
-    while message.get("more_body", False):
+async def _rest_of_body(receive: Receive, first: bytes) -> bytes | None:
+    """The body sent in several messages, or ``None`` if the client went away meanwhile."""
+    chunks = [first]
+    more = True
+    while more:
         message = await receive()
         if message["type"] != "http.request":
             return None
         chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
     return b"".join(chunks)
 
 
@@ -204,52 +205,35 @@ def _accepted(state: GatewayState, messages: Sequence[Publish], started: float) 
     ingest_seconds.observe(time.perf_counter() - started)
 
 
-def _producer_span(
-    tracer: Tracer | None, publish: PublishStream, message: Publish
+def _spans(
+    telemetry: Telemetry | None,
+    route: str,
+    trace: Mapping[str, str],
+    publish: PublishStream,
+    message: Publish,
 ) -> AbstractContextManager[Span | None]:
-    """The PRODUCER span of an append, named after its partition's stream (worked out only
-    when tracing is on); its context travels in the stream entry."""
-    if tracer is None:
-        return span(None, "")
+    """The REST SERVER span, the caller's trace its parent, with the PRODUCER span of the
+    append inside it; ``as`` gives the producer, whose context travels in the stream entry.
+    With tracing off, the shared no-op of :func:`~hubbub.telemetry.span` (and nothing else
+    is worked out)."""
+    if telemetry is None:
+        return span(None, route)
+    parent = context_from_headers(trace)
+    return _traced(telemetry.tracer, route, parent, publish, message)
+
+
+@contextlib.contextmanager
+def _traced(
+    tracer: Tracer, route: str, parent: Context | None, publish: PublishStream, message: Publish
+) -> Iterator[Span | None]:
     stream = publish.stream_for(message.hub, message.kind, message.target)
     attributes = {SYSTEM: "redis", OPERATION: "send", DESTINATION: stream,
                   "hubbub.kind": _LABELS[message.kind]}  # fmt: skip
-    return span(tracer, f"send {stream}", kind=SpanKind.PRODUCER, attributes=attributes)
-
-
-async def accept_send(
-    state: GatewayState,
-    kind: Kind,
-    hub: str,
-    name: str,
-    body: SendBody,
-    excluded: Sequence[str],
-    route: str,
-    trace: Mapping[str, str],
-) -> str:
-    """Check one send and append it; the message id. ``hub`` is a checked name, ``name`` the
-    raw group, user or connection id ("" for all); ``route`` names the REST span and ``trace``
-    holds the caller's ``traceparent``/``tracestate`` (stored as is when tracing is off)."""
-    state.refuse_if_draining()
-    started = time.perf_counter()
-    message = build_message(
-        kind, hub, name, body.target, body.arguments, excluded, trace.get("traceparent")
-    )
-    tracer = state.tracer
-    parent = context_from_headers(trace) if tracer is not None else None
-    with (
-        span(tracer, route, kind=SpanKind.SERVER, context=parent) as server,
-        _producer_span(tracer, state.publish, message) as producer,
-    ):
-        if server is not None and producer is not None:
-            server.set_attribute("hubbub.hub", hub)
-            message = dataclasses.replace(message, traceparent=traceparent_of(producer))
-        message_id = await state.publish.append(message)
-        if producer is not None:
-            producer.set_attribute(MESSAGE_ID, message_id)
-            producer.set_attribute(BODY_SIZE, len(message.frame))
-    _accepted(state, (message,), started)
-    return message_id
+    with span(tracer, route, kind=SpanKind.SERVER, context=parent) as server:
+        assert server is not None
+        server.set_attribute("hubbub.hub", message.hub)
+        with span(tracer, f"send {stream}", kind=SpanKind.PRODUCER, attributes=attributes) as p:
+            yield p
 
 
 def _batch_messages(hub: str, body: BatchBody) -> list[Publish]:
@@ -268,31 +252,29 @@ def _batch_messages(hub: str, body: BatchBody) -> list[Publish]:
     return messages
 
 
-async def accept_batch(state: GatewayState, hub: str, body: BatchBody) -> list[str]:
-    """Check every message of a batch, then append them all in one round trip."""
-    state.refuse_if_draining()
-    messages = _batch_messages(hub, body)
-    started = time.perf_counter()
-    ids = await state.publish.append_many(messages)
-    _accepted(state, messages, started)
-    return ids
-
-
 # ---------------------------------------------------------------- the ASGI apps
 
 
-class _Endpoint(abc.ABC):
+class RawEndpoint(abc.ABC):
     """What a send and a batch share: headers, body, caller, hub, errors, the ``202``.
 
-    ``route`` is the route's method and template (``POST /api/hubs/{hub}/:send``); the path
-    parameters come in ``scope["path_params"]``, from the router or the shortcut.
+    ``route`` is the route's method and template (``POST /api/hubs/{hub}/:send``), which names
+    the REST span; ``param`` the path parameter naming the recipient, if any. As a route's app
+    it takes the path parameters the router found; the shortcut calls :meth:`serve` with them.
     """
 
-    def __init__(self, route: str) -> None:
+    def __init__(self, route: str, param: str | None = None) -> None:
         self.route = route
+        self.param = param
         self._urls: dict[tuple[Any, ...], str] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        params = scope["path_params"]
+        name = params[self.param] if self.param is not None else ""
+        return self.serve(scope, receive, send, params["hub"], name)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, hub: str, name: str) -> None:
+        """Answer the request; ``hub`` and ``name`` are the raw path parameters."""
         authorization = content_type = ""
         host = b""
         trace = _NO_TRACE
@@ -305,16 +287,25 @@ class _Endpoint(abc.ABC):
                 host = value
             elif key in (b"traceparent", b"tracestate"):
                 trace = {**trace, key.decode(): value.decode("latin-1")}
-        raw = await _read_body(receive)
-        if raw is None:
-            return
+        # The whole body; its size is BodyLimit's concern (it refuses or stops reading one
+        # over the limit before it gets here).
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the client went away
+        raw: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            whole = await _rest_of_body(receive, raw)
+            if whole is None:
+                return
+            raw = whole
         try:
             data = decode_body(raw, content_type)
             state: GatewayState = scope["app"].state.hubbub
             check_service_token(state.tokens, authorization, self._url(scope, host))
-            application, excluded = _query(scope["query_string"])
-            hub = names.hub_name(scope["path_params"]["hub"], application)
-            answer = await self.accept(state, scope, hub, data, excluded, trace)
+            query = scope["query_string"]
+            application, excluded = _query(query) if query else _NO_QUERY
+            hub = names.hub_name(hub, application)
+            answer = await self.accept(state, hub, name, data, excluded, trace)
         except KNOWN_ERRORS as exc:
             refusal = known_error_response(exc)
             assert refusal is not None
@@ -335,10 +326,10 @@ class _Endpoint(abc.ABC):
     async def accept(
         self,
         state: GatewayState,
-        scope: Scope,
         hub: str,
+        name: str,
         data: Any,
-        excluded: list[str],
+        excluded: Sequence[str],
         trace: Mapping[str, str],
     ) -> bytes:
         """Validate the decoded body, append, and return the ``202``'s body."""
@@ -355,59 +346,79 @@ class _Endpoint(abc.ABC):
         return url
 
 
-def _query(query_string: bytes) -> tuple[str | None, list[str]]:
+def _query(query_string: bytes) -> tuple[str | None, Sequence[str]]:
     """``application`` (the last one, as Starlette's query params have it) and every
     ``excluded``; anything else, ``api-version`` included, is ignored."""
     application = None
     excluded: list[str] = []
-    if query_string:
-        for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-            if key == "application":
-                application = value
-            elif key == "excluded":
-                excluded.append(value)
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if key == "application":
+            application = value
+        elif key == "excluded":
+            excluded.append(value)
     return application, excluded
 
 
-class SendEndpoint(_Endpoint):
+class SendEndpoint(RawEndpoint):
     """``POST .../:send`` to all, or to the group, user or connection in path parameter
     ``param``; ``excluded`` is taken for broadcasts and groups only, ignored otherwise."""
 
     def __init__(self, route: str, kind: Kind, param: str | None) -> None:
-        super().__init__(route)
+        super().__init__(route, param)
         self.kind = kind
-        self.param = param
         self.takes_excluded = kind in EXCLUDABLE
 
     async def accept(
         self,
         state: GatewayState,
-        scope: Scope,
         hub: str,
+        name: str,
         data: Any,
-        excluded: list[str],
+        excluded: Sequence[str],
         trace: Mapping[str, str],
     ) -> bytes:
+        """Check the send and append it; the ``202``'s body. Without tracing, the caller's
+        ``traceparent`` is stored as it came; with it, the producer span's."""
         body = validate_body(SendBody, data)
-        name = scope["path_params"][self.param] if self.param is not None else ""
-        excluded_ = excluded if self.takes_excluded else ()
-        message_id = await accept_send(
-            state, self.kind, hub, name, body, excluded_, self.route, trace
+        state.refuse_if_draining()
+        started = time.perf_counter()
+        message = build_message(
+            self.kind,
+            hub,
+            name,
+            body.target,
+            body.arguments,
+            excluded if self.takes_excluded else (),
+            trace.get("traceparent"),
         )
+        with _spans(state.telemetry, self.route, trace, state.publish, message) as producer:
+            if producer is not None:
+                message = dataclasses.replace(message, traceparent=traceparent_of(producer))
+            message_id = await state.publish.append(message)
+            if producer is not None:
+                producer.set_attribute(MESSAGE_ID, message_id)
+                producer.set_attribute(BODY_SIZE, len(message.frame))
+        _accepted(state, (message,), started)
         return orjson.dumps({"messageId": message_id})
 
 
-class BatchEndpoint(_Endpoint):
+class BatchEndpoint(RawEndpoint):
     """``POST .../:batch``: many messages in one call and one Redis round trip."""
 
     async def accept(
         self,
         state: GatewayState,
-        scope: Scope,
         hub: str,
+        name: str,
         data: Any,
-        excluded: list[str],
+        excluded: Sequence[str],
         trace: Mapping[str, str],
     ) -> bytes:
-        ids = await accept_batch(state, hub, validate_body(BatchBody, data))
+        """Check every message, then append them all in one round trip (not traced)."""
+        body = validate_body(BatchBody, data)
+        state.refuse_if_draining()
+        messages = _batch_messages(hub, body)
+        started = time.perf_counter()
+        ids = await state.publish.append_many(messages)
+        _accepted(state, messages, started)
         return orjson.dumps({"messageIds": ids})

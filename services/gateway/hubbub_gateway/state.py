@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opentelemetry.trace import Tracer
 from redis.asyncio import Redis
 
 from hubbub.metrics import Metrics
@@ -32,11 +31,6 @@ class GatewayState:
     telemetry: Telemetry | None = None
     draining: bool = False
     redis_ok: bool = True
-
-    @property
-    def tracer(self) -> Tracer | None:
-        """For :func:`hubbub.telemetry.span`: ``None`` when tracing is off."""
-        return self.telemetry.tracer if self.telemetry is not None else None
 
     def refuse_if_draining(self) -> None:
         """A draining gateway takes no new work (sends, negotiations, sockets): the caller

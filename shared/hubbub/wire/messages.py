@@ -30,6 +30,9 @@ _RECIPIENT: dict[Kind, Callable[[str], str] | None] = {
 }
 
 
+_SEQUENCES = (list, tuple)
+
+
 class InvalidArguments(ValueError):
     """Arguments that cannot be sent as JSON, e.g. an integer beyond 64 bits or a set."""
 
@@ -50,17 +53,18 @@ def build_message(
     to invoke. Checked in this order, the first failure raised: ``excluded`` only for ALL and
     GROUP, the target, the excluded ids, the method name, the arguments.
     """
-    if kind not in _RECIPIENT:
-        raise ValueError(f"{kind!r} is not a message kind")
+    try:
+        check = _RECIPIENT[kind]
+    except KeyError:
+        raise ValueError(f"{kind!r} is not a message kind") from None
     if excluded and kind not in EXCLUDABLE:
         raise names.InvalidName("'excluded' applies to 'all' and 'group' only")
-    check = _RECIPIENT[kind]
     recipient = check(target) if check is not None else ""
     for conn in excluded:
         names.connection_id(conn)
     if not isinstance(method, str) or not 0 < len(method) <= MAX_METHOD_LENGTH:
         raise names.InvalidName(f"method name must be 1-{MAX_METHOD_LENGTH} characters")
-    if not isinstance(arguments, list | tuple):
+    if not isinstance(arguments, _SEQUENCES):
         raise InvalidArguments("arguments: must be a list")
     try:
         frame = encode_invocation(method, arguments)
