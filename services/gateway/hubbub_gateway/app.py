@@ -26,7 +26,7 @@ from . import connect, endpoints, errors, negotiate
 from .deliver import LocalIndex
 from .errors import error_response
 from .inbox import InboxReader
-from .middleware import BodyLimit, Cors
+from .middleware import body_limit, cors
 from .state import GatewayState
 
 log = logging.getLogger("hubbub.gateway")
@@ -152,10 +152,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Innermost first: each add_middleware wraps what was added before, so the send shortcut
     # sits behind the body limit, CORS and anything added later, like every route.
-    app.add_middleware(endpoints.SendShortcut, sends=sends)
-    app.add_middleware(BodyLimit, limit=settings.max_body_size)
+    app.add_middleware(endpoints.send_shortcut, sends=sends)
+    app.add_middleware(body_limit, limit=settings.max_body_size)
     app.add_middleware(
-        Cors,
+        cors,
         allow_origin_regex=".*" if "*" in settings.cors_origins else None,
         allow_origins=[o for o in settings.cors_origins if o != "*"],
         allow_credentials=True,

@@ -8,7 +8,7 @@ Membership calls change Redis atomically and tell the gateways concerned.
 :func:`install` registers the table's routes, from which OpenAPI documents the API. The send
 and batch endpoints are documented like the others (from their body models) but served by
 raw ASGI apps (:class:`.ingest.SendEndpoint`, :class:`.ingest.BatchEndpoint`), and
-:class:`SendShortcut`, built from the same table and installed as the innermost middleware,
+:func:`send_shortcut`, built from the same table and installed as the innermost middleware,
 takes their requests straight to those apps without going through the router. Being
 innermost, it sits behind CORS, the body limit and any middleware added later, like a route.
 """
@@ -305,7 +305,7 @@ def _app_of(route: str, endpoint: Endpoint) -> RawEndpoint:
 
 def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
     """Register the REST routes on ``app``; the send and batch routes' (template, ASGI app),
-    for :class:`SendShortcut`.
+    for :func:`send_shortcut`.
 
     The routes go on the app's own router, not an included one: the route's ``app`` is what
     serves it there, and for sends that is set to the send's ASGI app.
@@ -337,7 +337,7 @@ def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
     return sends
 
 
-class SendShortcut:
+def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASGIApp:
     """The innermost middleware: a ``POST`` to a send or batch endpoint goes straight to its
     app (:meth:`.ingest.RawEndpoint.serve`), with the path parameters the router would find.
 
@@ -346,27 +346,25 @@ class SendShortcut:
     (other methods: 405, other paths: 404, a trailing slash: 307, any path under a
     ``root_path``) goes on to the router, which finds the same apps for the same requests.
     """
+    # The number of each template's group in the regex -> its app and the numbers of its
+    # parameters' groups (the hub, and the recipient's or 0 for none).
+    targets: dict[int, tuple[RawEndpoint, int, int]] = {}
+    alternatives = []
+    group = 1
+    for template, target in sends:
+        params = _params(template)
+        assert params[0] == "hub" and len(params) <= 2, template
+        alternatives.append("(" + re.sub(r"\\{\w+\\}", "([^/]+)", re.escape(template)) + ")")
+        targets[group] = (target, group + 1, group + 2 if len(params) == 2 else 0)
+        group += 1 + len(params)
+    path = re.compile("|".join(alternatives))
 
-    def __init__(self, app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> None:
-        self.app = app
-        # The number of each template's group in the regex -> its app and the numbers of its
-        # parameters' groups (the hub, and the recipient's or 0 for none).
-        self._targets: dict[int, tuple[RawEndpoint, int, int]] = {}
-        alternatives = []
-        group = 1
-        for template, target in sends:
-            params = _params(template)
-            assert params[0] == "hub" and len(params) <= 2, template
-            alternatives.append("(" + re.sub(r"\\{\w+\\}", "([^/]+)", re.escape(template)) + ")")
-            self._targets[group] = (target, group + 1, group + 2 if len(params) == 2 else 0)
-            group += 1 + len(params)
-        self._path = re.compile("|".join(alternatives))
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # A plain function handing on the next app's awaitable: no coroutine of its own.
+    def shortcut(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            match = self._path.fullmatch(scope["path"])
+            match = path.fullmatch(scope["path"])
             if match is not None and match.lastindex is not None:
-                target, hub, name = self._targets[match.lastindex]
+                target, hub, name = targets[match.lastindex]
                 return target.serve(scope, receive, send, match[hub], match[name] if name else "")
-        return self.app(scope, receive, send)
+        return app(scope, receive, send)
+
+    return shortcut

@@ -12,7 +12,7 @@ same answers, byte for byte:
     ->  503 draining  ->  400 names and arguments  ->  202 + message id
 
 The ``413`` for a body over the limit comes before all of them, from
-:class:`.middleware.BodyLimit`. Which requests reach these apps, and how they are documented,
+:func:`.middleware.body_limit`. Which requests reach these apps, and how they are documented,
 is the endpoint table's business (:mod:`.endpoints`).
 """
 
@@ -287,7 +287,7 @@ class RawEndpoint(abc.ABC):
                 host = value
             elif key in (b"traceparent", b"tracestate"):
                 trace = {**trace, key.decode(): value.decode("latin-1")}
-        # The whole body; its size is BodyLimit's concern (it refuses or stops reading one
+        # The whole body; its size is body_limit's concern (it refuses or stops reading one
         # over the limit before it gets here).
         message = await receive()
         if message["type"] != "http.request":

@@ -2,8 +2,9 @@
 
 Both wrap every HTTP request, the REST sends included (thousands a second), so each does its
 work only when there is some (REST callers send no ``Origin`` and announce their body's
-length), and their ``__call__`` is a plain function that hands back the next app's awaitable
-when there is nothing to do: a coroutine per layer and per request is a measurable part of a
+length). Each is a plain function, made by a factory that ``add_middleware`` takes like a
+class, that hands on the next app's awaitable when there is nothing to do: a coroutine, or a
+call through an instance's ``__call__``, per layer and request is a measurable part of a
 send's cost.
 """
 
@@ -21,21 +22,17 @@ from .errors import too_large_response
 _VARY_ORIGIN = (b"vary", b"Origin")
 
 
-class BodyLimit:
-    """Refuse request bodies over the limit with 413 before anything parses them.
+def body_limit(app: ASGIApp, limit: int) -> ASGIApp:
+    """Refuse request bodies over ``limit`` with 413 before anything parses them.
 
     A body whose ``Content-Length`` is within the limit is passed on untouched (the server
     delivers no more than announced); one without is counted as it is read, and reading past
     the limit raises :class:`_TooLarge` out of ``receive``, which ends the request here.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def limited(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http":
-            return self.app(scope, receive, send)
+            return app(scope, receive, send)
         length = -1
         chunked = False
         for name, value in scope["headers"]:
@@ -43,52 +40,53 @@ class BodyLimit:
                 length = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
-        if length > self.limit:
-            return self._too_large(scope, receive, send)
+        if length > limit:
+            return too_large(scope, receive, send)
         if length >= 0 and not chunked:
-            return self.app(scope, receive, send)
-        return self._counted(scope, receive, send)
+            return app(scope, receive, send)
+        return counted(scope, receive, send)
 
-    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def counted(scope: Scope, receive: Receive, send: Send) -> None:
         seen = 0
 
-        async def limited() -> Message:
+        async def receive_within_limit() -> Message:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise _TooLarge
             return message
 
         try:
-            await self.app(scope, limited, send)
+            await app(scope, receive_within_limit, send)
         except _TooLarge:
-            await self._too_large(scope, receive, send)
+            await too_large(scope, receive, send)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await too_large_response(self.limit)(scope, receive, send)
+    async def too_large(scope: Scope, receive: Receive, send: Send) -> None:
+        await too_large_response(limit)(scope, receive, send)
+
+    return limited
 
 
 class _TooLarge(Exception):
     pass
 
 
-class Cors:
+def cors(app: ASGIApp, /, **options: Any) -> ASGIApp:
     """Starlette's CORS middleware for requests with an ``Origin`` header; for the others, the
     one thing it does to them, done directly: ``Vary: Origin`` on the response."""
+    starlette_cors = CORSMiddleware(app, **options)
 
-    def __init__(self, app: ASGIApp, /, **options: Any) -> None:
-        self.app = app
-        self.cors = CORSMiddleware(app, **options)
-
-    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def without_origin(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == "http":
             for name, _ in scope["headers"]:
                 if name == b"origin":
                     break
             else:
-                return self.app(scope, receive, _vary_origin(send))
-        return self.cors(scope, receive, send)
+                return app(scope, receive, _vary_origin(send))
+        return starlette_cors(scope, receive, send)
+
+    return without_origin
 
 
 def _vary_origin(send: Send) -> Send:
