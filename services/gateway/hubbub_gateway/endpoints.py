@@ -61,11 +61,14 @@ async def _state(request: Request) -> GatewayState:
 
 
 async def authenticate(request: Request) -> None:
+    """Every REST route's dependency. (The send apps make the same check themselves, after
+    reading the body, which is where FastAPI's routes made it.)"""
     state: GatewayState = request.app.state.hubbub
     check_service_token(state.tokens, request.headers.get("authorization", ""), str(request.url))
 
 
 async def hub_param(hub: str, application: str | None = None) -> str:
+    """The canonical hub name, ``?application=`` its prefix, as Azure's SDK spells it."""
     return names.hub_name(hub, application)
 
 
@@ -299,8 +302,8 @@ def _app_of(route: str, endpoint: Endpoint) -> RawEndpoint:
     if endpoint.body is BatchBody:
         return BatchEndpoint(route)
     assert endpoint.kind is not None
-    param = next((p for p in _params(endpoint.path) if p != "hub"), None)
-    return SendEndpoint(route, endpoint.kind, param)
+    recipient = next(iter(_params(endpoint.path)), None)  # the path below the hub prefix
+    return SendEndpoint(route, endpoint.kind, recipient)
 
 
 def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
@@ -311,8 +314,9 @@ def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
     serves it there, and for sends that is set to the send's ASGI app.
     """
     sends: list[tuple[str, RawEndpoint]] = []
+    endpoints = table(settings)
     for prefix, documented in PREFIXES.items():
-        for endpoint in table(settings):
+        for endpoint in endpoints:
             path = prefix + endpoint.path
             handler = endpoint.handler or _documented(endpoint)
             app.router.add_api_route(

@@ -240,15 +240,14 @@ def _batch_messages(hub: str, body: BatchBody) -> list[Publish]:
     """Check everything before anything is appended: a bad item refuses the whole batch."""
     messages = []
     for i, item in enumerate(body.messages):
+        kind = _BATCH_KINDS[item.to]
         try:
-            messages.append(
-                build_message(
-                    _BATCH_KINDS[item.to], hub, item.name, item.target, item.arguments,
-                    item.excluded,
-                )
-            )  # fmt: skip
+            message = build_message(
+                kind, hub, item.name, item.target, item.arguments, item.excluded
+            )
         except (names.InvalidName, InvalidArguments) as exc:
             raise type(exc)(f"messages[{i}]: {exc}") from None
+        messages.append(message)
     return messages
 
 
