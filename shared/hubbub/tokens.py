@@ -37,6 +37,14 @@ class ClientIdentity:
         return JOIN_LEAVE_ROLE in self.roles or f"{JOIN_LEAVE_ROLE}.{group}" in self.roles
 
 
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme in any case), or
+    ``None`` for another scheme or no header: the one parser of REST and client requests."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
 def _decode(token: str, keys: tuple[str, ...]) -> dict[str, Any]:
     last: Exception | None = None
     for key in keys:
@@ -88,13 +96,15 @@ class ServiceTokenVerifier:
 
     Callers reuse one token for many requests (the Azure SDK keeps its token for minutes), and
     the signature check is a sizeable part of a publish. A remembered token is still checked
-    for expiry and for its audience against each request's URL.
+    for expiry and for its audience against each request's URL (whose normalised form is
+    remembered too: a caller posts to a few URLs, over and over).
     """
 
     def __init__(self, keys: tuple[str, ...], capacity: int = 4096) -> None:
         self.keys = keys
         self.capacity = capacity
         self._known: dict[str, tuple[float, frozenset[tuple[str, str, str]]]] = {}
+        self._urls: dict[str, tuple[str, str, str]] = {}
 
     def verify(self, token: str, request_url: str) -> None:
         known = self._known.get(token)
@@ -108,7 +118,12 @@ class ServiceTokenVerifier:
                 self._known.clear()  # crude but bounded; refilling costs one check per token
             self._known[token] = (float(claims["exp"]), normalised)
             return
-        if _normalise_url(request_url) not in known[1]:
+        url = self._urls.get(request_url)
+        if url is None:
+            if len(self._urls) >= self.capacity:
+                self._urls.clear()
+            url = self._urls[request_url] = _normalise_url(request_url)
+        if url not in known[1]:
             raise TokenError("token audience does not match the request URL")
 
 

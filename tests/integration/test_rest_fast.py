@@ -1,10 +1,11 @@
-"""The send endpoints' raw ASGI path (``hubbub_gateway.ingest_fast``) against a real gateway
-process and a real Redis: what it stores, what it refuses and how, and that the FastAPI routes
-(which still serve requests with an ``Origin`` header) answer every bad request the same way."""
+"""The send and batch endpoints (``hubbub_gateway.ingest``'s ASGI apps, reached through the
+shortcut in ``hubbub_gateway.endpoints``) against a real gateway process and a real Redis: what
+they store, what they refuse and how, and that CORS and the body limit apply to them as to any
+route."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -13,11 +14,15 @@ import pytest
 from redis.asyncio import Redis
 
 from hubbub.dev.embedded import RedisProcess
+from hubbub.protocol.names import InvalidName
 from hubbub.protocol.signalr import encode_invocation
 from hubbub.sdk.client import ServiceAuth
+from hubbub.sdk.publisher import Publisher
+from hubbub.settings import Settings
 from hubbub.tokens import mint_token
 from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
+from hubbub.wire.messages import InvalidArguments
 from tests.integration.test_rest import published
 from tests.support.processes import ACCESS_KEY, Deployment
 
@@ -313,8 +318,8 @@ BAD_REQUESTS: list[tuple[str, bytes]] = [
 async def test_fast_path_and_fastapi_routes_refuse_alike(
     http: httpx.AsyncClient, redis: Redis, path: str, body: bytes
 ) -> None:
-    """With an ``Origin`` header a send goes through CORS and the FastAPI routes instead: same
-    status, body and error code, plus the CORS headers."""
+    """With an ``Origin`` header a send gets the same status, body and error code, plus the
+    CORS headers (CORS wraps the send endpoints like every route)."""
     before = await count(redis)
     fast = await http.post(path, content=body, headers=JSON)
     routed = await http.post(path, content=body, headers={**JSON, "origin": "http://app.test"})
@@ -369,3 +374,39 @@ async def test_openapi_still_documents_the_send_endpoints(http: httpx.AsyncClien
         "/api/hubs/{hub}/:batch": "#/components/schemas/BatchBody",
     }
     assert (await http.get("/docs")).status_code == 200
+
+
+PARITY: list[tuple[str, bytes, Callable[[Publisher], Awaitable[str]]]] = [
+    ("/api/hubs/chat/users/%20%20/:send", b'{"target": "t"}',
+     lambda p: p.send_to_user("  ", "t")),
+    ("/api/hubs/chat/groups/%20/:send", b'{"target": "t"}', lambda p: p.send_to_group(" ", "t")),
+    ("/api/hubs/chat/connections/bad%20id/:send", b'{"target": "t"}',
+     lambda p: p.send_to_connection("bad id", "t")),
+    ("/api/hubs/chat/:send?excluded=ok&excluded=bad%20id", b'{"target": "t"}',
+     lambda p: p.send_to_all("t", excluded=["ok", "bad id"])),
+    ("/api/hubs/chat/groups/g/:send?excluded=a,b", b'{"target": "t"}',
+     lambda p: p.send_to_group("g", "t", excluded=["a,b"])),
+    ("/api/hubs/chat/:send", b'{"target": "t", "arguments": [NaN, 123456789012345678901234]}',
+     lambda p: p.send_to_all("t", [float("nan"), 123456789012345678901234])),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("path", "body", "publish"), PARITY)
+async def test_the_publisher_refuses_what_rest_refuses(
+    http: httpx.AsyncClient,
+    redis: Redis,
+    redis_server: RedisProcess,
+    path: str,
+    body: bytes,
+    publish: Callable[[Publisher], Awaitable[str]],
+) -> None:
+    """Both build messages with ``build_message``: same refusal, same text, nothing stored."""
+    before = await count(redis)
+    r = await http.post(path, content=body, headers=JSON)
+    settings = Settings(redis_url=redis_server.url, key_prefix=PREFIX)
+    async with Publisher.from_settings(settings, "chat") as publisher:
+        with pytest.raises((InvalidName, InvalidArguments)) as raised:
+            await publish(publisher)
+    code = "Error.InvalidName" if raised.type is InvalidName else "Error.InvalidRequest"
+    assert_error(r, 400, code, str(raised.value))
+    assert await count(redis) == before

@@ -9,10 +9,8 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
-from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hubbub.metrics import Metrics
 from hubbub.redis.endpoint import RedisEndpoint
@@ -24,50 +22,14 @@ from hubbub.telemetry import setup_tracing
 from hubbub.tokens import ServiceTokenVerifier
 from hubbub.wire.keys import KeySchema
 
-from . import connect, errors, ingest, negotiate
+from . import connect, endpoints, errors, negotiate
 from .deliver import LocalIndex
-from .errors import error_response, too_large_response
+from .errors import error_response
 from .inbox import InboxReader
-from .ingest_fast import FastSendsApp
+from .middleware import body_limit, cors
 from .state import GatewayState
 
 log = logging.getLogger("hubbub.gateway")
-
-
-class BodyLimit:
-    """Refuse request bodies over the limit with 413 before anything parses them."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                return await self._too_large(scope, receive, send)
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._too_large(scope, receive, send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await too_large_response(self.limit)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _heartbeat(state: GatewayState, reader: InboxReader) -> None:
@@ -148,17 +110,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await publish_pipe.aclose()
             await inbox_pipe.aclose()
 
-    app = FastSendsApp(
-        body_limit=settings.max_body_size,
+    app = FastAPI(
         title="Hubbub",
         version="0.1.0",
         summary="SignalR-compatible real-time messaging on Redis",
         lifespan=lifespan,
+        # The gateway traces with its own spans (hubbub.telemetry) and counts with Prometheus;
+        # FastAPI's telemetry would also look for global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     app.include_router(negotiate.router)
     app.include_router(connect.router)
-    app.include_router(ingest.router)
+    sends = endpoints.install(app, settings)
 
     @app.api_route("/api/health", methods=["GET", "HEAD"], tags=["health"])
     async def health(request: Request) -> Response:
@@ -177,9 +141,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: the process answers. Not tied to Redis, so an outage restarts nothing."""
         return Response(status_code=200)
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_size)
+    # Innermost first: each add_middleware wraps what was added before, so the send shortcut
+    # sits behind the body limit, CORS and anything added later, like every route.
+    app.add_middleware(endpoints.send_shortcut, sends=sends)
+    app.add_middleware(body_limit, limit=settings.max_body_size)
     app.add_middleware(
-        CORSMiddleware,
+        cors,
         allow_origin_regex=".*" if "*" in settings.cors_origins else None,
         allow_origins=[o for o in settings.cors_origins if o != "*"],
         allow_credentials=True,

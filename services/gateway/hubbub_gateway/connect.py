@@ -34,14 +34,13 @@ from hubbub.protocol.wsframe import text_frame
 from hubbub.redis.membership import ConnectionExists
 from hubbub.tokens import (
     ClientIdentity,
-    TokenError,
     new_connection_id,
     open_connection_token,
-    verify_client_token,
 )
 
 from .deliver import LocalConnection
-from .negotiate import bearer_token
+from .errors import ApiError
+from .negotiate import admit_client
 from .state import GatewayState
 from .transport import EXTENSION, HubbubWebSocketProtocol, payload
 
@@ -75,18 +74,11 @@ async def hub_socket(ws: WebSocket, hub: str) -> None:
     state: GatewayState = ws.app.state.hubbub
     settings = state.settings
     try:
-        hub = names.hub_name(hub)
-    except names.InvalidName as exc:
-        return await _deny(ws, 404, "Error.Hub.Invalid", str(exc))
-    if state.draining:
-        return await _deny(ws, 503, "Error.Draining", "this gateway is shutting down")
-    token = bearer_token(ws.headers.get("authorization"), ws.query_params.get("access_token"))
-    if token is None:
-        return await _deny(ws, 401, "Error.Unauthorized", "an access token is required")
-    try:
-        identity = verify_client_token(token, settings.access_keys, hub)
-    except TokenError as exc:
-        return await _deny(ws, 401, "Error.Unauthorized", str(exc))
+        hub, identity = admit_client(
+            state, hub, ws.headers.get("authorization"), ws.query_params.get("access_token")
+        )
+    except ApiError as exc:
+        return await _deny(ws, exc.status, exc.code, exc.message)
 
     raw_id = ws.query_params.get("id")
     if raw_id is None:  # skipNegotiation

@@ -1,7 +1,7 @@
 """Errors as JSON bodies shaped like Azure SignalR Service's, with ``x-ms-error-code``.
 
-The FastAPI exception handlers and the raw ASGI send path (:mod:`.ingest_fast`) answer through
-the same functions here, so an error looks the same whichever edge received the request.
+The FastAPI exception handlers and the raw ASGI send endpoints (:class:`.ingest.SendEndpoint`)
+answer through the same functions here, so an error looks the same whichever served it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hubbub.protocol.names import InvalidName
+from hubbub.wire.messages import InvalidArguments
 
 
 class ApiError(Exception):
@@ -56,12 +57,14 @@ def known_error_response(exc: Exception) -> JSONResponse | None:
         return error_response(exc.status, exc.code, exc.message)
     if isinstance(exc, InvalidName):
         return error_response(400, "Error.InvalidName", str(exc))
+    if isinstance(exc, InvalidArguments):
+        return error_response(400, "Error.InvalidRequest", str(exc))
     if isinstance(exc, RedisError):
         return error_response(503, "Error.Unavailable", f"message store unavailable: {exc}")
     return None
 
 
-KNOWN_ERRORS = (ApiError, InvalidName, RedisError)
+KNOWN_ERRORS = (ApiError, InvalidName, InvalidArguments, RedisError)
 
 
 def install(app: FastAPI) -> None:

@@ -1,36 +1,47 @@
-"""Ingest: the REST API internal services call, shaped after Azure SignalR Service's.
+"""Ingest: the send and batch endpoints of the REST API, one raw ASGI app each.
 
-A send is validated, encoded into its SignalR frame once, and appended to the publish stream;
-the ``202`` carries the stream entry id as the message id. Membership calls change Redis
-atomically and tell the gateways concerned. Paths exist under ``/api/hubs`` and the legacy
-``/api/v1/hubs``; ``api-version`` is accepted and ignored.
+A send is checked, its SignalR frame encoded once (:func:`hubbub.wire.messages.build_message`)
+and appended to the publish stream; the ``202`` carries the stream entry id as the message id.
+Internal services call these endpoints thousands of times a second, and FastAPI's request
+handling (dependency solving, request objects) took about two thirds of the gateway's CPU per
+request, so :class:`SendEndpoint` and :class:`BatchEndpoint` serve them as plain ASGI apps:
+they read the body as FastAPI would and run the checks in the order its routes did, with the
+same answers, byte for byte:
 
-Sends arrive by two edges that share every rule: the FastAPI routes below (which also document
-the API in OpenAPI) and the raw ASGI path of :mod:`.ingest_fast`, which serves the hot send
-endpoints without FastAPI's routing and dependency injection. Both check the caller with
-:func:`check_service_token`, the body with the pydantic models, and hand over to
-:func:`accept_send` / :func:`accept_batch`.
+    400 not JSON  ->  401 token  ->  400 hub name  ->  400 body (the pydantic models)
+    ->  503 draining  ->  400 names and arguments  ->  202 + message id
+
+The ``413`` for a body over the limit comes before all of them, from
+:func:`.middleware.body_limit`. Which requests reach these apps, and how they are documented,
+is the endpoint table's business (:mod:`.endpoints`).
 """
 
 from __future__ import annotations
 
+import abc
 import collections
+import contextlib
 import dataclasses
+import email.message
 import functools
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
-from opentelemetry.trace import SpanKind
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Tracer
 from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import URL
+from starlette.types import Receive, Scope, Send
 
 from hubbub.metrics import Metrics
 from hubbub.protocol import names
-from hubbub.protocol.signalr import encode_invocation
+from hubbub.redis.stream import PublishStream
 from hubbub.telemetry import (
     BODY_SIZE,
     DESTINATION,
@@ -39,19 +50,28 @@ from hubbub.telemetry import (
     SYSTEM,
     Telemetry,
     context_from_headers,
+    span,
     traceparent_of,
 )
-from hubbub.tokens import ServiceTokenVerifier, TokenError, mint_token
+from hubbub.tokens import ServiceTokenVerifier, TokenError, bearer
 from hubbub.wire.envelopes import Kind, MessageEntry
+from hubbub.wire.messages import (
+    EXCLUDABLE,
+    MAX_METHOD_LENGTH,
+    InvalidArguments,
+    build_message,
+)
 
-from .errors import ApiError
+from .errors import KNOWN_ERRORS, ApiError, invalid_request, known_error_response
 from .state import GatewayState
 
 
 class SendBody(BaseModel):
     """A message for SignalR clients: the client method to call and its arguments."""
 
-    target: str = Field(min_length=1, max_length=1024, description="Client method name")
+    target: str = Field(
+        min_length=1, max_length=MAX_METHOD_LENGTH, description="Client method name"
+    )
     arguments: list[Any] = Field(default_factory=list)
 
 
@@ -75,86 +95,90 @@ class Accepted(BaseModel):
     messageId: str
 
 
-class TokenAnswer(BaseModel):
-    token: str
+Model = TypeVar("Model", bound=BaseModel)
+
+_NO_TRACE: dict[str, str] = {}
+_NO_QUERY: tuple[None, tuple[str, ...]] = (None, ())
+_EMPTY = object()  # no body at all, which FastAPI tells apart from a JSON null
 
 
-async def _state(request: Request) -> GatewayState:
-    state: GatewayState = request.app.state.hubbub
-    return state
+# ---------------------------------------------------------------- reading a body as FastAPI does
+
+
+def decode_body(raw: bytes, content_type: str) -> Any:
+    """The body as FastAPI's routes decode it: JSON (``json.loads``, with the same errors) for
+    ``application/json`` and ``application/*+json``; the bytes themselves otherwise, which
+    no body model accepts."""
+    if not raw:
+        return _EMPTY
+    if content_type != "application/json" and not _is_json(content_type):
+        return raw
+    try:
+        # One difference remains: orjson reads integers beyond 64 bits as floats (as JavaScript
+        # clients would), json.loads as ints that no frame can carry (answered 400).
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # not always an error for json.loads (NaN, a BOM, UTF-16): let it decide
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise invalid_request([{"loc": ("body", exc.pos), "msg": "JSON decode error"}]) from None
+    except Exception:  # e.g. invalid UTF-8; FastAPI answers these with a plain 400
+        raise ApiError(400, "Error.Http400", "There was an error parsing the body") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _is_json(content_type: str) -> bool:
+    """FastAPI's test, parameters ignored; no content type is not JSON (its strict mode)."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
+def validate_body(model: type[Model], data: Any) -> Model:
+    """The decoded body through its model, with FastAPI's error texts (``body.target: ...``)."""
+    if data is _EMPTY:
+        raise invalid_request([{"loc": ("body",), "msg": "Field required"}])
+    try:
+        # The model's validator itself (what model_validate calls, at twice the cost).
+        body: Model = model.__pydantic_validator__.validate_python(data, from_attributes=True)
+        return body
+    except ValidationError as exc:
+        raise invalid_request(
+            {"loc": ("body", *e["loc"]), "msg": e["msg"]} for e in exc.errors()
+        ) from None
+
+
+async def _rest_of_body(receive: Receive, first: bytes) -> bytes | None:
+    """The body sent in several messages, or ``None`` if the client went away meanwhile."""
+    chunks = [first]
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
 
 
 def check_service_token(tokens: ServiceTokenVerifier, authorization: str, url: str) -> None:
     """Service callers sign a JWT with the access key; ``aud`` is the request URL."""
-    if authorization[:7].lower() != "bearer ":
+    token = bearer(authorization)
+    if token is None:
         raise ApiError(401, "Error.Unauthorized", "missing 'Authorization: Bearer <token>'")
     try:
-        tokens.verify(authorization[7:].strip(), url)
+        tokens.verify(token, url)
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
 
 
-async def authenticate(request: Request) -> None:
-    state: GatewayState = request.app.state.hubbub
-    check_service_token(state.tokens, request.headers.get("authorization", ""), str(request.url))
-
-
-async def hub_param(hub: str, application: str | None = None) -> str:
-    return names.hub_name(hub, application)
-
-
-Hub = Annotated[str, Depends(hub_param)]
-Excluded = Annotated[list[str] | None, Query(description="Connection ids to leave out")]
-State = Annotated[GatewayState, Depends(_state)]
-
-router = APIRouter(dependencies=[Depends(authenticate)], tags=["REST API"])
-
-
-# ---------------------------------------------------------------- sends, for both edges
-
-_TARGET_CHECKS: dict[Kind, Callable[[str], str] | None] = {
-    Kind.ALL: None,
-    Kind.GROUP: names.group_name,
-    Kind.USER: names.user_id,
-    Kind.CONNECTION: names.connection_id,
-}
-EXCLUDABLE = frozenset({Kind.ALL, Kind.GROUP})  # the kinds whose sends take ``excluded``
-
-
-def _check_accepting(state: GatewayState) -> None:
-    if state.draining:
-        raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
-
-
-def _message(
-    kind: Kind, hub: str, name: str, body: SendBody, excluded: Sequence[str] = ()
-) -> MessageEntry:
-    """Check the recipient and the excluded ids, and encode the frame once."""
-    check = _TARGET_CHECKS[kind]
-    target = check(name) if check is not None else ""
-    for conn in excluded:
-        names.connection_id(conn)
-    try:
-        frame = encode_invocation(body.target, body.arguments)
-    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
-        raise ApiError(400, "Error.InvalidRequest", f"arguments: {exc}") from None
-    return MessageEntry(kind, hub, target, frame, tuple(excluded))
-
-
-def _batch_messages(hub: str, body: BatchBody) -> list[MessageEntry]:
-    """Validate everything before anything is appended: a bad item refuses the whole batch."""
-    messages = []
-    for i, item in enumerate(body.messages):
-        kind = Kind.from_label(item.to)
-        try:
-            if item.excluded and kind not in EXCLUDABLE:
-                raise names.InvalidName("'excluded' applies to 'all' and 'group' only")
-            messages.append(_message(kind, hub, item.name, item, item.excluded))
-        except names.InvalidName as exc:
-            raise ApiError(400, "Error.InvalidName", f"messages[{i}]: {exc}") from None
-        except ApiError as exc:
-            raise ApiError(exc.status, exc.code, f"messages[{i}]: {exc.message}") from None
-    return messages
+# ---------------------------------------------------------------- accepting messages
 
 
 @functools.cache
@@ -174,272 +198,223 @@ def _accepted(state: GatewayState, messages: Sequence[MessageEntry], started: fl
     ingest_seconds.observe(time.perf_counter() - started)
 
 
-async def accept_send(
-    state: GatewayState,
-    kind: Kind,
-    hub: str,
-    name: str,
-    body: SendBody,
-    excluded: Sequence[str],
+def _spans(
+    telemetry: Telemetry | None,
     route: str,
-    headers: Mapping[str, str],
-) -> str:
-    """Validate one send and append it; the message id. ``hub`` is already a checked name
-    (:func:`hubbub.protocol.names.hub_name`), ``name`` the raw group, user or connection id ("" for
-    all); ``route`` names the REST span and ``headers`` carry the caller's trace context."""
-    _check_accepting(state)
-    started = time.perf_counter()
-    message = _message(kind, hub, name, body, excluded)
-    telemetry = state.telemetry
-    if telemetry is None:
-        traceparent = headers.get("traceparent")
-        if traceparent:
-            message = dataclasses.replace(message, traceparent=traceparent)
-        message_id = await state.publish.append(message)
-    else:
-        message_id = await _publish_traced(telemetry, state, message, route, headers)
-    _accepted(state, (message,), started)
-    return message_id
-
-
-async def accept_batch(state: GatewayState, hub: str, body: BatchBody) -> list[str]:
-    """Validate every message of a batch, then append them all in one round trip."""
-    _check_accepting(state)
-    messages = _batch_messages(hub, body)
-    started = time.perf_counter()
-    ids = await state.publish.append_many(messages)
-    _accepted(state, messages, started)
-    return ids
-
-
-async def _publish_traced(
-    telemetry: Telemetry,
-    state: GatewayState,
+    trace: Mapping[str, str],
+    publish: PublishStream,
     message: MessageEntry,
+) -> AbstractContextManager[Span | None]:
+    """The REST SERVER span, the caller's trace its parent, with the PRODUCER span of the
+    append inside it; ``as`` gives the producer, whose context travels in the stream entry.
+    With tracing off, the shared no-op of :func:`~hubbub.telemetry.span` (and nothing else
+    is worked out)."""
+    if telemetry is None:
+        return span(None, route)
+    parent = context_from_headers(trace)
+    return _traced(telemetry.tracer, route, parent, publish, message)
+
+
+@contextlib.contextmanager
+def _traced(
+    tracer: Tracer,
     route: str,
-    headers: Mapping[str, str],
-) -> str:
-    """The REST span, and a producer span whose context travels in the stream entry."""
-    tracer = telemetry.tracer
-    parent = context_from_headers(headers)
-    with tracer.start_as_current_span(route, context=parent, kind=SpanKind.SERVER) as server:
+    parent: Context | None,
+    publish: PublishStream,
+    message: MessageEntry,
+) -> Iterator[Span | None]:
+    stream = publish.stream_for(message.hub, message.kind, message.target)
+    attributes = {SYSTEM: "redis", OPERATION: "send", DESTINATION: stream,
+                  "hubbub.kind": message.kind.label}  # fmt: skip
+    with span(tracer, route, kind=SpanKind.SERVER, context=parent) as server:
+        assert server is not None
         server.set_attribute("hubbub.hub", message.hub)
-        stream = state.publish.stream_for(message.hub, message.kind, message.target)
-        with tracer.start_as_current_span(
-            f"send {stream}",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                SYSTEM: "redis",
-                OPERATION: "send",
-                DESTINATION: stream,
-                "hubbub.kind": message.kind.label,
-            },
-        ) as producer:
-            traced = dataclasses.replace(message, traceparent=traceparent_of(producer))
-            message_id = await state.publish.append(traced)
-            producer.set_attribute(MESSAGE_ID, message_id)
-            producer.set_attribute(BODY_SIZE, len(message.frame))
-    return message_id
+        with span(tracer, f"send {stream}", kind=SpanKind.PRODUCER, attributes=attributes) as p:
+            yield p
 
 
-# ---------------------------------------------------------------- the FastAPI routes
+def _batch_messages(hub: str, body: BatchBody) -> list[MessageEntry]:
+    """Check everything before anything is appended: a bad item refuses the whole batch."""
+    messages = []
+    for i, item in enumerate(body.messages):
+        kind = Kind.from_label(item.to)
+        try:
+            message = build_message(
+                kind, hub, item.name, item.target, item.arguments, item.excluded
+            )
+        except (names.InvalidName, InvalidArguments) as exc:
+            raise type(exc)(f"messages[{i}]: {exc}") from None
+        messages.append(message)
+    return messages
 
 
-async def _send(
-    request: Request,
-    state: GatewayState,
-    kind: Kind,
-    hub: str,
-    name: str,
-    body: SendBody,
-    excluded: list[str] | None = None,
-) -> JSONResponse:
-    route = request.scope.get("route")
-    name_of_route = f"{request.method} {getattr(route, 'path', request.url.path)}"
-    message_id = await accept_send(
-        state, kind, hub, name, body, excluded or (), name_of_route, request.headers
-    )
-    return JSONResponse({"messageId": message_id}, status_code=202)
+# ---------------------------------------------------------------- the ASGI apps
 
 
-def _not_found(code: str, what: str) -> ApiError:
-    return ApiError(404, code, f"{what} does not exist")
+class RawEndpoint(abc.ABC):
+    """What a send and a batch share: headers, body, caller, hub, errors, the ``202``.
 
+    ``route`` is the route's method and template (``POST /api/hubs/{hub}/:send``), which names
+    the REST span; ``param`` the path parameter naming the recipient, if any. As a route's app
+    it takes the path parameters the router found; the shortcut calls :meth:`serve` with them.
+    """
 
-def _exists(found: bool, code: str, what: str, request: Request) -> Response:
-    if not found:
-        if request.method == "HEAD":
-            return Response(status_code=404, headers={"x-ms-error-code": code})
-        raise _not_found(code, what)
-    return Response(status_code=200)
+    def __init__(self, route: str, param: str | None = None) -> None:
+        self.route = route
+        self.param = param
+        self._urls: dict[tuple[Any, ...], str] = {}
 
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        params = scope["path_params"]
+        name = params[self.param] if self.param is not None else ""
+        return self.serve(scope, receive, send, params["hub"], name)
 
-def routes(prefix: str) -> APIRouter:
-    r = APIRouter()
-    accepted = {202: {"model": Accepted}}
-
-    @r.post(prefix + "/:send", status_code=202, responses=accepted, summary="Broadcast")
-    async def broadcast(
-        request: Request, state: State, hub: Hub, body: SendBody, excluded: Excluded = None
-    ) -> JSONResponse:
-        return await _send(request, state, Kind.ALL, hub, "", body, excluded)
-
-    @r.post(prefix + "/users/{user}/:send", status_code=202, responses=accepted)
-    async def send_to_user(
-        request: Request, state: State, hub: Hub, user: str, body: SendBody
-    ) -> JSONResponse:
-        return await _send(request, state, Kind.USER, hub, user, body)
-
-    @r.post(prefix + "/groups/{group}/:send", status_code=202, responses=accepted)
-    async def send_to_group(
-        request: Request,
-        state: State,
-        hub: Hub,
-        group: str,
-        body: SendBody,
-        excluded: Excluded = None,
-    ) -> JSONResponse:
-        return await _send(request, state, Kind.GROUP, hub, group, body, excluded)
-
-    @r.post(prefix + "/connections/{connection}/:send", status_code=202, responses=accepted)
-    async def send_to_connection(
-        request: Request, state: State, hub: Hub, connection: str, body: SendBody
-    ) -> JSONResponse:
-        return await _send(request, state, Kind.CONNECTION, hub, connection, body)
-
-    @r.post(
-        prefix + "/:batch",
-        status_code=202,
-        responses={202: {"model": BatchAccepted}},
-        summary="Send many messages in one call (one Redis round trip)",
-    )
-    async def batch(state: State, hub: Hub, body: BatchBody) -> JSONResponse:
-        ids = await accept_batch(state, hub, body)
-        return JSONResponse({"messageIds": ids}, status_code=202)
-
-    # ------------------------------------------------------------ connection <-> group
-
-    @r.put(prefix + "/groups/{group}/connections/{connection}")
-    async def add_connection_to_group(
-        state: State, hub: Hub, group: str, connection: str
-    ) -> Response:
-        done = await state.membership.add_connection_to_group(
-            hub, names.connection_id(connection), names.group_name(group)
+    async def serve(self, scope: Scope, receive: Receive, send: Send, hub: str, name: str) -> None:
+        """Answer the request; ``hub`` and ``name`` are the raw path parameters."""
+        authorization = content_type = ""
+        host = b""
+        trace = _NO_TRACE
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+            elif key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"host":
+                host = value
+            elif key in (b"traceparent", b"tracestate"):
+                trace = {**trace, key.decode(): value.decode("latin-1")}
+        # The whole body; its size is body_limit's concern (it refuses or stops reading one
+        # over the limit before it gets here).
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the client went away
+        raw: bytes = message.get("body", b"")
+        if message.get("more_body", False):
+            whole = await _rest_of_body(receive, raw)
+            if whole is None:
+                return
+            raw = whole
+        try:
+            data = decode_body(raw, content_type)
+            state: GatewayState = scope["app"].state.hubbub
+            check_service_token(state.tokens, authorization, self._url(scope, host))
+            query = scope["query_string"]
+            application, excluded = _query(query) if query else _NO_QUERY
+            hub = names.hub_name(hub, application)
+            answer = await self.accept(state, hub, name, data, excluded, trace)
+        except KNOWN_ERRORS as exc:
+            refusal = known_error_response(exc)
+            assert refusal is not None
+            return await refusal(scope, receive, send)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 202,
+                "headers": [
+                    (b"content-length", b"%d" % len(answer)),
+                    (b"content-type", b"application/json"),
+                ],
+            }
         )
-        if not done:
-            raise _not_found("Error.Connection.NotExisted", "connection")
-        return Response(status_code=200)
+        await send({"type": "http.response.body", "body": answer})
 
-    @r.delete(prefix + "/groups/{group}/connections/{connection}")
-    async def remove_connection_from_group(
-        state: State, hub: Hub, group: str, connection: str
-    ) -> Response:
-        done = await state.membership.remove_connection_from_group(
-            hub, names.connection_id(connection), names.group_name(group)
+    @abc.abstractmethod
+    async def accept(
+        self,
+        state: GatewayState,
+        hub: str,
+        name: str,
+        data: Any,
+        excluded: Sequence[str],
+        trace: Mapping[str, str],
+    ) -> bytes:
+        """Validate the decoded body, append, and return the ``202``'s body."""
+
+    def _url(self, scope: Scope, host: bytes) -> str:
+        """The request URL without its query, as Starlette's ``request.url`` spells it (the
+        token's ``aud`` is checked against it); remembered, as callers reuse a few paths."""
+        key = (scope["scheme"], host, scope["path"], scope.get("server"))
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= 4096:
+                self._urls.clear()
+            url = self._urls[key] = str(URL(scope={**scope, "query_string": b""}))
+        return url
+
+
+def _query(query_string: bytes) -> tuple[str | None, Sequence[str]]:
+    """``application`` (the last one, as Starlette's query params have it) and every
+    ``excluded``; anything else, ``api-version`` included, is ignored."""
+    application = None
+    excluded: list[str] = []
+    for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if key == "application":
+            application = value
+        elif key == "excluded":
+            excluded.append(value)
+    return application, excluded
+
+
+class SendEndpoint(RawEndpoint):
+    """``POST .../:send`` to all, or to the group, user or connection in path parameter
+    ``param``; ``excluded`` is taken for broadcasts and groups only, ignored otherwise."""
+
+    def __init__(self, route: str, kind: Kind, param: str | None) -> None:
+        super().__init__(route, param)
+        self.kind = kind
+        self.takes_excluded = kind in EXCLUDABLE
+
+    async def accept(
+        self,
+        state: GatewayState,
+        hub: str,
+        name: str,
+        data: Any,
+        excluded: Sequence[str],
+        trace: Mapping[str, str],
+    ) -> bytes:
+        """Check the send and append it; the ``202``'s body. Without tracing, the caller's
+        ``traceparent`` is stored as it came; with it, the producer span's."""
+        body = validate_body(SendBody, data)
+        state.refuse_if_draining()
+        started = time.perf_counter()
+        message = build_message(
+            self.kind,
+            hub,
+            name,
+            body.target,
+            body.arguments,
+            excluded if self.takes_excluded else (),
+            trace.get("traceparent"),
         )
-        if not done:
-            raise _not_found("Warning.Connection.NotExisted", "connection")
-        return Response(status_code=200)
-
-    @r.delete(prefix + "/connections/{connection}/groups")
-    async def remove_connection_from_all_groups(
-        state: State, hub: Hub, connection: str
-    ) -> Response:
-        await state.membership.remove_connection_from_all_groups(
-            hub, names.connection_id(connection)
-        )
-        return Response(status_code=200)
-
-    # ------------------------------------------------------------ user <-> group
-
-    @r.put(prefix + "/users/{user}/groups/{group}")
-    async def add_user_to_group(
-        state: State,
-        hub: Hub,
-        user: str,
-        group: str,
-        ttl: Annotated[int | None, Query(ge=0, description="Seconds; absent = durable")] = None,
-    ) -> Response:
-        await state.membership.add_user_to_group(
-            hub, names.user_id(user), names.group_name(group), ttl
-        )
-        return Response(status_code=200)
-
-    @r.delete(prefix + "/users/{user}/groups/{group}", status_code=204)
-    async def remove_user_from_group(state: State, hub: Hub, user: str, group: str) -> Response:
-        await state.membership.remove_user_from_group(
-            hub, names.user_id(user), names.group_name(group)
-        )
-        return Response(status_code=204)
-
-    @r.delete(prefix + "/users/{user}/groups", status_code=204)
-    async def remove_user_from_all_groups(state: State, hub: Hub, user: str) -> Response:
-        await state.membership.remove_user_from_all_groups(hub, names.user_id(user))
-        return Response(status_code=204)
-
-    @r.api_route(prefix + "/users/{user}/groups/{group}", methods=["GET", "HEAD"])
-    async def user_in_group(
-        request: Request, state: State, hub: Hub, user: str, group: str
-    ) -> Response:
-        found = await state.membership.user_in_group(
-            hub, names.user_id(user), names.group_name(group)
-        )
-        return _exists(found, "Info.User.NotInGroup", "user in group", request)
-
-    # ------------------------------------------------------------ existence and close
-
-    @r.api_route(prefix + "/connections/{connection}", methods=["GET", "HEAD"])
-    async def connection_exists(
-        request: Request, state: State, hub: Hub, connection: str
-    ) -> Response:
-        found = await state.membership.connection_exists(hub, names.connection_id(connection))
-        return _exists(found, "Warning.Connection.NotExisted", "connection", request)
-
-    @r.api_route(prefix + "/users/{user}", methods=["GET", "HEAD"])
-    async def user_exists(request: Request, state: State, hub: Hub, user: str) -> Response:
-        found = await state.membership.user_exists(hub, names.user_id(user))
-        return _exists(found, "Warning.User.NotExisted", "user", request)
-
-    @r.api_route(prefix + "/groups/{group}", methods=["GET", "HEAD"])
-    async def group_exists(request: Request, state: State, hub: Hub, group: str) -> Response:
-        found = await state.membership.group_exists(hub, names.group_name(group))
-        return _exists(found, "Warning.Group.NotExisted", "group", request)
-
-    @r.delete(prefix + "/connections/{connection}")
-    async def close_connection(
-        state: State,
-        hub: Hub,
-        connection: str,
-        reason: Annotated[str | None, Query(max_length=1024)] = None,
-    ) -> Response:
-        await state.membership.close_connection(hub, names.connection_id(connection), reason)
-        return Response(status_code=200)
-
-    # ------------------------------------------------------------ client tokens
-
-    @r.post(prefix + "/:generateToken", response_model=TokenAnswer)
-    async def generate_token(
-        request: Request,
-        state: State,
-        hub: Hub,
-        userId: Annotated[str | None, Query()] = None,
-        minutesToExpire: Annotated[int, Query(ge=1, le=60 * 24 * 365)] = 60,
-        role: Annotated[list[str] | None, Query()] = None,
-    ) -> TokenAnswer:
-        user = names.user_id(userId) if userId is not None else None
-        audience = str(request.base_url).rstrip("/") + f"/hubs/{hub}"
-        token = mint_token(
-            state.settings.access_key,
-            audience,
-            minutes=minutesToExpire,
-            user_id=user,
-            hub=hub,
-            roles=role,
-        )
-        return TokenAnswer(token=token)
-
-    return r
+        with _spans(state.telemetry, self.route, trace, state.publish, message) as producer:
+            if producer is not None:
+                message = dataclasses.replace(message, traceparent=traceparent_of(producer))
+            message_id = await state.publish.append(message)
+            if producer is not None:
+                producer.set_attribute(MESSAGE_ID, message_id)
+                producer.set_attribute(BODY_SIZE, len(message.frame))
+        _accepted(state, (message,), started)
+        return orjson.dumps({"messageId": message_id})
 
 
-router.include_router(routes("/api/hubs/{hub}"))
-router.include_router(routes("/api/v1/hubs/{hub}"), include_in_schema=False)
+class BatchEndpoint(RawEndpoint):
+    """``POST .../:batch``: many messages in one call and one Redis round trip."""
+
+    async def accept(
+        self,
+        state: GatewayState,
+        hub: str,
+        name: str,
+        data: Any,
+        excluded: Sequence[str],
+        trace: Mapping[str, str],
+    ) -> bytes:
+        """Check every message, then append them all in one round trip (not traced)."""
+        body = validate_body(BatchBody, data)
+        state.refuse_if_draining()
+        messages = _batch_messages(hub, body)
+        started = time.perf_counter()
+        ids = await state.publish.append_many(messages)
+        _accepted(state, messages, started)
+        return orjson.dumps({"messageIds": ids})

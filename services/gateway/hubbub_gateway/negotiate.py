@@ -10,7 +10,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from hubbub.protocol import names
-from hubbub.tokens import TokenError, connection_token, new_connection_id, verify_client_token
+from hubbub.tokens import (
+    ClientIdentity,
+    TokenError,
+    bearer,
+    connection_token,
+    new_connection_id,
+    verify_client_token,
+)
 
 from .errors import ApiError
 from .state import GatewayState
@@ -20,32 +27,37 @@ router = APIRouter(tags=["SignalR clients"])
 TRANSPORTS = [{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}]
 
 
-def bearer_token(authorization: str | None, query_token: str | None) -> str | None:
-    """The client token: ``Authorization: Bearer`` first, else the ``access_token`` query."""
-    if authorization and authorization[:7].lower() == "bearer ":
-        return authorization[7:].strip()
-    return query_token
+def admit_client(
+    state: GatewayState, hub: str, authorization: str | None, access_token: str | None
+) -> tuple[str, ClientIdentity]:
+    """The checks every SignalR client passes, at negotiate and again at the upgrade: the
+    canonical hub name and who the token says the client is. Raises :class:`ApiError`.
+
+    The token: ``Authorization: Bearer`` first, else the ``access_token`` query (what
+    browsers' WebSockets, which cannot set headers, send)."""
+    try:
+        hub = names.hub_name(hub)
+    except names.InvalidName as exc:
+        raise ApiError(404, "Error.Hub.Invalid", str(exc)) from None
+    state.refuse_if_draining()
+    token = bearer(authorization)
+    if token is None:
+        token = access_token
+    if token is None:
+        raise ApiError(401, "Error.Unauthorized", "an access token is required")
+    try:
+        return hub, verify_client_token(token, state.settings.access_keys, hub)
+    except TokenError as exc:
+        raise ApiError(401, "Error.Unauthorized", str(exc)) from None
 
 
 @router.post("/hubs/{hub}/negotiate")
 async def negotiate(request: Request, hub: str, negotiateVersion: int = 0) -> JSONResponse:
     """Answer v0 (pysignalr, signalrcore) and v1 (the JS client) negotiation."""
     state: GatewayState = request.app.state.hubbub
-    try:
-        hub = names.hub_name(hub)
-    except names.InvalidName as exc:
-        raise ApiError(404, "Error.Hub.Invalid", str(exc)) from None
-    if state.draining:
-        raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
-    token = bearer_token(
-        request.headers.get("authorization"), request.query_params.get("access_token")
+    admit_client(
+        state, hub, request.headers.get("authorization"), request.query_params.get("access_token")
     )
-    if token is None:
-        raise ApiError(401, "Error.Unauthorized", "an access token is required")
-    try:
-        verify_client_token(token, state.settings.access_keys, hub)
-    except TokenError as exc:
-        raise ApiError(401, "Error.Unauthorized", str(exc)) from None
     connection_id = new_connection_id()
     body: dict[str, object] = {
         "connectionId": connection_id,

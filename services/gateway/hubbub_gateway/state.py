@@ -15,6 +15,7 @@ from hubbub.tokens import ServiceTokenVerifier
 from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
+from .errors import ApiError
 
 
 @dataclass
@@ -30,3 +31,9 @@ class GatewayState:
     telemetry: Telemetry | None = None
     draining: bool = False
     redis_ok: bool = True
+
+    def refuse_if_draining(self) -> None:
+        """A draining gateway takes no new work (sends, negotiations, sockets): the caller
+        gets ``503 Error.Draining`` and retries on another gateway."""
+        if self.draining:
+            raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")

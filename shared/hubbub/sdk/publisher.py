@@ -3,8 +3,11 @@
 For internal Python services that can reach Redis: the same messages, ids,
 ordering and guarantees as the REST API (a returned id means the message is stored), the way
 python-socketio's write-only ``AsyncRedisManager`` or Azure's transient SDK mode serve theirs.
-Validation is the same as at the REST edge. There is no caller authentication: whoever can
-write to Redis is trusted, so keep it inside the cluster.
+Messages are built by the REST edge's own :func:`~hubbub.wire.messages.build_message`, so
+what REST refuses with a 400 this refuses with the same error
+(:class:`~hubbub.protocol.names.InvalidName`, :class:`~hubbub.wire.messages.InvalidArguments`),
+before anything is written. There is no caller authentication: whoever can write to Redis is
+trusted, so keep it inside the cluster.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from hubbub.protocol import names
-from hubbub.protocol.signalr import encode_invocation
 from hubbub.redis.endpoint import RedisEndpoint
 from hubbub.redis.pipe import Pipe
 from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
-from hubbub.wire.envelopes import Kind, MessageEntry
+from hubbub.wire.envelopes import Kind
 from hubbub.wire.keys import KeySchema
+from hubbub.wire.messages import build_message
 
 
 class Publisher:
@@ -45,40 +48,31 @@ class Publisher:
     async def __aexit__(self, *_: object) -> None:
         await self.pipe.aclose()
 
-    def _message(
+    async def _send(
         self,
         kind: Kind,
         target: str,
         method: str,
         arguments: Sequence[Any],
-        excluded: Sequence[str],
-    ) -> MessageEntry:
-        for conn in excluded:
-            names.connection_id(conn)
-        frame = encode_invocation(method, list(arguments))
-        return MessageEntry(kind, self.hub, target, frame, tuple(excluded))
+        excluded: Sequence[str] = (),
+    ) -> str:
+        message = build_message(kind, self.hub, target, method, list(arguments), excluded)
+        return await self.stream.append(message)
 
     async def send_to_all(
         self, method: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()
     ) -> str:
-        return await self.stream.append(self._message(Kind.ALL, "", method, arguments, excluded))
+        return await self._send(Kind.ALL, "", method, arguments, excluded)
 
     async def send_to_group(
         self, group: str, method: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()
     ) -> str:
-        target = names.group_name(group)
-        return await self.stream.append(
-            self._message(Kind.GROUP, target, method, arguments, excluded)
-        )
+        return await self._send(Kind.GROUP, group, method, arguments, excluded)
 
     async def send_to_user(self, user: str, method: str, arguments: Sequence[Any] = ()) -> str:
-        target = names.user_id(user)
-        return await self.stream.append(self._message(Kind.USER, target, method, arguments, ()))
+        return await self._send(Kind.USER, user, method, arguments)
 
     async def send_to_connection(
         self, connection: str, method: str, arguments: Sequence[Any] = ()
     ) -> str:
-        target = names.connection_id(connection)
-        return await self.stream.append(
-            self._message(Kind.CONNECTION, target, method, arguments, ())
-        )
+        return await self._send(Kind.CONNECTION, connection, method, arguments)

@@ -1,0 +1,374 @@
+"""The REST API, shaped after Azure SignalR Service's, as one table of endpoints.
+
+Every endpoint exists under ``/api/hubs/{hub}`` and, undocumented, under the legacy
+``/api/v1/hubs/{hub}``; ``api-version`` is accepted and ignored, ``application`` prefixes the
+hub name, and every call is signed with the access key (``aud`` = the request URL).
+Membership calls change Redis atomically and tell the gateways concerned.
+
+:func:`install` registers the table's routes, from which OpenAPI documents the API. The send
+and batch endpoints are documented like the others (from their body models) but served by
+raw ASGI apps (:class:`.ingest.SendEndpoint`, :class:`.ingest.BatchEndpoint`), and
+:func:`send_shortcut`, built from the same table and installed as the innermost middleware,
+takes their requests straight to those apps without going through the router. Being
+innermost, it sits behind CORS, the body limit and any middleware added later, like a route.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.datastructures import Default
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from hubbub.protocol import names
+from hubbub.settings import Settings
+from hubbub.tokens import mint_token
+from hubbub.wire.envelopes import Kind
+from hubbub.wire.messages import EXCLUDABLE
+
+from .errors import ApiError
+from .ingest import (
+    Accepted,
+    BatchAccepted,
+    BatchBody,
+    BatchEndpoint,
+    RawEndpoint,
+    SendBody,
+    SendEndpoint,
+    check_service_token,
+)
+from .state import GatewayState
+
+# Prefix -> documented in OpenAPI.
+PREFIXES = {"/api/hubs/{hub}": True, "/api/v1/hubs/{hub}": False}
+TAGS: list[Any] = ["REST API"]
+
+
+class TokenAnswer(BaseModel):
+    token: str
+
+
+async def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.hubbub
+    return state
+
+
+async def authenticate(request: Request) -> None:
+    """Every REST route's dependency. (The send apps make the same check themselves, after
+    reading the body, which is where FastAPI's routes made it.)"""
+    state: GatewayState = request.app.state.hubbub
+    check_service_token(state.tokens, request.headers.get("authorization", ""), str(request.url))
+
+
+async def hub_param(hub: str, application: str | None = None) -> str:
+    """The canonical hub name, ``?application=`` its prefix, as Azure's SDK spells it."""
+    return names.hub_name(hub, application)
+
+
+Hub = Annotated[str, Depends(hub_param)]
+Excluded = Annotated[list[str] | None, Query(description="Connection ids to leave out")]
+State = Annotated[GatewayState, Depends(_state)]
+
+
+def _not_found(code: str, what: str) -> ApiError:
+    return ApiError(404, code, f"{what} does not exist")
+
+
+def _exists(found: bool, code: str, what: str, request: Request) -> Response:
+    if not found:
+        if request.method == "HEAD":
+            return Response(status_code=404, headers={"x-ms-error-code": code})
+        raise _not_found(code, what)
+    return Response(status_code=200)
+
+
+# ---------------------------------------------------------------- connection <-> group
+
+
+async def add_connection_to_group(state: State, hub: Hub, group: str, connection: str) -> Response:
+    done = await state.membership.add_connection_to_group(
+        hub, names.connection_id(connection), names.group_name(group)
+    )
+    if not done:
+        raise _not_found("Error.Connection.NotExisted", "connection")
+    return Response(status_code=200)
+
+
+async def remove_connection_from_group(
+    state: State, hub: Hub, group: str, connection: str
+) -> Response:
+    done = await state.membership.remove_connection_from_group(
+        hub, names.connection_id(connection), names.group_name(group)
+    )
+    if not done:
+        raise _not_found("Warning.Connection.NotExisted", "connection")
+    return Response(status_code=200)
+
+
+async def remove_connection_from_all_groups(state: State, hub: Hub, connection: str) -> Response:
+    await state.membership.remove_connection_from_all_groups(hub, names.connection_id(connection))
+    return Response(status_code=200)
+
+
+# ---------------------------------------------------------------- user <-> group
+
+
+async def add_user_to_group(
+    state: State,
+    hub: Hub,
+    user: str,
+    group: str,
+    ttl: Annotated[int | None, Query(ge=0, description="Seconds; absent = durable")] = None,
+) -> Response:
+    await state.membership.add_user_to_group(hub, names.user_id(user), names.group_name(group), ttl)
+    return Response(status_code=200)
+
+
+async def remove_user_from_group(state: State, hub: Hub, user: str, group: str) -> Response:
+    await state.membership.remove_user_from_group(hub, names.user_id(user), names.group_name(group))
+    return Response(status_code=204)
+
+
+async def remove_user_from_all_groups(state: State, hub: Hub, user: str) -> Response:
+    await state.membership.remove_user_from_all_groups(hub, names.user_id(user))
+    return Response(status_code=204)
+
+
+async def user_in_group(
+    request: Request, state: State, hub: Hub, user: str, group: str
+) -> Response:
+    found = await state.membership.user_in_group(hub, names.user_id(user), names.group_name(group))
+    return _exists(found, "Info.User.NotInGroup", "user in group", request)
+
+
+# ---------------------------------------------------------------- existence and close
+
+
+async def connection_exists(request: Request, state: State, hub: Hub, connection: str) -> Response:
+    found = await state.membership.connection_exists(hub, names.connection_id(connection))
+    return _exists(found, "Warning.Connection.NotExisted", "connection", request)
+
+
+async def user_exists(request: Request, state: State, hub: Hub, user: str) -> Response:
+    found = await state.membership.user_exists(hub, names.user_id(user))
+    return _exists(found, "Warning.User.NotExisted", "user", request)
+
+
+async def group_exists(request: Request, state: State, hub: Hub, group: str) -> Response:
+    found = await state.membership.group_exists(hub, names.group_name(group))
+    return _exists(found, "Warning.Group.NotExisted", "group", request)
+
+
+async def close_connection(
+    state: State,
+    hub: Hub,
+    connection: str,
+    reason: Annotated[str | None, Query(max_length=1024)] = None,
+) -> Response:
+    await state.membership.close_connection(hub, names.connection_id(connection), reason)
+    return Response(status_code=200)
+
+
+# ---------------------------------------------------------------- client tokens
+
+
+def _generate_token(default_minutes: int) -> Callable[..., Any]:
+    """``:generateToken``, whose default lifetime is the deployment's (and documented so)."""
+
+    async def generate_token(
+        request: Request,
+        state: State,
+        hub: Hub,
+        userId: Annotated[str | None, Query()] = None,
+        minutesToExpire: Annotated[int, Query(ge=1, le=60 * 24 * 365)] = default_minutes,
+        role: Annotated[list[str] | None, Query()] = None,
+    ) -> TokenAnswer:
+        user = names.user_id(userId) if userId is not None else None
+        audience = str(request.base_url).rstrip("/") + f"/hubs/{hub}"
+        token = mint_token(
+            state.settings.access_key,
+            audience,
+            minutes=minutesToExpire,
+            user_id=user,
+            hub=hub,
+            roles=role,
+        )
+        return TokenAnswer(token=token)
+
+    return generate_token
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One REST endpoint; ``path`` is below the hub prefix.
+
+    ``name`` makes the OpenAPI operation id and, unless ``summary`` is given, its summary.
+    Sends and the batch have a ``body`` model (and sends a ``kind``) instead of a ``handler``:
+    a raw ASGI app serves them.
+    """
+
+    methods: tuple[str, ...]
+    path: str
+    handler: Callable[..., Any] | None = None
+    name: str = ""
+    summary: str | None = None
+    status_code: int | None = None
+    responses: dict[int | str, dict[str, Any]] | None = None
+    response_model: Any = None
+    body: type[SendBody] | type[BatchBody] | None = None
+    kind: Kind | None = None
+
+
+_POST, _PUT, _DELETE, _GET_HEAD = ("POST",), ("PUT",), ("DELETE",), ("GET", "HEAD")
+_ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"model": Accepted}}
+_BATCH_ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"model": BatchAccepted}}
+
+
+def table(settings: Settings) -> list[Endpoint]:
+    """Every REST endpoint, in the order the routes are tried and documented."""
+
+    def send(path: str, name: str, kind: Kind, summary: str | None = None) -> Endpoint:
+        return Endpoint(_POST, path, name=name, summary=summary, status_code=202,
+                        responses=_ACCEPTED, body=SendBody, kind=kind)  # fmt: skip
+
+    return [
+        send("/:send", "broadcast", Kind.ALL, summary="Broadcast"),
+        send("/users/{user}/:send", "send_to_user", Kind.USER),
+        send("/groups/{group}/:send", "send_to_group", Kind.GROUP),
+        send("/connections/{connection}/:send", "send_to_connection", Kind.CONNECTION),
+        Endpoint(
+            _POST,
+            "/:batch",
+            name="batch",
+            status_code=202,
+            responses=_BATCH_ACCEPTED,
+            summary="Send many messages in one call (one Redis round trip)",
+            body=BatchBody,
+        ),
+        Endpoint(_PUT, "/groups/{group}/connections/{connection}", add_connection_to_group),
+        Endpoint(_DELETE, "/groups/{group}/connections/{connection}", remove_connection_from_group),
+        Endpoint(_DELETE, "/connections/{connection}/groups", remove_connection_from_all_groups),
+        Endpoint(_PUT, "/users/{user}/groups/{group}", add_user_to_group),
+        Endpoint(_DELETE, "/users/{user}/groups/{group}", remove_user_from_group, status_code=204),
+        Endpoint(_DELETE, "/users/{user}/groups", remove_user_from_all_groups, status_code=204),
+        Endpoint(_GET_HEAD, "/users/{user}/groups/{group}", user_in_group),
+        Endpoint(_GET_HEAD, "/connections/{connection}", connection_exists),
+        Endpoint(_GET_HEAD, "/users/{user}", user_exists),
+        Endpoint(_GET_HEAD, "/groups/{group}", group_exists),
+        Endpoint(_DELETE, "/connections/{connection}", close_connection),
+        Endpoint(
+            _POST,
+            "/:generateToken",
+            _generate_token(settings.token_default_minutes),
+            response_model=TokenAnswer,
+        ),
+    ]
+
+
+def _params(template: str) -> list[str]:
+    return re.findall(r"{(\w+)}", template)
+
+
+def _documented(endpoint: Endpoint) -> Callable[..., Any]:
+    """A send's stand-in FastAPI endpoint, for OpenAPI to read: hub, path parameters, body
+    and, for broadcasts and groups, ``excluded``. It is never called: the route's app is the
+    send's ASGI app."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("hub", keyword, annotation=Hub)]
+    params += [inspect.Parameter(p, keyword, annotation=str) for p in _params(endpoint.path)]
+    params.append(inspect.Parameter("body", keyword, annotation=endpoint.body))
+    if endpoint.kind in EXCLUDABLE:
+        params.append(inspect.Parameter("excluded", keyword, annotation=Excluded, default=None))
+
+    async def stand_in(**_: Any) -> None:
+        raise AssertionError(f"{endpoint.name} is served by its ASGI app")
+
+    stand_in.__name__ = stand_in.__qualname__ = endpoint.name
+    setattr(stand_in, "__signature__", inspect.Signature(params))  # noqa: B010
+    return stand_in
+
+
+def _app_of(route: str, endpoint: Endpoint) -> RawEndpoint:
+    if endpoint.body is BatchBody:
+        return BatchEndpoint(route)
+    assert endpoint.kind is not None
+    recipient = next(iter(_params(endpoint.path)), None)  # the path below the hub prefix
+    return SendEndpoint(route, endpoint.kind, recipient)
+
+
+def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
+    """Register the REST routes on ``app``; the send and batch routes' (template, ASGI app),
+    for :func:`send_shortcut`.
+
+    The routes go on the app's own router, not an included one: the route's ``app`` is what
+    serves it there, and for sends that is set to the send's ASGI app.
+    """
+    sends: list[tuple[str, RawEndpoint]] = []
+    endpoints = table(settings)
+    for prefix, documented in PREFIXES.items():
+        for endpoint in endpoints:
+            path = prefix + endpoint.path
+            handler = endpoint.handler or _documented(endpoint)
+            app.router.add_api_route(
+                path,
+                handler,
+                methods=list(endpoint.methods),
+                name=endpoint.name or handler.__name__,
+                summary=endpoint.summary,
+                status_code=endpoint.status_code,
+                responses=endpoint.responses,
+                response_model=endpoint.response_model or Default(None),
+                dependencies=[Depends(authenticate)],
+                tags=TAGS,
+                include_in_schema=documented,
+            )
+            if endpoint.body is not None:
+                route = app.router.routes[-1]
+                assert isinstance(route, APIRoute) and route.endpoint is handler
+                raw = _app_of(f"{endpoint.methods[0]} {path}", endpoint)
+                route.app = raw
+                sends.append((path, raw))
+    return sends
+
+
+def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASGIApp:
+    """The innermost middleware: a ``POST`` to a send or batch endpoint goes straight to its
+    app (:meth:`.ingest.RawEndpoint.serve`), with the path parameters the router would find.
+
+    Its one regex is made from the routes' templates with Starlette's rule for a parameter
+    (``[^/]+``), so it takes exactly the requests those routes would serve; anything else
+    (other methods: 405, other paths: 404, a trailing slash: 307, any path under a
+    ``root_path``) goes on to the router, which finds the same apps for the same requests.
+    """
+    # The number of each template's group in the regex -> its app and the numbers of its
+    # parameters' groups (the hub, and the recipient's or 0 for none).
+    targets: dict[int, tuple[RawEndpoint, int, int]] = {}
+    alternatives = []
+    group = 1
+    for template, target in sends:
+        params = _params(template)
+        assert params[0] == "hub" and len(params) <= 2, template
+        alternatives.append("(" + re.sub(r"\\{\w+\\}", "([^/]+)", re.escape(template)) + ")")
+        targets[group] = (target, group + 1, group + 2 if len(params) == 2 else 0)
+        group += 1 + len(params)
+    path = re.compile("|".join(alternatives))
+
+    def shortcut(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            match = path.fullmatch(scope["path"])
+            if match is not None and match.lastindex is not None:
+                target, hub, name = targets[match.lastindex]
+                return target.serve(scope, receive, send, match[hub], match[name] if name else "")
+        return app(scope, receive, send)
+
+    return shortcut
