@@ -4,7 +4,7 @@
     .venv/bin/python -m bench --compare --all [--idle 3000] [--results bench/RESULTS.md]
     .venv/bin/python -m bench --workload broadcast --rate 50 --seconds 10   # Hubbub only
     .venv/bin/python -m bench.ingest              # REST ingest on one gateway (see bench/ingest.py)
-    .venv/bin/python -m bench.send_cpu            # one send through the ASGI app, in process (see its docstring)
+    .venv/bin/python -m bench.send_cpu            # one send through the ASGI app, in process
 
 Modules: :mod:`bench.targets` (the systems under test: Hubbub on the shared launcher,
 :mod:`hubbub.dev.launcher`, and the python-socketio peer), :mod:`bench.clients` (load-client
