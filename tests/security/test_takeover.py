@@ -150,18 +150,24 @@ async def test_expired_v1_connection_token_is_refused(deployment: Deployment) ->
     not_existed(await refused(ws_url(gw, stale["connectionId"], alice)))
 
 
+@pytest.mark.parametrize("across", [False, True], ids=["one-gateway", "two-gateways"])
 async def test_concurrent_opens_of_one_id_leave_one_indexed_connection(
-    deployment: Deployment,
+    deployment: Deployment, across: bool
 ) -> None:
-    gw = (await deployment.start_gateway(HUBBUB_KEEPALIVE_INTERVAL="0.5")).url
+    """On one gateway the second upgrade gets 409; across gateways, Redis refuses the second
+    registration (a handshake error). Either way the survivor is fully indexed."""
+    for _ in range(2):
+        await deployment.start_gateway(HUBBUB_KEEPALIVE_INTERVAL="0.5")
     deployment.start_worker()
+    bases = [gw.url for gw in deployment.gateways]
     alice = client_token("alice")
-    async with HubbubClient(gw, ACCESS_KEY, "chat") as api:
+    async with HubbubClient(bases[0], ACCESS_KEY, "chat") as api:
         for _ in range(3):
-            negotiated = await negotiate(gw, alice)
-            conn, url = negotiated["connectionId"], ws_url(gw, negotiated["connectionToken"], alice)
+            negotiated = await negotiate(bases[0], alice)
+            conn, token = negotiated["connectionId"], negotiated["connectionToken"]
+            urls = [ws_url(bases[0], token, alice), ws_url(bases[1 if across else 0], token, alice)]
             upgrades = await asyncio.gather(
-                *(websockets.connect(url, ping_interval=None) for _ in range(2)),
+                *(websockets.connect(url, ping_interval=None) for url in urls),
                 return_exceptions=True,
             )
             sockets = [ws for ws in upgrades if isinstance(ws, ClientConnection)]
