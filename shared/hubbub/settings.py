@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     max_message_size: int = 32 * 1024
     send_buffer_max: int = 1024 * 1024
     drain_timeout: float = 10.0
+    # Seconds a version 1 connection token (negotiate → upgrade) stays valid.
+    connection_token_ttl: float = 300.0
 
     # REST API.
     max_body_size: int = 1024 * 1024

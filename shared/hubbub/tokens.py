@@ -2,8 +2,9 @@
 
 Service tokens authenticate internal callers of the REST API, with ``aud`` = the request URL,
 as Azure SignalR Service does. Client tokens authenticate SignalR clients and carry the user id
-and roles. Connection tokens let any gateway accept a WebSocket that another gateway
-negotiated, with no shared state: the token is the connection id plus its HMAC.
+and roles. Connection ids carry their own MAC over hub and user, and connection tokens add an
+expiry: any gateway accepts a WebSocket that another gateway negotiated, with no shared state,
+and only from the user it was negotiated for (see below).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -164,30 +166,102 @@ def mint_token(
     return jwt.encode(claims, key.encode(), algorithm="HS256")
 
 
-# ---------------------------------------------------------------- connection tokens
+# ---------------------------------------------------------------- connection ids and tokens
+#
+# A connection id is never a capability on its own: it carries its own MAC, bound to the hub and
+# the user it was issued to, so only that user can open it, on that hub.
+#
+#   connection id     = R + M            R: 22 chars, 16 random bytes (base64url, no padding)
+#                                        M: 16 chars, HMAC-SHA256(key, label, hub, R, user)[:12]
+#   connection token  = id "." E "." T   E: expiry, Unix seconds (decimal)
+#                                        T: 24 chars, HMAC-SHA256(key, id, E)[:18]
+#
+# Both are URL-safe; the id stays within the connection id charset ``[A-Za-z0-9_-]``. Version 0
+# clients (pysignalr, signalrcore) send the id itself as ``?id=``; the JS client (version 1)
+# sends the token, whose id is minted with another label, so that id is only accepted inside
+# an unexpired token. The primary access key signs; the primary and secondary keys verify.
+#
+# Anonymous clients (no user claim) get ids bound to the hub and to "no user" (the empty user):
+# such an id is only as secret as the id itself (128 random bits), and it is never accepted
+# for a client with a user.
+
+_RANDOM_CHARS = 22  # 16 bytes in base64url without padding
+_ID_MAC_BYTES = 12  # 16 chars
+_TOKEN_MAC_BYTES = 18  # 24 chars
+_ID_LABELS = {False: b"hubbub.connection-id.v0\0", True: b"hubbub.connection-id.v1\0"}
+_TOKEN_LABEL = b"hubbub.connection-token\0"
 
 
-def new_connection_id() -> str:
-    return secrets.token_urlsafe(16)
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def _mac(key: str, connection_id: str) -> str:
-    digest = hmac.new(key.encode(), b"conn:" + connection_id.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:18]).decode()
+def _id_mac(key: str, hub: str, user: str | None, random: str, in_token: bool) -> str:
+    # hub has no NUL (hub names are checked) and random has a fixed length: unambiguous.
+    message = b"".join(
+        (
+            _ID_LABELS[in_token],
+            hub.encode(),
+            b"\0",
+            random.encode(),
+            b"\0",
+            (user or "").encode("utf-8", "surrogatepass"),
+        )
+    )
+    return _b64(hmac.new(key.encode(), message, hashlib.sha256).digest()[:_ID_MAC_BYTES])
 
 
-def connection_token(key: str, connection_id: str) -> str:
-    """URL-safe: the JS client appends it to the WebSocket URL without encoding."""
-    return f"{connection_id}.{_mac(key, connection_id)}"
+def new_connection_id(key: str, hub: str, user: str | None, *, in_token: bool = False) -> str:
+    """A fresh connection id for ``user`` (None: anonymous) on ``hub``, signed with ``key``.
+
+    ``in_token``: the id of a version 1 negotiation, accepted only inside a connection token
+    (:func:`open_connection_token`), never bare."""
+    random = _b64(secrets.token_bytes(16))
+    return random + _id_mac(key, hub, user, random, in_token)
 
 
-def open_connection_token(token: str, keys: tuple[str, ...]) -> str | None:
-    """The connection id inside a token this deployment signed, else ``None``."""
-    connection_id, dot, mac = token.rpartition(".")
-    if not dot or not connection_id:
-        return None
+def verify_connection_id(
+    connection_id: str, keys: tuple[str, ...], hub: str, user: str | None, *, in_token: bool = False
+) -> bool:
+    """Whether ``connection_id`` was issued by this deployment to ``user`` on ``hub``."""
+    if len(connection_id) != _RANDOM_CHARS + 16 or not connection_id.isascii():
+        return False
+    random, mac = connection_id[:_RANDOM_CHARS], connection_id[_RANDOM_CHARS:].encode()
+    # Every key is tried (no early exit): the time taken does not say which key matched.
+    ok = False
     for key in keys:
-        # Bytes, not str: compare_digest refuses non-ASCII strings, and the id is client input.
-        if hmac.compare_digest(_mac(key, connection_id).encode(), mac.encode()):
-            return connection_id
-    return None
+        ok |= hmac.compare_digest(_id_mac(key, hub, user, random, in_token).encode(), mac)
+    return ok
+
+
+def _token_mac(key: str, connection_id: str, expires: str) -> str:
+    message = b"".join((_TOKEN_LABEL, connection_id.encode(), b".", expires.encode()))
+    return _b64(hmac.new(key.encode(), message, hashlib.sha256).digest()[:_TOKEN_MAC_BYTES])
+
+
+def connection_token(key: str, connection_id: str, ttl: float, now: float | None = None) -> str:
+    """The version 1 connection token: the id, its expiry (``ttl`` seconds from now) and their
+    MAC. URL-safe: the JS client appends it to the WebSocket URL without encoding."""
+    expires = str(math.ceil((time.time() if now is None else now) + ttl))
+    return f"{connection_id}.{expires}.{_token_mac(key, connection_id, expires)}"
+
+
+def open_connection_token(
+    token: str, keys: tuple[str, ...], hub: str, user: str | None, now: float | None = None
+) -> str:
+    """The connection id inside a token this deployment signed for ``user`` on ``hub``, if
+    it has not expired. Raises :class:`TokenError` (the message is safe to show)."""
+    parts = token.split(".")
+    if len(parts) != 3 or not token.isascii():
+        raise TokenError("invalid connection token")
+    connection_id, expires, mac = parts
+    if not expires.isdigit() or len(expires) > 12:
+        raise TokenError("invalid connection token")
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(_token_mac(key, connection_id, expires).encode(), mac.encode())
+    if not ok or not verify_connection_id(connection_id, keys, hub, user, in_token=True):
+        raise TokenError("invalid connection token")
+    if int(expires) < (time.time() if now is None else now):
+        raise TokenError("connection token has expired")
+    return connection_id

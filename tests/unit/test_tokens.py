@@ -1,4 +1,4 @@
-"""Access tokens (client and service JWTs) and signed connection tokens."""
+"""Access tokens (client and service JWTs), signed connection ids and connection tokens."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from hubbub.tokens import (
     new_connection_id,
     open_connection_token,
     verify_client_token,
+    verify_connection_id,
     verify_service_token,
 )
 
@@ -248,59 +249,111 @@ class TestServiceToken:
             verify_service_token(mint_token(PRIMARY, REST_URL, minutes=-5), KEYS, REST_URL)
 
 
-# ---------------------------------------------------------------- connection tokens
+# ---------------------------------------------------------------- connection ids and tokens
 
 
-class TestConnectionToken:
-    def test_round_trip(self) -> None:
-        conn = new_connection_id()
-        assert open_connection_token(connection_token(PRIMARY, conn), KEYS) == conn
-
-    def test_is_url_safe_and_deterministic(self) -> None:
-        token = connection_token(PRIMARY, "abc")
-        assert re.fullmatch(r"abc\.[A-Za-z0-9_-]+", token)
-        assert token == connection_token(PRIMARY, "abc")
-        assert token != connection_token(SECONDARY, "abc")
-
-    def test_connection_id_with_dots_round_trips(self) -> None:
-        assert open_connection_token(connection_token(PRIMARY, "a.b.c"), KEYS) == "a.b.c"
-
-    def test_tampered_mac_refused(self) -> None:
-        token = connection_token(PRIMARY, "abc")
-        last = token[-1]
-        tampered = token[:-1] + ("A" if last != "A" else "B")
-        assert open_connection_token(tampered, KEYS) is None
-        assert open_connection_token(token[:-1], KEYS) is None
-
-    def test_tampered_connection_id_refused(self) -> None:
-        token = connection_token(PRIMARY, "abc")
-        assert open_connection_token("abd" + token[3:], KEYS) is None
-
-    def test_mac_of_one_id_does_not_open_another(self) -> None:
-        mac = connection_token(PRIMARY, "abc").rpartition(".")[2]
-        assert open_connection_token(f"xyz.{mac}", KEYS) is None
-
-    def test_wrong_key_refused(self) -> None:
-        assert open_connection_token(connection_token(OTHER, "abc"), BOTH) is None
-
-    def test_secondary_key_accepted(self) -> None:
-        assert open_connection_token(connection_token(SECONDARY, "abc"), BOTH) == "abc"
-        assert open_connection_token(connection_token(SECONDARY, "abc"), KEYS) is None
-
-    @pytest.mark.parametrize("token", ["", "abc", "nodot" * 10, ".", ".mac", "abc."])
-    def test_no_dot_or_empty_part_refused(self, token: str) -> None:
-        assert open_connection_token(token, KEYS) is None
-
-    def test_bare_v0_connection_id_is_not_a_token(self) -> None:
-        assert open_connection_token(new_connection_id(), KEYS) is None
-
-    @pytest.mark.parametrize("token", ["abc.\u00e9", "abc.mac\u00e9\U0001f600", "\u00e9.\u00e9"])
-    def test_non_ascii_token_refused_not_crashing(self, token: str) -> None:
-        # The token is the client-supplied ?id= query value.
-        assert open_connection_token(token, KEYS) is None
-
-    def test_new_connection_ids_are_valid_and_unique(self) -> None:
-        ids = {new_connection_id() for _ in range(200)}
+class TestConnectionId:
+    def test_valid_name_unique_and_verifies_for_its_user_and_hub(self) -> None:
+        ids = {new_connection_id(PRIMARY, "chat", "alice") for _ in range(200)}
         assert len(ids) == 200
         for conn in ids:
             assert names.connection_id(conn) == conn
+            assert verify_connection_id(conn, KEYS, "chat", "alice")
+
+    def test_other_user_or_hub_refused(self) -> None:
+        conn = new_connection_id(PRIMARY, "chat", "alice")
+        assert not verify_connection_id(conn, KEYS, "chat", "bob")
+        assert not verify_connection_id(conn, KEYS, "chat", None)
+        assert not verify_connection_id(conn, KEYS, "other", "alice")
+
+    def test_anonymous_is_bound_to_no_user(self) -> None:
+        conn = new_connection_id(PRIMARY, "chat", None)
+        assert verify_connection_id(conn, KEYS, "chat", None)
+        assert verify_connection_id(conn, KEYS, "chat", "")
+        assert not verify_connection_id(conn, KEYS, "chat", "alice")
+
+    def test_hub_and_user_boundary_is_unambiguous(self) -> None:
+        conn = new_connection_id(PRIMARY, "chat", "x")
+        assert not verify_connection_id(conn, KEYS, "chatx", "")
+
+    def test_keys(self) -> None:
+        conn = new_connection_id(SECONDARY, "chat", "alice")
+        assert verify_connection_id(conn, BOTH, "chat", "alice")
+        assert not verify_connection_id(conn, KEYS, "chat", "alice")
+        assert not verify_connection_id(new_connection_id(OTHER, "chat", "a"), BOTH, "chat", "a")
+
+    def test_v1_id_is_not_accepted_bare(self) -> None:
+        conn = new_connection_id(PRIMARY, "chat", "alice", in_token=True)
+        assert not verify_connection_id(conn, KEYS, "chat", "alice")
+        assert verify_connection_id(conn, KEYS, "chat", "alice", in_token=True)
+
+    @pytest.mark.parametrize(
+        "conn", ["", "admin-console", "a" * 38, "a" * 128, "\u00e9" * 38, "x.y", "A" * 37]
+    )
+    def test_forged_or_malformed_refused(self, conn: str) -> None:
+        assert not verify_connection_id(conn, KEYS, "chat", "alice")
+
+    def test_tampered_refused(self) -> None:
+        conn = new_connection_id(PRIMARY, "chat", "alice")
+        for i in (0, 21, 22, 37):
+            flipped = conn[:i] + ("A" if conn[i] != "A" else "B") + conn[i + 1 :]
+            assert not verify_connection_id(flipped, KEYS, "chat", "alice")
+
+    def test_non_utf8_user_does_not_crash(self) -> None:
+        conn = new_connection_id(PRIMARY, "chat", "\ud800")
+        assert verify_connection_id(conn, KEYS, "chat", "\ud800")
+
+
+class TestConnectionToken:
+    def conn(self, user: str | None = "alice", hub: str = "chat") -> str:
+        return new_connection_id(PRIMARY, hub, user, in_token=True)
+
+    def test_round_trip_url_safe(self) -> None:
+        conn = self.conn()
+        token = connection_token(PRIMARY, conn, 60)
+        assert re.fullmatch(r"[A-Za-z0-9_-]{38}\.[0-9]+\.[A-Za-z0-9_-]{24}", token)
+        assert open_connection_token(token, KEYS, "chat", "alice") == conn
+
+    def test_other_user_or_hub_refused(self) -> None:
+        token = connection_token(PRIMARY, self.conn(), 60)
+        for hub, user in (("chat", "bob"), ("chat", None), ("other", "alice")):
+            with pytest.raises(TokenError, match="invalid"):
+                open_connection_token(token, KEYS, hub, user)
+
+    def test_expired_refused(self) -> None:
+        token = connection_token(PRIMARY, self.conn(), 60, now=time.time() - 120)
+        with pytest.raises(TokenError, match="expired"):
+            open_connection_token(token, KEYS, "chat", "alice")
+
+    def test_expiry_is_signed(self) -> None:
+        conn = self.conn()
+        token = connection_token(PRIMARY, conn, 60, now=time.time() - 120)
+        _, expires, mac = token.split(".")
+        later = f"{conn}.{int(expires) + 3600}.{mac}"
+        with pytest.raises(TokenError, match="invalid"):
+            open_connection_token(later, KEYS, "chat", "alice")
+
+    def test_v0_id_in_a_token_refused(self) -> None:
+        conn = new_connection_id(PRIMARY, "chat", "alice")
+        with pytest.raises(TokenError, match="invalid"):
+            open_connection_token(connection_token(PRIMARY, conn, 60), KEYS, "chat", "alice")
+
+    def test_keys(self) -> None:
+        conn = new_connection_id(SECONDARY, "chat", "alice", in_token=True)
+        token = connection_token(SECONDARY, conn, 60)
+        assert open_connection_token(token, BOTH, "chat", "alice") == conn
+        with pytest.raises(TokenError):
+            open_connection_token(token, KEYS, "chat", "alice")
+
+    @pytest.mark.parametrize(
+        "token", ["", "abc", ".", "a.b", "a.b.c.d", "a.1.\u00e9", "\u00e9.1.x", "a.-1.x", "a.1e3.x"]
+    )
+    def test_malformed_refused_not_crashing(self, token: str) -> None:
+        with pytest.raises(TokenError, match="invalid"):
+            open_connection_token(token, KEYS, "chat", "alice")
+
+    def test_tampered_refused(self) -> None:
+        token = connection_token(PRIMARY, self.conn(), 60)
+        tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
+        with pytest.raises(TokenError):
+            open_connection_token(tampered, KEYS, "chat", "alice")

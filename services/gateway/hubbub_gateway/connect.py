@@ -34,8 +34,10 @@ from hubbub.protocol.wsframe import text_frame
 from hubbub.redis.membership import ConnectionExists
 from hubbub.tokens import (
     ClientIdentity,
+    TokenError,
     new_connection_id,
     open_connection_token,
+    verify_connection_id,
 )
 
 from .deliver import LocalConnection
@@ -53,6 +55,7 @@ NO_ROLES = ClientIdentity(user_id=None, roles=frozenset())
 
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
     """Refuse the upgrade with an HTTP status and a JSON body (or 1008 if unsupported)."""
+    log.info("upgrade refused: %s %s: %s", status, code, message)
     try:
         await ws.send_denial_response(
             JSONResponse({"code": code, "message": message}, status_code=status)
@@ -80,21 +83,31 @@ async def hub_socket(ws: WebSocket, hub: str) -> None:
     except ApiError as exc:
         return await _deny(ws, exc.status, exc.code, exc.message)
 
+    # A connection id is never a capability: it must be one issued to this user on this hub
+    # (see hubbub.tokens), so nobody else can take over a connection id.
     raw_id = ws.query_params.get("id")
+    keys, user = settings.access_keys, identity.user_id
     if raw_id is None:  # skipNegotiation
-        conn_id = new_connection_id()
-    else:
-        # v1 carries a signed connection token; v0 clients send the connection id itself.
-        conn_id = open_connection_token(raw_id, settings.access_keys) or raw_id
+        conn_id = new_connection_id(settings.access_key, hub, user)
+    elif "." in raw_id:  # v1: a connection token, with an expiry
         try:
-            names.connection_id(conn_id)
-        except names.InvalidName:
-            return await _deny(ws, 404, "Error.Connection.NotExisted", "unknown connection id")
-    if conn_id in state.index.connections:
+            conn_id = open_connection_token(raw_id, keys, hub, user)
+        except TokenError as exc:
+            return await _deny(ws, 404, "Error.Connection.NotExisted", str(exc))
+    elif verify_connection_id(raw_id, keys, hub, user):
+        # v0 clients send the id itself; pysignalr reconnects with its old one: a fresh session.
+        conn_id = raw_id
+    else:
+        return await _deny(ws, 404, "Error.Connection.NotExisted", "unknown connection id")
+    # Claimed before any await, so two sockets opening one id cannot both be accepted here;
+    # across gateways, the registration in Redis refuses an id that is live.
+    if not state.index.reserve(conn_id):
         return await _deny(ws, 409, "Error.Connection.Exists", "connection id already in use")
-
-    await ws.accept()
-    await Session(state, ws, hub, conn_id, identity).run(ws)
+    try:
+        await ws.accept()
+        await Session(state, ws, hub, conn_id, identity).run(ws)
+    finally:
+        state.index.release(conn_id)
 
 
 class Session:
@@ -176,8 +189,9 @@ class Session:
             assert isinstance(head, HandshakeAccepted)
             return rest
 
-    async def _refuse(self, ws: WebSocket, error: str) -> None:
-        log.info("handshake refused: %s", error)
+    async def _refuse(self, ws: WebSocket, error: str, logged: bool = False) -> None:
+        if not logged:
+            log.info("handshake refused: %s", error, extra={"connection_id": self.conn.id})
         try:
             await ws.send_text(encode_handshake_error(error).decode())
             await ws.close(1000)
@@ -193,15 +207,16 @@ class Session:
                 self.hub, conn.id, state.settings.gateway_id, conn.user
             )
         except (ConnectionExists, RedisError) as exc:
-            log.warning("registration failed: %r", exc, extra={"connection_id": conn.id})
             state.index.remove(conn)
-            error = (
-                "The connection id is already in use."
-                if isinstance(exc, ConnectionExists)
-                else "The server is temporarily unavailable."
-            )
-            await self._refuse(ws, error)
+            if isinstance(exc, ConnectionExists):
+                await self._refuse(ws, "The connection id is already in use.")
+            else:
+                log.warning("registration failed: %r", exc, extra={"connection_id": conn.id})
+                await self._refuse(ws, "The server is temporarily unavailable.", logged=True)
             return False
+        except BaseException:  # cancelled: the id must not stay in the index
+            state.index.remove(conn)
+            raise
         for group in registration.groups:
             state.index.join(self.hub, group, (conn.id,))
         conn.start(HANDSHAKE_OK_FRAME)

@@ -158,6 +158,8 @@ class LocalIndex:
         self.inbox = inbox
         self.feed = feed
         self.connections: dict[str, LocalConnection] = {}
+        # Ids claimed by sockets between the upgrade and the end of their registration.
+        self.reserved: set[str] = set()
         self._hubs: dict[str, set[LocalConnection]] = {}
         self._groups: dict[tuple[str, str], set[LocalConnection]] = {}
         # A user's connection, or a set of them once it has several (most users have one).
@@ -169,6 +171,18 @@ class LocalIndex:
         self._batch: dict[LocalConnection, list[bytes]] | None = None
 
     # ------------------------------------------------------------ membership
+
+    def reserve(self, conn_id: str) -> bool:
+        """Claim ``conn_id`` for a socket about to handshake; False if it is live or claimed.
+        Synchronous, so two sockets opening one id cannot both pass; :meth:`release` it once
+        the socket is registered (then :attr:`connections` holds it) or has failed."""
+        if conn_id in self.connections or conn_id in self.reserved:
+            return False
+        self.reserved.add(conn_id)
+        return True
+
+    def release(self, conn_id: str) -> None:
+        self.reserved.discard(conn_id)
 
     def add(self, conn: LocalConnection) -> None:
         self.connections[conn.id] = conn

@@ -1,7 +1,8 @@
 """Negotiate: the HTTP step before a SignalR client opens its WebSocket.
 
-Stateless by design: the connection token is signed, so whichever gateway receives the
-WebSocket can accept it. No sticky sessions.
+Stateless by design: the connection id and token are signed (bound to the hub and the user, see
+:mod:`hubbub.tokens`), so whichever gateway receives the WebSocket can accept it, from that user
+only. No sticky sessions.
 """
 
 from __future__ import annotations
@@ -55,15 +56,19 @@ def admit_client(
 async def negotiate(request: Request, hub: str, negotiateVersion: int = 0) -> JSONResponse:
     """Answer v0 (pysignalr, signalrcore) and v1 (the JS client) negotiation."""
     state: GatewayState = request.app.state.hubbub
-    admit_client(
+    hub, identity = admit_client(
         state, hub, request.headers.get("authorization"), request.query_params.get("access_token")
     )
-    connection_id = new_connection_id()
+    settings = state.settings
+    v1 = negotiateVersion >= 1
+    connection_id = new_connection_id(settings.access_key, hub, identity.user_id, in_token=v1)
     body: dict[str, object] = {
         "connectionId": connection_id,
-        "negotiateVersion": 1 if negotiateVersion >= 1 else 0,
+        "negotiateVersion": 1 if v1 else 0,
         "availableTransports": TRANSPORTS,
     }
-    if negotiateVersion >= 1:
-        body["connectionToken"] = connection_token(state.settings.access_key, connection_id)
+    if v1:
+        body["connectionToken"] = connection_token(
+            settings.access_key, connection_id, settings.connection_token_ttl
+        )
     return JSONResponse(body)
