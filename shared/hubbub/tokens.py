@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 import jwt
 
+from hubbub.protocol import names
+
 ALGORITHMS = ["HS256", "HS512"]
 JOIN_LEAVE_ROLE = "hubbub.joinLeaveGroup"
 USER_CLAIMS = ("asrs.s.uid", "nameid", "sub")
@@ -135,6 +137,11 @@ def verify_client_token(token: str, keys: tuple[str, ...], hub: str) -> ClientId
     if token_hub is not None and str(token_hub).lower() != hub:
         raise TokenError("token was issued for another hub")
     user = next((claims[c] for c in USER_CLAIMS if claims.get(c)), None)
+    if user is not None:
+        try:
+            user = names.user_id(str(user))
+        except names.InvalidName as exc:
+            raise TokenError(f"token's user id: {exc}") from None
     roles = claims.get("role")
     if isinstance(roles, str):
         roles = [roles]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -315,3 +316,15 @@ def test_configure_writes_redacted_lines(capsys: pytest.CaptureFixture[str]) -> 
     assert "INFO gateway uvicorn.access: GET /hubs/chat?id=***&access_token=*** 101" in err
     assert "s3cr3t" not in err
     assert "conn-77" not in err
+
+
+@pytest.mark.parametrize("check", [names.group_name, names.user_id])
+@pytest.mark.parametrize("raw", ["\ud800", "a\udfffb", "ok\ud83d"])
+def test_lone_surrogates_are_not_names(check: Callable[[str], str], raw: str) -> None:
+    with pytest.raises(InvalidName, match="valid Unicode"):
+        check(raw)
+
+
+@pytest.mark.parametrize("check", [names.group_name, names.user_id])
+def test_any_valid_unicode_is_a_name(check: Callable[[str], str]) -> None:
+    assert check("caf\u00e9 \U0001f600 \u4e2d") == "caf\u00e9 \U0001f600 \u4e2d"

@@ -29,13 +29,29 @@ def hub_name(raw: str, application: str | None = None) -> str:
 def group_name(raw: str) -> str:
     if not raw or len(raw) > MAX_GROUP_LENGTH or raw.isspace():
         raise InvalidName("group name must be 1-1024 characters and not all whitespace")
+    if not _utf8(raw):
+        raise InvalidName("group name must be valid Unicode (no lone surrogates)")
     return raw
 
 
 def user_id(raw: str) -> str:
     if not raw or len(raw) > MAX_USER_LENGTH or raw.isspace():
         raise InvalidName("user id must be 1-1024 characters and not all whitespace")
+    if not _utf8(raw):
+        raise InvalidName("user id must be valid Unicode (no lone surrogates)")
     return raw
+
+
+def _utf8(raw: str) -> bool:
+    """A JSON string may spell a lone surrogate (``"\\ud800"``), which Python decodes into a
+    ``str`` that no UTF-8 key, frame or log line can carry."""
+    if raw.isascii():
+        return True
+    try:
+        raw.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def connection_id(raw: str) -> str:
