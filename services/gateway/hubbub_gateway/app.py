@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             redis=redis,
             schema=schema,
-            membership=Membership(redis, schema),
+            membership=Membership(redis, schema, settings.max_groups_per_connection),
             publish=PublishStream(
                 publish_pipe, schema, settings.publish_partitions, settings.publish_stream_maxlen
             ),

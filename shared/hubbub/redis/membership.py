@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from hubbub.settings import DEFAULT_MAX_GROUPS_PER_CONNECTION
 from hubbub.wire import keys as k
 from hubbub.wire.envelopes import ControlEntry, Op
 from hubbub.wire.keys import HubKeys, KeySchema
@@ -23,9 +24,13 @@ from hubbub.wire.keys import HubKeys, KeySchema
 # share the hub's hash slot. Helper arguments are KEYS indexes, documented per script.
 _HELPERS = f"""
 local GW, USER = '{k.CONNECTION_GATEWAY}', '{k.CONNECTION_USER}'
-local function join(conn, gw, group, cg, gc, gg)
+local function join(conn, gw, group, cg, gc, gg, max)
+  if redis.call('SISMEMBER', cg, group) == 0 and redis.call('SCARD', cg) >= max then
+    return false
+  end
   if redis.call('SADD', gc, conn) == 1 then redis.call('HINCRBY', gg, gw, 1) end
   redis.call('SADD', cg, group)
+  return true
 end
 local function leave(conn, gw, group, cg, gc, gg)
   local removed = redis.call('SREM', gc, conn)
@@ -40,25 +45,28 @@ end
 """
 
 # KEYS: connection, its groups, gateway's connections, user's connections, user's gateways,
-# user's groups, gc prefix, gg prefix. ARGV: conn, gw, user ('' = anonymous), now.
-# Returns false if the connection id is live, else the groups it joined through its user.
+# user's groups, gc prefix, gg prefix. ARGV: conn, gw, user ('' = anonymous), now, max groups.
+# Returns false if the connection id is live, else the groups it joined through its user (at
+# most max groups: the user's other bindings skip this connection).
 _REGISTER = (
     _HELPERS
     + """
-local conn, gw, user, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local conn, gw, user, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 redis.call('HSET', KEYS[1], GW, gw, USER, user)
 redis.call('SADD', KEYS[3], conn)
-local groups = {}
+local joined = {}
 if user ~= '' then
   redis.call('SADD', KEYS[4], conn)
   redis.call('HINCRBY', KEYS[5], gw, 1)
-  groups = live_user_groups(KEYS[6], now)
-  for _, group in ipairs(groups) do
-    join(conn, gw, group, KEYS[2], KEYS[7] .. group, KEYS[8] .. group)
+  for _, group in ipairs(live_user_groups(KEYS[6], now)) do
+    if #joined >= max then break end
+    if join(conn, gw, group, KEYS[2], KEYS[7] .. group, KEYS[8] .. group, max) then
+      table.insert(joined, group)
+    end
   end
 end
-return groups
+return joined
 """
 )
 
@@ -86,16 +94,17 @@ return gw
 )
 
 # KEYS: connection, its groups, group's connections, group's gateways.
-# ARGV: conn, group, 1 = add / 0 = remove.
-# Returns the connection's gateway, or false when the connection does not exist.
+# ARGV: conn, group, 1 = add / 0 = remove, max groups.
+# Returns the connection's gateway, false when the connection does not exist, or 0 when an add
+# is refused: the connection is in max groups already (and not in this one).
 _CONNECTION_GROUP = (
     _HELPERS
     + """
-local conn, group, add = ARGV[1], ARGV[2], ARGV[3]
+local conn, group, add, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local gw = redis.call('HGET', KEYS[1], GW)
 if not gw then return false end
 if add == '1' then
-  join(conn, gw, group, KEYS[2], KEYS[3], KEYS[4])
+  if not join(conn, gw, group, KEYS[2], KEYS[3], KEYS[4], max) then return 0 end
 else
   leave(conn, gw, group, KEYS[2], KEYS[3], KEYS[4])
 end
@@ -118,18 +127,18 @@ return gw
 )
 
 # KEYS: user's groups, user's connections, c prefix, cg prefix, gc prefix, gg prefix.
-# ARGV: group, expiry ('inf', a unix time, or '' = none).
-# Adds the binding (future connections) and the user's live connections. Returns gw, conn, ...
+# ARGV: group, expiry ('inf', a unix time, or '' = none), max groups.
+# Adds the binding (future connections) and the user's live connections, but those already in
+# max groups (they skip it). Returns gw, conn, ... of the connections that joined.
 _ADD_USER_GROUP = (
     _HELPERS
     + """
-local group, expiry = ARGV[1], ARGV[2]
+local group, expiry, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if expiry ~= '' then redis.call('ZADD', KEYS[1], expiry, group) end
 local touched = {}
 for _, conn in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local gw = redis.call('HGET', KEYS[3] .. conn, GW)
-  if gw then
-    join(conn, gw, group, KEYS[4] .. conn, KEYS[5] .. group, KEYS[6] .. group)
+  if gw and join(conn, gw, group, KEYS[4] .. conn, KEYS[5] .. group, KEYS[6] .. group, max) then
     table.insert(touched, gw); table.insert(touched, conn)
   end
 end
@@ -207,12 +216,34 @@ class ConnectionExists(Exception):
     """The connection id is already live (SignalR answers 409)."""
 
 
-class Membership:
-    """Membership operations of one deployment, each one atomic in Redis."""
+class TooManyGroups(Exception):
+    """The connection is in as many groups as one connection may be
+    (``HUBBUB_MAX_GROUPS_PER_CONNECTION``); nothing was changed."""
 
-    def __init__(self, redis: Redis, schema: KeySchema) -> None:
+    def __init__(self, conn: str, limit: int) -> None:
+        super().__init__(
+            f"connection '{conn}' is in {limit} groups, the most one connection may join; "
+            "it must leave one before joining another"
+        )
+        self.conn = conn
+        self.limit = limit
+
+
+class Membership:
+    """Membership operations of one deployment, each one atomic in Redis.
+
+    ``max_groups``: the most groups one connection may be in (joins beyond it are refused).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        schema: KeySchema,
+        max_groups: int = DEFAULT_MAX_GROUPS_PER_CONNECTION,
+    ) -> None:
         self.redis = redis
         self.schema = schema
+        self.max_groups = max_groups
         self._register = redis.register_script(_REGISTER)
         self._unregister = redis.register_script(_UNREGISTER)
         self._connection_group = redis.register_script(_CONNECTION_GROUP)
@@ -238,7 +269,7 @@ class Membership:
                 hk.group_connections(""),
                 hk.group_gateways(""),
             ],
-            args=[conn, gateway, name, time.time()],
+            args=[conn, gateway, name, time.time(), self.max_groups],
         )
         if result is None:
             raise ConnectionExists(conn)
@@ -263,6 +294,8 @@ class Membership:
     # ------------------------------------------------------------ groups
 
     async def add_connection_to_group(self, hub: str, conn: str, group: str) -> bool:
+        """False if the connection does not exist; :class:`TooManyGroups` if it is in
+        ``max_groups`` groups already (joining one it is in is fine)."""
         return await self._connection_change(hub, conn, group, add=True)
 
     async def remove_connection_from_group(self, hub: str, conn: str, group: str) -> bool:
@@ -277,8 +310,10 @@ class Membership:
                 hk.group_connections(group),
                 hk.group_gateways(group),
             ],
-            args=[conn, group, "1" if add else "0"],
+            args=[conn, group, "1" if add else "0", self.max_groups],
         )
+        if gw == 0:
+            raise TooManyGroups(conn, self.max_groups)
         if not gw:
             return False
         op = Op.JOIN if add else Op.LEAVE
@@ -312,7 +347,9 @@ class Membership:
             expiry = ""
         else:
             expiry = repr(time.time() + ttl)
-        touched = await self._add_user_group(keys=_user_keys(hk, user), args=[group, expiry])
+        touched = await self._add_user_group(
+            keys=_user_keys(hk, user), args=[group, expiry, self.max_groups]
+        )
         await self._notify(_pairs(touched), Op.JOIN, hub, group)
 
     async def remove_user_from_group(self, hub: str, user: str, group: str) -> None:
