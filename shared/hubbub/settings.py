@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # ``invocation_burst``; beyond it the connection is closed with a reason.
     max_invocations_per_second: float = Field(default=100.0, gt=0)
     invocation_burst: int = Field(default=1000, ge=1)
+    # Connections one user may have at once (0: no limit); beyond it the handshake is refused.
+    max_connections_per_user: int = Field(default=0, ge=0)
 
     # REST API.
     max_body_size: int = 1024 * 1024

@@ -27,7 +27,7 @@ from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import HubKeys, KeySchema
 from hubbub.wire.messages import TooManyExcluded, build_message
 from hubbub_gateway.deliver import LocalConnection, LocalIndex
-from tests.support.processes import ACCESS_KEY, Deployment, Proc
+from tests.support.processes import ACCESS_KEY, Deployment, Proc, eventually
 from tests.support.rawclient import RS, RawClient, client_token
 
 JOINER = ["hubbub.joinLeaveGroup"]
@@ -325,3 +325,35 @@ async def test_leaving_a_connection_s_groups_at_the_cap_blocks_redis_briefly(
         *(hk.group_connections(f"g{g}") for g in range(1000)),
         *(hk.group_gateways(f"g{g}") for g in range(1000)),
     )
+
+
+# ---------------------------------------------------------------- connections per user
+
+
+async def test_connections_per_user_beyond_the_limit_are_refused(
+    deployment: Deployment, redis: Redis, prefix: str
+) -> None:
+    gateway = await deployment.start_gateway(HUBBUB_MAX_CONNECTIONS_PER_USER="2")
+    hk = hub_keys(prefix)
+    first, second = [await RawClient.connect(gateway.url, token=client_token("cy")) for _ in "ab"]
+    third = await RawClient.connect(gateway.url, token=client_token("cy"), handshake=False)
+    await third.send_raw(b'{"protocol":"json","version":1}' + RS)
+    answer = await third.recv()
+    assert answer == {
+        "error": "This user has 2 connections, the most one user may have; "
+        "close one before opening another."
+    }
+    assert third.connection_id is not None
+    assert not await redis.exists(hk.connection(third.connection_id))
+    assert await redis.scard(hk.user_connections("cy")) == 2
+    # Others are not limited by this user's connections; once one closes, the user may connect.
+    other = await RawClient.connect(gateway.url, token=client_token("dee"))
+    await first.close()
+
+    async def one_left() -> bool:
+        return bool(await redis.scard(hk.user_connections("cy")) == 1)
+
+    await eventually(one_left)
+    again = await RawClient.connect(gateway.url, token=client_token("cy"))
+    for c in (second, other, again):
+        await c.close()

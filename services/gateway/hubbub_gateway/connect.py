@@ -32,7 +32,7 @@ from hubbub.protocol.signalr import (
     encode_handshake_error,
 )
 from hubbub.protocol.wsframe import text_frame
-from hubbub.redis.membership import ConnectionExists, TooManyGroups
+from hubbub.redis.membership import ConnectionExists, TooManyConnections, TooManyGroups
 from hubbub.tokens import (
     ClientIdentity,
     new_connection_id,
@@ -212,14 +212,20 @@ class Session:
             registration = await state.membership.register(
                 self.hub, conn.id, state.settings.gateway_id, conn.user
             )
-        except (ConnectionExists, RedisError) as exc:
-            log.warning("registration failed: %r", exc, extra={"connection_id": conn.id})
+        except (ConnectionExists, TooManyConnections, RedisError) as exc:
             state.index.remove(conn)
-            error = (
-                "The connection id is already in use."
-                if isinstance(exc, ConnectionExists)
-                else "The server is temporarily unavailable."
-            )
+            if isinstance(exc, TooManyConnections):
+                error = (
+                    f"This user has {exc.limit} connections, the most one user may have; "
+                    "close one before opening another."
+                )
+            else:
+                log.warning("registration failed: %r", exc, extra={"connection_id": conn.id})
+                error = (
+                    "The connection id is already in use."
+                    if isinstance(exc, ConnectionExists)
+                    else "The server is temporarily unavailable."
+                )
             await self._refuse(ws, error)
             return False
         for group in registration.groups:

@@ -59,14 +59,21 @@ end
 """
 
 # KEYS: connection, its groups, gateway's connections, user's connections, user's gateways,
-# user's groups, gc prefix, gg prefix. ARGV: conn, gw, user ('' = anonymous), now, max groups.
-# Returns false if the connection id is live, else the groups it joined through its user (at
-# most max groups: the user's other bindings skip this connection).
+# user's groups, gc prefix, gg prefix. ARGV: conn, gw, user ('' = anonymous), now, max groups,
+# max connections of the user (0 = no limit).
+# Returns false if the connection id is live, 0 (and changes nothing) if the user has max
+# connections already, else the groups it joined through its user (at most max groups: the
+# user's other bindings skip this connection).
 _REGISTER = (
     _HELPERS
     + """
 local conn, gw, user, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local max_user_connections = tonumber(ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if user ~= '' and max_user_connections > 0
+    and redis.call('SCARD', KEYS[4]) >= max_user_connections then
+  return 0
+end
 redis.call('HSET', KEYS[1], GW, gw, USER, user)
 redis.call('SADD', KEYS[3], conn)
 local joined = {}
@@ -236,6 +243,16 @@ class ConnectionExists(Exception):
     """The connection id is already live (SignalR answers 409)."""
 
 
+class TooManyConnections(Exception):
+    """The user has as many connections as one user may have
+    (``HUBBUB_MAX_CONNECTIONS_PER_USER``); the connection was not registered."""
+
+    def __init__(self, user: str, limit: int) -> None:
+        super().__init__(f"user '{user}' has {limit} connections, the most one user may have")
+        self.user = user
+        self.limit = limit
+
+
 class TooManyGroups(Exception):
     """The connection is in as many groups as one connection may be
     (``HUBBUB_MAX_GROUPS_PER_CONNECTION``); nothing was changed."""
@@ -252,7 +269,8 @@ class TooManyGroups(Exception):
 class Membership:
     """Membership operations of one deployment, each one atomic in Redis.
 
-    ``max_groups``: the most groups one connection may be in (joins beyond it are refused).
+    ``max_groups``: the most groups one connection may be in (joins beyond it are refused);
+    ``max_user_connections``: the most connections one user may have (0: no limit).
     """
 
     def __init__(
@@ -260,10 +278,12 @@ class Membership:
         redis: Redis,
         schema: KeySchema,
         max_groups: int = DEFAULT_MAX_GROUPS_PER_CONNECTION,
+        max_user_connections: int = 0,
     ) -> None:
         self.redis = redis
         self.schema = schema
         self.max_groups = max_groups
+        self.max_user_connections = max_user_connections
         self._register = redis.register_script(_REGISTER)
         self._unregister = redis.register_script(_UNREGISTER)
         self._connection_group = redis.register_script(_CONNECTION_GROUP)
@@ -289,10 +309,12 @@ class Membership:
                 hk.group_connections(""),
                 hk.group_gateways(""),
             ],
-            args=[conn, gateway, name, time.time(), self.max_groups],
+            args=[conn, gateway, name, time.time(), self.max_groups, self.max_user_connections],
         )
         if result is None:
             raise ConnectionExists(conn)
+        if result == 0:
+            raise TooManyConnections(name, self.max_user_connections)
         return Registration(tuple(g.decode() for g in result))
 
     async def unregister(self, hub: str, conn: str) -> str | None:
