@@ -8,6 +8,11 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Defaults of limits that code outside a process's Settings also applies (build_message,
+# Membership): one value, here.
+DEFAULT_MAX_EXCLUDED = 1000
+DEFAULT_MAX_GROUPS_PER_CONNECTION = 1000
+
 
 def _new_gateway_id() -> str:
     return "gw-" + secrets.token_hex(6)
@@ -46,9 +51,22 @@ class Settings(BaseSettings):
     # Seconds a version 1 connection token (negotiate → upgrade) stays valid.
     connection_token_ttl: float = 300.0
 
+    # Per-connection limits (what one client may cost everyone else).
+    # Groups one connection may be in: joins beyond it are refused (Redis memory, and the
+    # time of the one script that removes a connection from all its groups).
+    max_groups_per_connection: int = Field(default=DEFAULT_MAX_GROUPS_PER_CONNECTION, ge=1)
+    # Client invocations (Invocation, StreamInvocation) per second, a token bucket of
+    # ``invocation_burst``; beyond it the connection is closed with a reason.
+    max_invocations_per_second: float = Field(default=100.0, gt=0)
+    invocation_burst: int = Field(default=1000, ge=1)
+    # Connections one user may have at once (0: no limit); beyond it the handshake is refused.
+    max_connections_per_user: int = Field(default=0, ge=0)
+
     # REST API.
     max_body_size: int = 1024 * 1024
     token_default_minutes: int = 60
+    # Connection ids one send may exclude (REST, batch items, Publisher).
+    max_excluded: int = Field(default=DEFAULT_MAX_EXCLUDED, ge=0)
 
     # Liveness of gateways.
     heartbeat_interval: float = 2.0

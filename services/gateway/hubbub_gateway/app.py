@@ -104,7 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             redis=redis,
             schema=schema,
-            membership=Membership(redis, schema),
+            membership=Membership(
+                redis,
+                schema,
+                settings.max_groups_per_connection,
+                settings.max_connections_per_user,
+            ),
             publish=PublishStream(
                 publish_pipe, schema, settings.publish_partitions, settings.publish_stream_maxlen
             ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
@@ -31,7 +32,7 @@ from hubbub.protocol.signalr import (
     encode_handshake_error,
 )
 from hubbub.protocol.wsframe import text_frame
-from hubbub.redis.membership import ConnectionExists
+from hubbub.redis.membership import ConnectionExists, TooManyConnections, TooManyGroups
 from hubbub.tokens import (
     ClientIdentity,
     TokenError,
@@ -122,7 +123,20 @@ class Session:
     connection has no task or coroutine at all.
     """
 
-    __slots__ = ("backlog", "conn", "gone", "hub", "identity", "proto", "protocol", "state")
+    __slots__ = (
+        "allowance",
+        "backlog",
+        "burst",
+        "conn",
+        "gone",
+        "hub",
+        "identity",
+        "proto",
+        "protocol",
+        "rate",
+        "stamp",
+        "state",
+    )
 
     def __init__(
         self,
@@ -144,6 +158,12 @@ class Session:
         # While a task handles messages, those that arrive meanwhile wait here (else None).
         self.backlog: list[bytes] | None = None
         self.gone = False  # the socket is closed (or closing): unregister, once
+        # Invocation rate limit: a token bucket of ``burst`` tokens refilled at ``rate`` a
+        # second; ``allowance`` tokens were left at ``stamp`` (monotonic seconds).
+        self.rate = state.settings.max_invocations_per_second
+        self.burst = float(state.settings.invocation_burst)
+        self.allowance = self.burst
+        self.stamp = time.monotonic()
 
     async def run(self, ws: WebSocket) -> None:
         try:
@@ -166,7 +186,7 @@ class Session:
             ):
                 registered = await self._register(ws)
         if registered:
-            self._dispatch(first)
+            self._dispatch(self._admit(first))
             self.proto.detach(self)
 
     async def _handshake(self, ws: WebSocket) -> list[Event] | None:
@@ -206,10 +226,16 @@ class Session:
             registration = await state.membership.register(
                 self.hub, conn.id, state.settings.gateway_id, conn.user
             )
-        except (ConnectionExists, RedisError) as exc:
+        except (ConnectionExists, TooManyConnections, RedisError) as exc:
             state.index.remove(conn)
             if isinstance(exc, ConnectionExists):
                 await self._refuse(ws, "The connection id is already in use.")
+            elif isinstance(exc, TooManyConnections):
+                await self._refuse(
+                    ws,
+                    f"This user has {exc.limit} connections, the most one user may have; "
+                    "close one before opening another.",
+                )
             else:
                 log.warning("registration failed: %r", exc, extra={"connection_id": conn.id})
                 await self._refuse(ws, "The server is temporarily unavailable.", logged=True)
@@ -253,11 +279,48 @@ class Session:
 
     def _parse(self, data: bytes) -> list[Event]:
         try:
-            return self.protocol.receive(data)
+            events = self.protocol.receive(data)
         except ProtocolError as exc:
             log.info("closing connection: %s", exc, extra={"connection_id": self.conn.id})
             self.conn.close(str(exc))
             return []
+        return self._admit(events)
+
+    def _admit(self, events: list[Event]) -> list[Event]:
+        """``events``, or none if they exceed the invocation rate (the connection closes).
+
+        Rate limited is what makes the server work: each Invocation and StreamInvocation (a
+        Completion to write, maybe a Redis call). Pings, CancelInvocations, Completions,
+        StreamItems, Acks and Sequences are free: dropped where they are parsed, with no
+        write, no task and no Redis call, they cost what reading their bytes costs.
+        """
+        cost = 0
+        for event in events:
+            if isinstance(event, (Invocation, StreamInvocation)):
+                cost += 1
+        if cost and not self._spend(cost):
+            return []
+        return events
+
+    def _spend(self, cost: int) -> bool:
+        """Take ``cost`` tokens from the bucket; False (and the connection closed) if it
+        does not hold them."""
+        now = time.monotonic()
+        allowance = self.allowance + (now - self.stamp) * self.rate
+        self.stamp = now
+        if allowance > self.burst:
+            allowance = self.burst
+        allowance -= cost
+        self.allowance = allowance
+        if allowance >= 0:
+            return True
+        reason = (
+            f"Too many invocations: more than {self.rate:g} a second "
+            f"(bursts of {self.burst:g}) from this connection."
+        )
+        log.info("closing connection: %s", reason, extra={"connection_id": self.conn.id})
+        self.conn.close(reason)
+        return False
 
     def _dispatch(self, events: list[Event]) -> None:
         """Handle ``events`` now, up to the first that needs awaiting; a task does the rest."""
@@ -347,6 +410,12 @@ class Session:
             else:
                 await state.membership.remove_connection_from_group(self.hub, conn.id, group)
                 state.index.leave(self.hub, group, (conn.id,))
+        except TooManyGroups as exc:
+            log.info("join refused: %s", exc, extra={"connection_id": conn.id})
+            return (
+                f"This connection is in {exc.limit} groups, the most a connection may join; "
+                "leave one before joining another."
+            )
         except RedisError:
             return "The server is temporarily unavailable; try again."
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Set
+from collections.abc import Collection, Iterable, Set
 from typing import Any, Protocol
 
 from opentelemetry.trace import SpanKind, Tracer
@@ -33,6 +33,9 @@ log = logging.getLogger("hubbub.gateway.deliver")
 PING_FRAME = text_frame(PING_RECORD)
 OVERFLOW_REASON = "Send buffer overflow: the client did not read its messages fast enough."
 NO_GROUPS: frozenset[str] = frozenset()
+# An ``excluded`` tuple longer than this is turned into a set once per delivery, so a delivery
+# costs O(recipients + excluded), not recipients x excluded; shorter ones are scanned as they are.
+EXCLUDED_AS_SET = 8
 
 
 class Socket(Protocol):
@@ -293,7 +296,9 @@ class LocalIndex:
         if not recipients:
             return 0
         frame = text_frame(delivery.frame)
-        excluded = delivery.excluded
+        excluded: Collection[str] = delivery.excluded
+        if len(excluded) > EXCLUDED_AS_SET:
+            excluded = frozenset(excluded)
         batch = self._batch
         written = 0
         # Copy: a send that overflows a buffer must not disturb the set being walked.

@@ -16,7 +16,8 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hubbub.protocol.names import InvalidName
-from hubbub.wire.messages import InvalidArguments
+from hubbub.redis.membership import TooManyGroups
+from hubbub.wire.messages import InvalidArguments, TooManyExcluded
 
 
 class ApiError(Exception):
@@ -57,6 +58,10 @@ def known_error_response(exc: Exception) -> JSONResponse | None:
         return error_response(exc.status, exc.code, exc.message)
     if isinstance(exc, InvalidName):
         return error_response(400, "Error.InvalidName", str(exc))
+    if isinstance(exc, TooManyGroups):
+        return error_response(409, "Error.Connection.TooManyGroups", str(exc))
+    if isinstance(exc, TooManyExcluded):
+        return error_response(400, "Error.TooManyExcluded", str(exc))
     if isinstance(exc, InvalidArguments):
         return error_response(400, "Error.InvalidRequest", str(exc))
     if isinstance(exc, RedisError):
@@ -64,7 +69,14 @@ def known_error_response(exc: Exception) -> JSONResponse | None:
     return None
 
 
-KNOWN_ERRORS = (ApiError, InvalidName, InvalidArguments, RedisError)
+KNOWN_ERRORS = (
+    ApiError,
+    InvalidName,
+    InvalidArguments,
+    TooManyExcluded,
+    TooManyGroups,
+    RedisError,
+)
 
 
 def install(app: FastAPI) -> None:

@@ -59,6 +59,7 @@ from hubbub.wire.messages import (
     EXCLUDABLE,
     MAX_METHOD_LENGTH,
     InvalidArguments,
+    TooManyExcluded,
     build_message,
 )
 
@@ -233,16 +234,22 @@ def _traced(
             yield p
 
 
-def _batch_messages(hub: str, body: BatchBody) -> list[MessageEntry]:
+def _batch_messages(hub: str, body: BatchBody, max_excluded: int) -> list[MessageEntry]:
     """Check everything before anything is appended: a bad item refuses the whole batch."""
     messages = []
     for i, item in enumerate(body.messages):
         kind = Kind.from_label(item.to)
         try:
             message = build_message(
-                kind, hub, item.name, item.target, item.arguments, item.excluded
+                kind,
+                hub,
+                item.name,
+                item.target,
+                item.arguments,
+                item.excluded,
+                max_excluded=max_excluded,
             )
-        except (names.InvalidName, InvalidArguments) as exc:
+        except (names.InvalidName, InvalidArguments, TooManyExcluded) as exc:
             raise type(exc)(f"messages[{i}]: {exc}") from None
         messages.append(message)
     return messages
@@ -386,6 +393,7 @@ class SendEndpoint(RawEndpoint):
             body.arguments,
             excluded if self.takes_excluded else (),
             trace.get("traceparent"),
+            max_excluded=state.settings.max_excluded,
         )
         with _spans(state.telemetry, self.route, trace, state.publish, message) as producer:
             if producer is not None:
@@ -413,7 +421,7 @@ class BatchEndpoint(RawEndpoint):
         """Check every message, then append them all in one round trip (not traced)."""
         body = validate_body(BatchBody, data)
         state.refuse_if_draining()
-        messages = _batch_messages(hub, body)
+        messages = _batch_messages(hub, body, state.settings.max_excluded)
         started = time.perf_counter()
         ids = await state.publish.append_many(messages)
         _accepted(state, messages, started)

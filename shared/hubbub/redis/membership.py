@@ -5,6 +5,11 @@ nothing half-applied, and a connection that registers while a user is being adde
 either joins through the user's binding or through the add, never neither. Scripts return the
 (gateway, connection) pairs they touched so the caller can tell those gateways, through their
 inboxes, to update their local indexes.
+
+Limits: a connection is in at most ``max_groups`` groups (``HUBBUB_MAX_GROUPS_PER_CONNECTION``),
+checked by the scripts that join; and leaving all of a connection's groups (unregistering it,
+or the REST call) runs in calls of at most :data:`LEAVE_CHUNK` groups each, so that no one
+script made on a client's behalf blocks Redis for long.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from hubbub.settings import DEFAULT_MAX_GROUPS_PER_CONNECTION
 from hubbub.wire import keys as k
 from hubbub.wire.envelopes import ControlEntry, Op
 from hubbub.wire.keys import HubKeys, KeySchema
@@ -23,15 +29,28 @@ from hubbub.wire.keys import HubKeys, KeySchema
 # share the hub's hash slot. Helper arguments are KEYS indexes, documented per script.
 _HELPERS = f"""
 local GW, USER = '{k.CONNECTION_GATEWAY}', '{k.CONNECTION_USER}'
-local function join(conn, gw, group, cg, gc, gg)
+local function join(conn, gw, group, cg, gc, gg, max)
+  if redis.call('SISMEMBER', cg, group) == 0 and redis.call('SCARD', cg) >= max then
+    return false
+  end
   if redis.call('SADD', gc, conn) == 1 then redis.call('HINCRBY', gg, gw, 1) end
   redis.call('SADD', cg, group)
+  return true
 end
 local function leave(conn, gw, group, cg, gc, gg)
   local removed = redis.call('SREM', gc, conn)
   if removed == 1 and redis.call('HINCRBY', gg, gw, -1) <= 0 then redis.call('HDEL', gg, gw) end
   redis.call('SREM', cg, group)
   return removed
+end
+-- Leaves up to n of the connection's groups; true if it is in more than n (some are left).
+local function leave_chunk(conn, gw, cg, gc_prefix, gg_prefix, n)
+  local more = redis.call('SCARD', cg) > n
+  local groups = more and redis.call('SRANDMEMBER', cg, n) or redis.call('SMEMBERS', cg)
+  for _, group in ipairs(groups) do
+    leave(conn, gw, group, cg, gc_prefix .. group, gg_prefix .. group)
+  end
+  return more
 end
 local function live_user_groups(ugr, now)
   redis.call('ZREMRANGEBYSCORE', ugr, '-inf', '(' .. now)
@@ -40,40 +59,49 @@ end
 """
 
 # KEYS: connection, its groups, gateway's connections, user's connections, user's gateways,
-# user's groups, gc prefix, gg prefix. ARGV: conn, gw, user ('' = anonymous), now.
-# Returns false if the connection id is live, else the groups it joined through its user.
+# user's groups, gc prefix, gg prefix. ARGV: conn, gw, user ('' = anonymous), now, max groups,
+# max connections of the user (0 = no limit).
+# Returns false if the connection id is live, 0 (and changes nothing) if the user has max
+# connections already, else the groups it joined through its user (at most max groups: the
+# user's other bindings skip this connection).
 _REGISTER = (
     _HELPERS
     + """
-local conn, gw, user, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local conn, gw, user, now, max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local max_user_connections = tonumber(ARGV[6])
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if user ~= '' and max_user_connections > 0
+    and redis.call('SCARD', KEYS[4]) >= max_user_connections then
+  return 0
+end
 redis.call('HSET', KEYS[1], GW, gw, USER, user)
 redis.call('SADD', KEYS[3], conn)
-local groups = {}
+local joined = {}
 if user ~= '' then
   redis.call('SADD', KEYS[4], conn)
   redis.call('HINCRBY', KEYS[5], gw, 1)
-  groups = live_user_groups(KEYS[6], now)
-  for _, group in ipairs(groups) do
-    join(conn, gw, group, KEYS[2], KEYS[7] .. group, KEYS[8] .. group)
+  for _, group in ipairs(live_user_groups(KEYS[6], now)) do
+    if #joined >= max then break end
+    if join(conn, gw, group, KEYS[2], KEYS[7] .. group, KEYS[8] .. group, max) then
+      table.insert(joined, group)
+    end
   end
 end
-return groups
+return joined
 """
 )
 
 # KEYS: connection, its groups, gwc prefix, uc prefix, ug prefix, gc prefix, gg prefix.
-# ARGV: conn. Returns the gateway that held it, or false.
+# ARGV: conn, n. Returns the gateway that held it, or false; or 1 when it was in more than n
+# groups: n of them were left, nothing else changed, and the caller calls again.
 _UNREGISTER = (
     _HELPERS
     + """
-local conn = ARGV[1]
+local conn, n = ARGV[1], tonumber(ARGV[2])
 local info = redis.call('HMGET', KEYS[1], GW, USER)
 local gw, user = info[1], info[2]
 if not gw then return false end
-for _, group in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  leave(conn, gw, group, KEYS[2], KEYS[6] .. group, KEYS[7] .. group)
-end
+if leave_chunk(conn, gw, KEYS[2], KEYS[6], KEYS[7], n) then return 1 end
 if user and user ~= '' then
   redis.call('SREM', KEYS[4] .. user, conn)
   local ug = KEYS[5] .. user
@@ -86,16 +114,17 @@ return gw
 )
 
 # KEYS: connection, its groups, group's connections, group's gateways.
-# ARGV: conn, group, 1 = add / 0 = remove.
-# Returns the connection's gateway, or false when the connection does not exist.
+# ARGV: conn, group, 1 = add / 0 = remove, max groups.
+# Returns the connection's gateway, false when the connection does not exist, or 0 when an add
+# is refused: the connection is in max groups already (and not in this one).
 _CONNECTION_GROUP = (
     _HELPERS
     + """
-local conn, group, add = ARGV[1], ARGV[2], ARGV[3]
+local conn, group, add, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local gw = redis.call('HGET', KEYS[1], GW)
 if not gw then return false end
 if add == '1' then
-  join(conn, gw, group, KEYS[2], KEYS[3], KEYS[4])
+  if not join(conn, gw, group, KEYS[2], KEYS[3], KEYS[4], max) then return 0 end
 else
   leave(conn, gw, group, KEYS[2], KEYS[3], KEYS[4])
 end
@@ -103,33 +132,32 @@ return gw
 """
 )
 
-# KEYS: connection, its groups, gc prefix, gg prefix. ARGV: conn. Returns the gateway, or false.
+# KEYS: connection, its groups, gc prefix, gg prefix. ARGV: conn, n.
+# Returns the gateway, or false; or 1 when n groups were left and more remain (call again).
 _CONNECTION_ALL_GROUPS = (
     _HELPERS
     + """
-local conn = ARGV[1]
+local conn, n = ARGV[1], tonumber(ARGV[2])
 local gw = redis.call('HGET', KEYS[1], GW)
 if not gw then return false end
-for _, group in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  leave(conn, gw, group, KEYS[2], KEYS[3] .. group, KEYS[4] .. group)
-end
+if leave_chunk(conn, gw, KEYS[2], KEYS[3], KEYS[4], n) then return 1 end
 return gw
 """
 )
 
 # KEYS: user's groups, user's connections, c prefix, cg prefix, gc prefix, gg prefix.
-# ARGV: group, expiry ('inf', a unix time, or '' = none).
-# Adds the binding (future connections) and the user's live connections. Returns gw, conn, ...
+# ARGV: group, expiry ('inf', a unix time, or '' = none), max groups.
+# Adds the binding (future connections) and the user's live connections, but those already in
+# max groups (they skip it). Returns gw, conn, ... of the connections that joined.
 _ADD_USER_GROUP = (
     _HELPERS
     + """
-local group, expiry = ARGV[1], ARGV[2]
+local group, expiry, max = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if expiry ~= '' then redis.call('ZADD', KEYS[1], expiry, group) end
 local touched = {}
 for _, conn in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local gw = redis.call('HGET', KEYS[3] .. conn, GW)
-  if gw then
-    join(conn, gw, group, KEYS[4] .. conn, KEYS[5] .. group, KEYS[6] .. group)
+  if gw and join(conn, gw, group, KEYS[4] .. conn, KEYS[5] .. group, KEYS[6] .. group, max) then
     table.insert(touched, gw); table.insert(touched, conn)
   end
 end
@@ -176,6 +204,14 @@ return 0
 """
 
 
+# How many groups one script leaves at most when a connection leaves all of its groups (it
+# unregisters, or REST removes it from all): a connection in 1,000 groups took one call of
+# about 3 ms, which blocks all of Redis; a chunk of 100 takes a tenth of that. Each group is
+# left atomically (both sides of the membership); a failure between calls leaves the
+# connection in fewer groups, consistently, and a retry finishes the job.
+LEAVE_CHUNK = 100
+
+
 def _user_keys(hk: HubKeys, user: str) -> list[str]:
     """KEYS of the user-group scripts."""
     return [
@@ -207,12 +243,47 @@ class ConnectionExists(Exception):
     """The connection id is already live (SignalR answers 409)."""
 
 
-class Membership:
-    """Membership operations of one deployment, each one atomic in Redis."""
+class TooManyConnections(Exception):
+    """The user has as many connections as one user may have
+    (``HUBBUB_MAX_CONNECTIONS_PER_USER``); the connection was not registered."""
 
-    def __init__(self, redis: Redis, schema: KeySchema) -> None:
+    def __init__(self, user: str, limit: int) -> None:
+        super().__init__(f"user '{user}' has {limit} connections, the most one user may have")
+        self.user = user
+        self.limit = limit
+
+
+class TooManyGroups(Exception):
+    """The connection is in as many groups as one connection may be
+    (``HUBBUB_MAX_GROUPS_PER_CONNECTION``); nothing was changed."""
+
+    def __init__(self, conn: str, limit: int) -> None:
+        super().__init__(
+            f"connection '{conn}' is in {limit} groups, the most one connection may join; "
+            "it must leave one before joining another"
+        )
+        self.conn = conn
+        self.limit = limit
+
+
+class Membership:
+    """Membership operations of one deployment, each one atomic in Redis.
+
+    ``max_groups``: the most groups one connection may be in (joins beyond it are refused);
+    ``max_user_connections``: the most connections one user may have (0: no limit).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        schema: KeySchema,
+        max_groups: int = DEFAULT_MAX_GROUPS_PER_CONNECTION,
+        max_user_connections: int = 0,
+    ) -> None:
         self.redis = redis
         self.schema = schema
+        self.max_groups = max_groups
+        self.max_user_connections = max_user_connections
         self._register = redis.register_script(_REGISTER)
         self._unregister = redis.register_script(_UNREGISTER)
         self._connection_group = redis.register_script(_CONNECTION_GROUP)
@@ -238,31 +309,34 @@ class Membership:
                 hk.group_connections(""),
                 hk.group_gateways(""),
             ],
-            args=[conn, gateway, name, time.time()],
+            args=[conn, gateway, name, time.time(), self.max_groups, self.max_user_connections],
         )
         if result is None:
             raise ConnectionExists(conn)
+        if result == 0:
+            raise TooManyConnections(name, self.max_user_connections)
         return Registration(tuple(g.decode() for g in result))
 
     async def unregister(self, hub: str, conn: str) -> str | None:
         hk = self.schema.hub(hub)
-        gw = await self._unregister(
-            keys=[
-                hk.connection(conn),
-                hk.connection_groups(conn),
-                hk.gateway_connections(""),
-                hk.user_connections(""),
-                hk.user_gateways(""),
-                hk.group_connections(""),
-                hk.group_gateways(""),
-            ],
-            args=[conn],
-        )
+        keys = [
+            hk.connection(conn),
+            hk.connection_groups(conn),
+            hk.gateway_connections(""),
+            hk.user_connections(""),
+            hk.user_gateways(""),
+            hk.group_connections(""),
+            hk.group_gateways(""),
+        ]
+        while (gw := await self._unregister(keys=keys, args=[conn, LEAVE_CHUNK])) == 1:
+            pass  # LEAVE_CHUNK groups left, more to go
         return gw.decode() if gw else None
 
     # ------------------------------------------------------------ groups
 
     async def add_connection_to_group(self, hub: str, conn: str, group: str) -> bool:
+        """False if the connection does not exist; :class:`TooManyGroups` if it is in
+        ``max_groups`` groups already (joining one it is in is fine)."""
         return await self._connection_change(hub, conn, group, add=True)
 
     async def remove_connection_from_group(self, hub: str, conn: str, group: str) -> bool:
@@ -277,8 +351,10 @@ class Membership:
                 hk.group_connections(group),
                 hk.group_gateways(group),
             ],
-            args=[conn, group, "1" if add else "0"],
+            args=[conn, group, "1" if add else "0", self.max_groups],
         )
+        if gw == 0:
+            raise TooManyGroups(conn, self.max_groups)
         if not gw:
             return False
         op = Op.JOIN if add else Op.LEAVE
@@ -287,15 +363,14 @@ class Membership:
 
     async def remove_connection_from_all_groups(self, hub: str, conn: str) -> bool:
         hk = self.schema.hub(hub)
-        gw = await self._connection_all_groups(
-            keys=[
-                hk.connection(conn),
-                hk.connection_groups(conn),
-                hk.group_connections(""),
-                hk.group_gateways(""),
-            ],
-            args=[conn],
-        )
+        keys = [
+            hk.connection(conn),
+            hk.connection_groups(conn),
+            hk.group_connections(""),
+            hk.group_gateways(""),
+        ]
+        while (gw := await self._connection_all_groups(keys=keys, args=[conn, LEAVE_CHUNK])) == 1:
+            pass
         if not gw:
             return False
         await self._notify({gw.decode(): [conn]}, Op.LEAVE, hub, "")
@@ -312,7 +387,9 @@ class Membership:
             expiry = ""
         else:
             expiry = repr(time.time() + ttl)
-        touched = await self._add_user_group(keys=_user_keys(hk, user), args=[group, expiry])
+        touched = await self._add_user_group(
+            keys=_user_keys(hk, user), args=[group, expiry, self.max_groups]
+        )
         await self._notify(_pairs(touched), Op.JOIN, hub, group)
 
     async def remove_user_from_group(self, hub: str, user: str, group: str) -> None:

@@ -5,7 +5,8 @@ ordering and guarantees as the REST API (a returned id means the message is stor
 python-socketio's write-only ``AsyncRedisManager`` or Azure's transient SDK mode serve theirs.
 Messages are built by the REST edge's own :func:`~hubbub.wire.messages.build_message`, so
 what REST refuses with a 400 this refuses with the same error
-(:class:`~hubbub.protocol.names.InvalidName`, :class:`~hubbub.wire.messages.InvalidArguments`),
+(:class:`~hubbub.protocol.names.InvalidName`, :class:`~hubbub.wire.messages.InvalidArguments`,
+:class:`~hubbub.wire.messages.TooManyExcluded`),
 before anything is written. There is no caller authentication: whoever can write to Redis is
 trusted, so keep it inside the cluster.
 """
@@ -31,6 +32,7 @@ class Publisher:
     def __init__(self, pipe: Pipe, settings: Settings, hub: str) -> None:
         self.pipe = pipe
         self.hub = names.hub_name(hub)
+        self.max_excluded = settings.max_excluded
         self.stream = PublishStream(
             pipe,
             KeySchema(settings.key_prefix),
@@ -56,7 +58,15 @@ class Publisher:
         arguments: Sequence[Any],
         excluded: Sequence[str] = (),
     ) -> str:
-        message = build_message(kind, self.hub, target, method, list(arguments), excluded)
+        message = build_message(
+            kind,
+            self.hub,
+            target,
+            method,
+            list(arguments),
+            excluded,
+            max_excluded=self.max_excluded,
+        )
         return await self.stream.append(message)
 
     async def send_to_all(
