@@ -390,7 +390,7 @@ async def open_signalr_client(
 
     from hubbub.tokens import mint_token
 
-    token = mint_token(ACCESS_KEY, "bench", user_id=spec.user)
+    token = mint_token(ACCESS_KEY, "http://bench/client", user_id=spec.user)
     for attempt in range(3):  # a pooled keep-alive connection may close as it is reused
         try:
             response = await http.post(

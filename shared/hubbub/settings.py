@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     gateway_id: str = Field(default_factory=_new_gateway_id)
     access_key: str = "hubbub-development-access-key-change-me"
     access_key_secondary: str | None = None
-    cors_origins: list[str] = ["*"]
+    # Browser origins allowed to call the REST API and open WebSockets (JSON list): [] = none
+    # (pages served from the gateway's own origin always work), ["*"] = any (hubbub dev).
+    cors_origins: list[str] = []
 
     # SignalR client protocol.
     keepalive_interval: float = 15.0

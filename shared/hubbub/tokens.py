@@ -17,7 +17,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jwt
 
@@ -133,6 +133,11 @@ class ServiceTokenVerifier:
 
 def verify_client_token(token: str, keys: tuple[str, ...], hub: str) -> ClientIdentity:
     claims = _decode(token, keys)
+    if not _names_client_endpoint(claims.get("aud"), hub):
+        raise TokenError(
+            "token audience must name a client endpoint (<endpoint>/client/?hub=<hub> or "
+            "<endpoint>/hubs/<hub>): REST tokens do not open client connections"
+        )
     token_hub = claims.get("hub")
     if token_hub is not None and str(token_hub).lower() != hub:
         raise TokenError("token was issued for another hub")
@@ -151,6 +156,24 @@ def verify_client_token(token: str, keys: tuple[str, ...], hub: str) -> ClientId
         user_id=str(user) if user is not None else None,
         roles=frozenset(r for r in roles if isinstance(r, str)),
     )
+
+
+def _names_client_endpoint(aud: object, hub: str) -> bool:
+    """Azure's client audiences: ``<endpoint>/client/?hub=<hub>`` (the hub query optional) and
+    ``<endpoint>/hubs/<hub>``; the path compared after one percent-decoding, the hub
+    case-insensitively. The host is not checked (gateways sit behind load balancers)."""
+    for audience in aud if isinstance(aud, list) else [aud]:
+        if not isinstance(audience, str):
+            continue
+        parts = urlsplit(audience.strip())
+        path = unquote(parts.path).rstrip("/")
+        if path.endswith("/client") or path == "client":
+            wanted = [v for k, v in parse_qsl(parts.query) if k == "hub"]
+            if all(v.lower() == hub for v in wanted):
+                return True
+        elif path.lower().endswith(f"/hubs/{hub}"):
+            return True
+    return False
 
 
 def mint_token(

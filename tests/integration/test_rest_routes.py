@@ -37,6 +37,7 @@ async def app(redis_server: RedisProcess, prefix: str) -> AsyncIterator[FastAPI]
         gateway_id=f"{prefix}-inproc",
         max_body_size=LIMIT,
         token_default_minutes=7,
+        cors_origins=["http://app.test"],
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

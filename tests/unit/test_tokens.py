@@ -34,7 +34,7 @@ HUB_URL = "https://hubbub.example/client/?hub=chat"
 
 def signed(claims: dict[str, Any], key: str = PRIMARY, algorithm: str = "HS256") -> str:
     """A token with arbitrary claims; ``exp`` defaults to an hour from now."""
-    body = {"exp": int(time.time()) + 3600, **claims}
+    body = {"exp": int(time.time()) + 3600, "aud": HUB_URL, **claims}
     return jwt.encode(body, key.encode(), algorithm=algorithm)
 
 
@@ -129,9 +129,37 @@ class TestClientToken:
             verify_client_token(signed({"sub": "u", "hub": "news"}), KEYS, "chat")
 
     def test_no_hub_claim_is_valid_for_any_hub(self) -> None:
-        token = signed({"sub": "u"})
+        token = signed({"sub": "u", "aud": "https://hubbub.example/client/"})
         assert verify_client_token(token, KEYS, "chat").user_id == "u"
         assert verify_client_token(token, KEYS, "news").user_id == "u"
+
+    @pytest.mark.parametrize(
+        "aud",
+        [
+            "https://hubbub.example/client/?hub=chat",
+            "https://hubbub.example/client",
+            "http://gw:8080/hubs/Chat",
+            ["https://other.example/api/hubs/chat/:send", "https://hubbub.example/client"],
+        ],
+    )
+    def test_client_audiences_accepted(self, aud: str | list[str]) -> None:
+        assert verify_client_token(signed({"sub": "u", "aud": aud}), KEYS, "chat").user_id == "u"
+
+    @pytest.mark.parametrize(
+        "aud",
+        [
+            None,
+            "https://hubbub.example/api/hubs/chat/:send",  # a REST token
+            "https://hubbub.example/api/hubs/chat/users/u/:send",
+            "https://hubbub.example/client/?hub=news",
+            "https://hubbub.example/hubs/news",
+            "bench",
+        ],
+    )
+    def test_other_audiences_refused(self, aud: str | None) -> None:
+        claims: dict[str, Any] = {"sub": "u", "aud": aud}
+        with pytest.raises(TokenError, match="client endpoint"):
+            verify_client_token(signed(claims), KEYS, "chat")
 
     def test_expired_refused(self) -> None:
         token = mint_token(PRIMARY, HUB_URL, minutes=-5, user_id="u")
@@ -244,6 +272,34 @@ class TestServiceToken:
     def test_secondary_key_accepted(self) -> None:
         verify_service_token(mint_token(SECONDARY, REST_URL), BOTH, REST_URL)
 
+    @pytest.mark.parametrize(
+        "aud",
+        [
+            "https://hubbub.example/client/?hub=chat",
+            "https://hubbub.example/client",
+            "http://gw:8080/hubs/Chat",
+            ["https://other.example/api/hubs/chat/:send", "https://hubbub.example/client"],
+        ],
+    )
+    def test_client_audiences_accepted(self, aud: str | list[str]) -> None:
+        assert verify_client_token(signed({"sub": "u", "aud": aud}), KEYS, "chat").user_id == "u"
+
+    @pytest.mark.parametrize(
+        "aud",
+        [
+            None,
+            "https://hubbub.example/api/hubs/chat/:send",  # a REST token
+            "https://hubbub.example/api/hubs/chat/users/u/:send",
+            "https://hubbub.example/client/?hub=news",
+            "https://hubbub.example/hubs/news",
+            "bench",
+        ],
+    )
+    def test_other_audiences_refused(self, aud: str | None) -> None:
+        claims: dict[str, Any] = {"sub": "u", "aud": aud}
+        with pytest.raises(TokenError, match="client endpoint"):
+            verify_client_token(signed(claims), KEYS, "chat")
+
     def test_expired_refused(self) -> None:
         with pytest.raises(TokenError, match="expired"):
             verify_service_token(mint_token(PRIMARY, REST_URL, minutes=-5), KEYS, REST_URL)
@@ -319,6 +375,34 @@ class TestConnectionToken:
         for hub, user in (("chat", "bob"), ("chat", None), ("other", "alice")):
             with pytest.raises(TokenError, match="invalid"):
                 open_connection_token(token, KEYS, hub, user)
+
+    @pytest.mark.parametrize(
+        "aud",
+        [
+            "https://hubbub.example/client/?hub=chat",
+            "https://hubbub.example/client",
+            "http://gw:8080/hubs/Chat",
+            ["https://other.example/api/hubs/chat/:send", "https://hubbub.example/client"],
+        ],
+    )
+    def test_client_audiences_accepted(self, aud: str | list[str]) -> None:
+        assert verify_client_token(signed({"sub": "u", "aud": aud}), KEYS, "chat").user_id == "u"
+
+    @pytest.mark.parametrize(
+        "aud",
+        [
+            None,
+            "https://hubbub.example/api/hubs/chat/:send",  # a REST token
+            "https://hubbub.example/api/hubs/chat/users/u/:send",
+            "https://hubbub.example/client/?hub=news",
+            "https://hubbub.example/hubs/news",
+            "bench",
+        ],
+    )
+    def test_other_audiences_refused(self, aud: str | None) -> None:
+        claims: dict[str, Any] = {"sub": "u", "aud": aud}
+        with pytest.raises(TokenError, match="client endpoint"):
+            verify_client_token(signed(claims), KEYS, "chat")
 
     def test_expired_refused(self) -> None:
         token = connection_token(PRIMARY, self.conn(), 60, now=time.time() - 120)

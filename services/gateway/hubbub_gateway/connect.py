@@ -43,6 +43,7 @@ from hubbub.tokens import (
 
 from .deliver import LocalConnection
 from .errors import ApiError
+from .middleware import origin_allowed
 from .negotiate import admit_client
 from .state import GatewayState
 from .transport import EXTENSION, HubbubWebSocketProtocol, payload
@@ -77,6 +78,13 @@ async def _receive(ws: WebSocket) -> bytes | None:
 async def hub_socket(ws: WebSocket, hub: str) -> None:
     state: GatewayState = ws.app.state.hubbub
     settings = state.settings
+    origin = ws.headers.get("origin")
+    if origin is not None and not origin_allowed(
+        origin, ws.headers.get("host"), settings.cors_origins
+    ):
+        return await _deny(
+            ws, 403, "Error.Origin.NotAllowed", "this origin may not connect (HUBBUB_CORS_ORIGINS)"
+        )
     try:
         hub, identity = admit_client(
             state, hub, ws.headers.get("authorization"), ws.query_params.get("access_token")

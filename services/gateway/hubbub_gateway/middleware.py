@@ -10,8 +10,9 @@ send's cost.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import MutableHeaders
@@ -87,6 +88,15 @@ def cors(app: ASGIApp, /, **options: Any) -> ASGIApp:
         return starlette_cors(scope, receive, send)
 
     return without_origin
+
+
+def origin_allowed(origin: str, host: str | None, allowed: Sequence[str]) -> bool:
+    """Whether a page from ``origin`` may open a WebSocket (browsers do not apply CORS to
+    them, so the gateway checks): listed in ``HUBBUB_CORS_ORIGINS`` (``*`` = any), or the
+    gateway's own origin, as the ``Host`` it was reached by says (same-origin always works)."""
+    if "*" in allowed or origin in allowed:
+        return True
+    return host is not None and urlsplit(origin).netloc.lower() == host.lower()
 
 
 def _vary_origin(send: Send) -> Send:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -56,6 +57,8 @@ def dev(args: argparse.Namespace) -> int:
         host=args.host,
         gateway_id="dev-{name}",
         worker_id="dev-{name}",
+        # Any page may talk to a local deployment; production allows none unless configured.
+        settings={"HUBBUB_CORS_ORIGINS": os.environ.get("HUBBUB_CORS_ORIGINS", '["*"]')},
     )
     try:
         for i in range(args.gateways):
