@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+# Distinct hub label values a process reports; later hubs are counted under "_other", so a
+# client that makes up hub names cannot grow /metrics without bound (pin hubs: HUBBUB_HUBS).
+MAX_HUB_LABELS = 100
+
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._hub_labels: set[str] = set()
         r = self.registry
         self.connections = Gauge(
             "hubbub_connections", "Open client connections", ["hub"], registry=r
@@ -46,6 +51,17 @@ class Metrics:
             "hubbub_stage_seconds", "Time spent per stage of a message's path", ["stage"],
             buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
+
+    def hub_label(self, hub: str) -> str:
+        """``hub`` as a label value: itself for the first :data:`MAX_HUB_LABELS` hubs seen,
+        ``_other`` after that (the same answer for a hub every time)."""
+        labels = self._hub_labels
+        if hub in labels:
+            return hub
+        if len(labels) < MAX_HUB_LABELS:
+            labels.add(hub)
+            return hub
+        return "_other"
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # Browser origins allowed to call the REST API and open WebSockets (JSON list): [] = none
     # (pages served from the gateway's own origin always work), ["*"] = any (hubbub dev).
     cors_origins: list[str] = []
+    # The hubs this deployment serves (JSON list, matched case-insensitively); [] = any valid
+    # name. Pinned, an unknown hub is a 404 on negotiate, connect and REST.
+    hubs: list[str] = []
 
     # SignalR client protocol.
     keepalive_interval: float = 15.0
@@ -106,6 +109,11 @@ class Settings(BaseSettings):
         if not value or "{" in value or "}" in value:
             raise ValueError("key_prefix must be non-empty and must not contain '{' or '}'")
         return value
+
+    @field_validator("hubs")
+    @classmethod
+    def _hubs_lowercase(cls, value: list[str]) -> list[str]:
+        return [hub.lower() for hub in value]
 
     @field_validator("gateway_id")
     @classmethod

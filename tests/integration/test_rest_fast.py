@@ -37,7 +37,9 @@ async def gateway(
 ) -> AsyncIterator[str]:
     """One gateway for the whole module (no worker: these tests read the publish stream)."""
     deployment = Deployment(redis_server.url, tmp_path_factory.mktemp("fast"), PREFIX)
-    proc = await deployment.start_gateway(HUBBUB_MAX_BODY_SIZE=str(LIMIT))
+    proc = await deployment.start_gateway(
+        HUBBUB_MAX_BODY_SIZE=str(LIMIT), HUBBUB_CORS_ORIGINS='["http://app.test"]'
+    )
     yield proc.url
     deployment.stop()
 

@@ -254,7 +254,7 @@ class Session:
         for group in registration.groups:
             state.index.join(self.hub, group, (conn.id,))
         conn.start(HANDSHAKE_OK_FRAME)
-        state.metrics.connections.labels(self.hub).inc()
+        state.metrics.connections.labels(state.metrics.hub_label(self.hub)).inc()
         log.debug("connection open", extra={"connection_id": conn.id, "hub": self.hub})
         return True
 
@@ -432,7 +432,7 @@ class Session:
         conn = self.conn
         self.state.index.remove(conn)
         metrics = self.state.metrics
-        metrics.connections.labels(self.hub).dec()
+        metrics.connections.labels(metrics.hub_label(self.hub)).dec()
         if conn.overflowed:
             metrics.drops.labels("slow_consumer").inc()
         try:

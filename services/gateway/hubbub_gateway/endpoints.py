@@ -67,9 +67,11 @@ async def authenticate(request: Request) -> None:
     check_service_token(state.tokens, request.headers.get("authorization", ""), str(request.url))
 
 
-async def hub_param(hub: str, application: str | None = None) -> str:
-    """The canonical hub name, ``?application=`` its prefix, as Azure's SDK spells it."""
-    return names.hub_name(hub, application)
+async def hub_param(request: Request, hub: str, application: str | None = None) -> str:
+    """The canonical hub name, ``?application=`` its prefix, as Azure's SDK spells it; one
+    this gateway serves (``HUBBUB_HUBS``)."""
+    state: GatewayState = request.app.state.hubbub
+    return state.hub(hub, application)
 
 
 Hub = Annotated[str, Depends(hub_param)]

@@ -307,7 +307,7 @@ class RawEndpoint(abc.ABC):
             check_service_token(state.tokens, authorization, self._url(scope, host))
             query = scope["query_string"]
             application, excluded = _query(query) if query else _NO_QUERY
-            hub = names.hub_name(hub, application)
+            hub = state.hub(hub, application)
             answer = await self.accept(state, hub, name, data, excluded, trace)
         except KNOWN_ERRORS as exc:
             refusal = known_error_response(exc)

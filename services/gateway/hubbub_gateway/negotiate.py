@@ -37,7 +37,7 @@ def admit_client(
     The token: ``Authorization: Bearer`` first, else the ``access_token`` query (what
     browsers' WebSockets, which cannot set headers, send)."""
     try:
-        hub = names.hub_name(hub)
+        hub = state.hub(hub)
     except names.InvalidName as exc:
         raise ApiError(404, "Error.Hub.Invalid", str(exc)) from None
     state.refuse_if_draining()

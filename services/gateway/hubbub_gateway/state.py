@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from hubbub.metrics import Metrics
+from hubbub.protocol import names
 from hubbub.redis.membership import Membership
 from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
@@ -31,6 +32,16 @@ class GatewayState:
     telemetry: Telemetry | None = None
     draining: bool = False
     redis_ok: bool = True
+
+    def hub(self, raw: str, application: str | None = None) -> str:
+        """The canonical name of a hub this gateway serves: a valid name
+        (:func:`hubbub.protocol.names.hub_name`, else ``InvalidName``) and, when
+        ``HUBBUB_HUBS`` pins the hubs, one of them (else ``404 Error.Hub.NotFound``)."""
+        name = names.hub_name(raw, application)
+        pinned = self.settings.hubs
+        if pinned and name not in pinned:
+            raise ApiError(404, "Error.Hub.NotFound", f"hub {name!r} is not served here")
+        return name
 
     def refuse_if_draining(self) -> None:
         """A draining gateway takes no new work (sends, negotiations, sockets): the caller
