@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,20 +52,20 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
          "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
          "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "yes",
          "--save", "", "--appendonly", "no", "--dir", str(where)],
-        cwd=where, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=where, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        assert process.poll() is None, "redis-server with TLS exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    # The server says when it listens; its log goes to stdout, read line by line until then.
+    assert process.stdout is not None
+    seen = []
+    for raw in process.stdout:
+        seen.append(raw.decode(errors="replace"))
+        if "Ready to accept connections" in seen[-1]:
             break
-        except OSError:
-            assert time.monotonic() < deadline, "redis-server with TLS did not listen"
-            time.sleep(0.02)
+    else:
+        raise AssertionError("redis-server with TLS exited:\n" + "".join(seen))
     yield port, where
     process.terminate()
-    process.wait(10)
+    process.communicate(timeout=10)  # drains the rest of its log
 
 
 def endpoint(port: int, where: Path, **overrides: Any) -> RedisEndpoint:

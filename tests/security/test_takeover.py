@@ -8,6 +8,7 @@ receive what is addressed to that connection id.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
 from hubbub.sdk.client import HubbubClient
-from hubbub.tokens import mint_token
+from hubbub.tokens import connection_token, mint_token, new_connection_id
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RS, client_token
 
@@ -138,16 +139,23 @@ async def test_v0_id_is_bound_to_its_user_and_hub(cluster: Deployment, api: Hubb
 async def test_expired_v1_connection_token_is_refused(deployment: Deployment) -> None:
     gw = (await deployment.start_gateway(HUBBUB_CONNECTION_TOKEN_TTL="2")).url
     alice = client_token("alice")
+    before = time.time()
     fresh = await negotiate(gw, alice)
+    # The gateway issues tokens for its TTL (the expiry is the token's middle part).
+    expires = int(fresh["connectionToken"].split(".")[1])
+    assert before + 2 <= expires <= time.time() + 3
     ws = await open_socket(ws_url(gw, fresh["connectionToken"], alice))  # in time: accepted
     await ws.close()
-    stale = await negotiate(gw, alice)
-    await asyncio.sleep(3.5)
-    body = await refused(ws_url(gw, stale["connectionToken"], alice))
+    # A token this deployment signed, for alice on chat, whose expiry has passed (minted with
+    # the access key rather than waited for).
+    conn = new_connection_id(ACCESS_KEY, "chat", "alice", in_token=True)
+    stale = connection_token(ACCESS_KEY, conn, 2, now=time.time() - 10)
+    body = await refused(ws_url(gw, stale, alice))
     not_existed(body)
     assert "expired" in body["message"]
     # A v1 id is only good inside its token: not bare, where the expiry would not apply.
-    not_existed(await refused(ws_url(gw, stale["connectionId"], alice)))
+    not_existed(await refused(ws_url(gw, conn, alice)))
+    not_existed(await refused(ws_url(gw, fresh["connectionId"], alice)))
 
 
 @pytest.mark.parametrize("across", [False, True], ids=["one-gateway", "two-gateways"])

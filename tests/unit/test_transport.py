@@ -33,6 +33,7 @@ class FakeTransport(asyncio.Transport):
         self.data = bytearray()
         self.closing = False
         self.aborted = False
+        self.aborting = asyncio.Event()  # set by abort(): awaited instead of sleeping
         self.paused = False
         self.buffered = 0
 
@@ -48,6 +49,7 @@ class FakeTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self.aborted = True
+        self.aborting.set()
         self._lose()
 
     def _lose(self) -> None:
@@ -350,7 +352,8 @@ async def test_client_that_never_answers_close_is_aborted(monkeypatch: pytest.Mo
     assert peer.transport.paused
     peer.proto.close(1000)
     assert not peer.transport.paused  # the Close reply must be read
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(peer.transport.aborting.wait(), 5)
+    await settle()  # connection_lost runs on the next loop turn
     assert peer.transport.aborted and peer.proto.lost
 
 
