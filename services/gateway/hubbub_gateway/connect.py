@@ -134,14 +134,12 @@ class Session:
     __slots__ = (
         "allowance",
         "backlog",
-        "burst",
         "conn",
         "gone",
         "hub",
         "identity",
         "proto",
         "protocol",
-        "rate",
         "stamp",
         "state",
     )
@@ -166,11 +164,10 @@ class Session:
         # While a task handles messages, those that arrive meanwhile wait here (else None).
         self.backlog: list[bytes] | None = None
         self.gone = False  # the socket is closed (or closing): unregister, once
-        # Invocation rate limit: a token bucket of ``burst`` tokens refilled at ``rate`` a
-        # second; ``allowance`` tokens were left at ``stamp`` (monotonic seconds).
-        self.rate = state.settings.max_invocations_per_second
-        self.burst = float(state.settings.invocation_burst)
-        self.allowance = self.burst
+        # Invocation rate limit: a token bucket of ``invocation_burst`` tokens refilled at
+        # ``max_invocations_per_second``; ``allowance`` tokens were left at ``stamp``
+        # (monotonic seconds). The two settings are read when a client invokes, not kept here.
+        self.allowance = float(state.settings.invocation_burst)
         self.stamp = time.monotonic()
 
     async def run(self, ws: WebSocket) -> None:
@@ -313,18 +310,20 @@ class Session:
     def _spend(self, cost: int) -> bool:
         """Take ``cost`` tokens from the bucket; False (and the connection closed) if it
         does not hold them."""
+        settings = self.state.settings
+        rate, burst = settings.max_invocations_per_second, settings.invocation_burst
         now = time.monotonic()
-        allowance = self.allowance + (now - self.stamp) * self.rate
+        allowance = self.allowance + (now - self.stamp) * rate
         self.stamp = now
-        if allowance > self.burst:
-            allowance = self.burst
+        if allowance > burst:
+            allowance = burst
         allowance -= cost
         self.allowance = allowance
         if allowance >= 0:
             return True
         reason = (
-            f"Too many invocations: more than {self.rate:g} a second "
-            f"(bursts of {self.burst:g}) from this connection."
+            f"Too many invocations: more than {rate:g} a second "
+            f"(bursts of {burst:g}) from this connection."
         )
         log.info("closing connection: %s", reason, extra={"connection_id": self.conn.id})
         self.conn.close(reason)
