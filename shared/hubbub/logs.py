@@ -1,4 +1,11 @@
-"""Logging setup: one line per record, with secrets in URLs redacted."""
+"""Logging setup: one line per record, with secrets in URLs redacted, and refusals rate-limited.
+
+A refusal (a 4xx answer, a refused WebSocket upgrade or handshake, a connection closed for
+breaking a limit) is logged as one WARNING line, without a traceback, on the :data:`REFUSALS`
+logger. Refusals are what a misbehaving or hostile client makes happen as fast as it likes (a
+reconnect storm with expired tokens), so that logger lets a steady rate through and counts the
+rest, which the next line it lets through reports.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,9 @@ import time
 
 import orjson
 from opentelemetry import trace
+
+REFUSALS = "hubbub.refused"
+"""The logger every refusal is logged on (``logging.getLogger(REFUSALS).warning(...)``)."""
 
 _SECRET_QUERY = re.compile(r"(?i)\b(access_token|id)=[^&\s\"']*")
 
@@ -24,6 +34,35 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, ()
+        return True
+
+
+class RateLimit(logging.Filter):
+    """A token bucket: lets ``rate`` records a second through, after a burst of ``burst``.
+
+    Dropped records are counted; the next record let through ends with how many were dropped,
+    so a flood shows in the log as a few lines and a number, never as silence."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        super().__init__()
+        self.rate = rate
+        self.burst = float(burst)
+        self.allowance = float(burst)
+        self.stamp = time.monotonic()
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        self.allowance = min(self.burst, self.allowance + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.allowance < 1:
+            self.dropped += 1
+            return False
+        self.allowance -= 1
+        if self.dropped:
+            record.msg = f"{record.getMessage()} ({self.dropped} more refusals not logged)"
+            record.args = ()
+            self.dropped = 0
         return True
 
 
@@ -61,7 +100,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(
-    level: str, component: str, fmt: str = "text", static: dict[str, str] | None = None
+    level: str,
+    component: str,
+    fmt: str = "text",
+    static: dict[str, str] | None = None,
+    *,
+    refusals_per_second: float = 10.0,
+    refusal_burst: int = 100,
 ) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -76,6 +121,8 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    refusals = logging.getLogger(REFUSALS)
+    refusals.filters[:] = [RateLimit(refusals_per_second, refusal_burst)]
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []

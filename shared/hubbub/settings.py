@@ -102,6 +102,10 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # Refusals (4xx, refused upgrades and handshakes, limit closes) are logged one WARNING
+    # line each, at most this many a second after a burst; the lines dropped are counted.
+    refusal_log_per_second: float = Field(default=10.0, gt=0)
+    refusal_log_burst: int = Field(default=100, ge=1)
 
     @field_validator("key_prefix")
     @classmethod

@@ -18,7 +18,7 @@ import pytest
 from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed
 
-from hubbub.redis.membership import Membership
+from hubbub.redis.membership import LEAVE_CHUNK, Membership
 from hubbub.redis.pipe import Pipe
 from hubbub.sdk.client import HubbubClient
 from hubbub.sdk.publisher import Publisher
@@ -293,38 +293,54 @@ def test_delivery_tests_a_long_excluded_list_as_a_set() -> None:
 # ---------------------------------------------------------------- Redis time per call
 
 
-@pytest.mark.parametrize("how", ["unregister", "remove_from_all_groups"])
-async def test_leaving_a_connection_s_groups_at_the_cap_blocks_redis_briefly(
+@pytest.mark.parametrize("how", ["unregister", "remove_from_all_groups", "remove_user"])
+async def test_leaving_groups_at_the_cap_blocks_redis_briefly(
     redis: Redis, prefix: str, how: str
 ) -> None:
-    """No one Lua call made for a client blocks Redis for long: a connection in 1,000 groups
-    (the default cap) leaves them in calls of well under a millisecond each (one call took
-    about 3 ms before they were chunked)."""
+    """No one Lua call made for a client blocks Redis for long: connections in 1,000 groups
+    (the default cap) leave them in calls of well under a millisecond each (one call took
+    about 3 ms per connection before they were chunked), whether one connection unregisters
+    or leaves all its groups, or REST removes a user with three such connections from all."""
     membership = Membership(redis, KeySchema(prefix))
-    await membership.register("chat", "big", "gw-a", "u")
     hk = hub_keys(prefix)
-    for g in range(1000):
-        await membership.add_connection_to_group("chat", "big", f"g{g}")
-    assert await redis.scard(hk.connection_groups("big")) == 1000
+    conns = ["big0", "big1", "big2"] if how == "remove_user" else ["big0"]
+    for conn in conns:
+        await membership.register("chat", conn, "gw-a", "u")
+        for g in range(1000):
+            await membership.add_connection_to_group("chat", conn, f"g{g}")
+        assert await redis.scard(hk.connection_groups(conn)) == 1000
+    await membership.add_user_to_group("chat", "u", "bound")  # a binding, and a 1001st join
+    assert await redis.scard(hk.connection_groups("big0")) == 1000  # refused at the cap
     await redis.config_set("slowlog-log-slower-than", "0")
+    await redis.config_set("slowlog-max-len", "100000")  # commands inside scripts count too
     await redis.slowlog_reset()
+    await redis.config_resetstat()
     try:
         if how == "unregister":
-            assert await membership.unregister("chat", "big") == "gw-a"
+            assert await membership.unregister("chat", "big0") == "gw-a"
+        elif how == "remove_from_all_groups":
+            assert await membership.remove_connection_from_all_groups("chat", "big0")
         else:
-            assert await membership.remove_connection_from_all_groups("chat", "big")
-        entries = await redis.slowlog_get(128)
+            await membership.remove_user_from_all_groups("chat", "u")
+        entries = await redis.slowlog_get(100000)
     finally:
         await redis.config_set("slowlog-log-slower-than", "10000")
     longest = max(e["duration"] for e in entries)
-    print(f"{how}: longest Redis call for a connection in 1000 groups: {longest} us")
-    assert longest < 1500, entries[:3]
-    assert await redis.scard(hk.connection_groups("big")) == 0
-    assert await redis.exists(hk.connection("big")) == (how != "unregister")
+    print(f"{how}: longest Redis call for {len(conns)} x 1000 groups: {longest} us")
+    # The mechanism, exactly: one script call per LEAVE_CHUNK groups at most. The time is
+    # printed, not asserted (a shared machine's timings vary several-fold): a chunk takes
+    # 0.3-0.6 ms on a quiet machine, one call for 1,000 groups took about 3 ms.
+    scripts = (await redis.info("commandstats"))["cmdstat_evalsha"]["calls"]
+    assert scripts >= len(conns) * 1000 // LEAVE_CHUNK, scripts
+    for conn in conns:
+        assert await redis.scard(hk.connection_groups(conn)) == 0
+        assert await redis.exists(hk.connection(conn)) == (how != "unregister")
     assert not await redis.exists(
         *(hk.group_connections(f"g{g}") for g in range(1000)),
         *(hk.group_gateways(f"g{g}") for g in range(1000)),
     )
+    if how == "remove_user":
+        assert not await redis.exists(hk.user_groups("u"))  # the binding is gone too
 
 
 # ---------------------------------------------------------------- connections per user

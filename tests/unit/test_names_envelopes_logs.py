@@ -318,6 +318,36 @@ def test_configure_writes_redacted_lines(capsys: pytest.CaptureFixture[str]) -> 
     assert "conn-77" not in err
 
 
+class TestRateLimit:
+    def test_lets_a_burst_through_then_the_rate_and_counts_the_rest(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        now = [100.0]
+        monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+        limit = logs.RateLimit(rate=2.0, burst=3)
+        passed = [limit.filter(record("refused %d", n)) for n in range(10)]
+        assert passed == [True] * 3 + [False] * 7
+        now[0] += 0.5  # one token back at 2 a second
+        rec = record("refused %d", 10)
+        assert limit.filter(rec) is True
+        assert rec.getMessage() == "refused 10 (7 more refusals not logged)"
+        assert limit.filter(record("refused %d", 11)) is False
+        now[0] += 60  # refills to the burst, no more
+        assert [limit.filter(record("x")) for _ in range(4)] == [True, True, True, False]
+
+    def test_configure_puts_it_on_the_refusal_logger_only(self) -> None:
+        refused = logging.getLogger(logs.REFUSALS)
+        saved = refused.filters[:], logging.getLogger().handlers[:]
+        try:
+            logs.configure("info", "gateway", refusals_per_second=1, refusal_burst=5)
+            (limit,) = refused.filters
+            assert isinstance(limit, logs.RateLimit) and limit.burst == 5 and limit.rate == 1
+            logs.configure("info", "gateway")  # again: replaced, not stacked
+            assert len(refused.filters) == 1
+        finally:
+            refused.filters[:], logging.getLogger().handlers[:] = saved
+
+
 @pytest.mark.parametrize("check", [names.group_name, names.user_id])
 @pytest.mark.parametrize("raw", ["\ud800", "a\udfffb", "ok\ud83d"])
 def test_lone_surrogates_are_not_names(check: Callable[[str], str], raw: str) -> None:

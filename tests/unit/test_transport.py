@@ -20,6 +20,7 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from hubbub.logs import REFUSALS
 from hubbub_gateway import transport
 from hubbub_gateway.transport import EXTENSION, HubbubWebSocketProtocol
 
@@ -169,7 +170,7 @@ async def test_accept_builds_the_scope_and_answers_with_subprotocol_and_headers(
     assert peer.proto in peer.state.connections
 
 
-async def test_refused_upgrade_is_one_info_line_and_a_json_body(
+async def test_a_denial_response_is_sent_as_json_and_left_to_the_app_to_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -185,20 +186,29 @@ async def test_refused_upgrade_is_one_info_line_and_a_json_body(
     assert response.headers["content-type"] == "application/json"
     assert peer.transport.closing and peer.proto.lost
     assert peer.proto not in peer.state.connections and not peer.state.tasks
-    ours = [r for r in caplog.records if r.name.startswith("hubbub.gateway")]
+    # The app logged its refusal with the reason (connect._deny); the transport adds one
+    # DEBUG access line, not a second refusal.
+    ours = [r for r in caplog.records if r.name.startswith("hubbub")]
     assert [(r.levelno, r.getMessage()) for r in ours] == [
-        (logging.INFO, '10.0.0.7:40000 - "WebSocket /hubs/chat?access_token=secret" 401')
+        (logging.DEBUG, '10.0.0.7:40000 - "WebSocket /hubs/chat?access_token=secret" 401')
     ]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
 
 
-async def test_close_before_accept_is_403() -> None:
+async def test_close_before_accept_is_403_logged_as_one_refusal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "websocket.close", "code": 1000})
 
+    caplog.set_level(logging.DEBUG)
     peer = Peer(app)
     await settle()
     assert peer.received()[0].status_code == 403
+    ours = [r for r in caplog.records if r.name.startswith("hubbub")]
+    assert [(r.name, r.levelno) for r in ours] == [(REFUSALS, logging.WARNING)]
+    assert '"WebSocket /hubs/chat?access_token=secret" 403' in ours[0].getMessage()
+    assert ours[0].exc_info is None
 
 
 @pytest.mark.parametrize("accepted", [False, True])
@@ -293,14 +303,15 @@ async def test_oversized_message_closes_1009_and_logs_it_once(
     peer = Peer(detaching_app(session), max_size=1000)
     await settle()
     peer.received()
-    caplog.set_level(logging.INFO, "hubbub.gateway.transport")
+    caplog.set_level(logging.INFO, REFUSALS)
     peer.send(b"x" * 1001)
     await settle()
     assert close_code(peer.received()) == 1009
     assert session.data == [] and session.disconnects == 1
     assert peer.transport.closing
     (record,) = [r for r in caplog.records if "closing" in r.getMessage()]
-    assert record.levelno == logging.INFO and "(1009)" in record.getMessage()
+    assert record.levelno == logging.WARNING and "(1009)" in record.getMessage()
+    assert record.name == REFUSALS and record.exc_info is None
 
 
 async def test_messages_in_the_same_read_as_the_clients_close_are_delivered() -> None:

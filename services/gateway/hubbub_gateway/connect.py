@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
+from hubbub.logs import REFUSALS
 from hubbub.protocol import names
 from hubbub.protocol.signalr import (
     HANDSHAKE_OK,
@@ -49,6 +50,7 @@ from .state import GatewayState
 from .transport import EXTENSION, HubbubWebSocketProtocol, payload
 
 log = logging.getLogger("hubbub.gateway.connect")
+refusals = logging.getLogger(REFUSALS)
 router = APIRouter()
 
 HANDSHAKE_OK_FRAME = text_frame(HANDSHAKE_OK)
@@ -57,7 +59,7 @@ NO_ROLES = ClientIdentity(user_id=None, roles=frozenset())
 
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
     """Refuse the upgrade with an HTTP status and a JSON body (or 1008 if unsupported)."""
-    log.info("upgrade refused: %s %s: %s", status, code, message)
+    refusals.warning("upgrade refused: %s %s: %s", status, code, message)
     try:
         await ws.send_denial_response(
             JSONResponse({"code": code, "message": message}, status_code=status)
@@ -216,7 +218,7 @@ class Session:
 
     async def _refuse(self, ws: WebSocket, error: str, logged: bool = False) -> None:
         if not logged:
-            log.info("handshake refused: %s", error, extra={"connection_id": self.conn.id})
+            refusals.warning("handshake refused: %s", error, extra={"connection_id": self.conn.id})
         try:
             await ws.send_text(encode_handshake_error(error).decode())
             await ws.close(1000)
@@ -286,7 +288,7 @@ class Session:
         try:
             events = self.protocol.receive(data)
         except ProtocolError as exc:
-            log.info("closing connection: %s", exc, extra={"connection_id": self.conn.id})
+            refusals.warning("closing connection: %s", exc, extra={"connection_id": self.conn.id})
             self.conn.close(str(exc))
             return []
         return self._admit(events)
@@ -325,7 +327,7 @@ class Session:
             f"Too many invocations: more than {rate:g} a second "
             f"(bursts of {burst:g}) from this connection."
         )
-        log.info("closing connection: %s", reason, extra={"connection_id": self.conn.id})
+        refusals.warning("closing connection: %s", reason, extra={"connection_id": self.conn.id})
         self.conn.close(reason)
         return False
 
@@ -397,6 +399,10 @@ class Session:
             result_error = await self._group_invocation(method == "joingroup", inv.arguments)
         else:
             result_error = f"Method '{inv.target}' does not exist on this hub."
+        if result_error is not None:
+            refusals.warning(
+                "invocation refused: %s", result_error, extra={"connection_id": self.conn.id}
+            )
         if inv.invocation_id is not None:
             self.conn.send(text_frame(encode_completion(inv.invocation_id, error=result_error)))
 
@@ -418,7 +424,6 @@ class Session:
                 await state.membership.remove_connection_from_group(self.hub, conn.id, group)
                 state.index.leave(self.hub, group, (conn.id,))
         except TooManyGroups as exc:
-            log.info("join refused: %s", exc, extra={"connection_id": conn.id})
             return (
                 f"This connection is in {exc.limit} groups, the most a connection may join; "
                 "leave one before joining another."

@@ -80,7 +80,7 @@ State = Annotated[GatewayState, Depends(_state)]
 
 
 def _not_found(code: str, what: str) -> ApiError:
-    return ApiError(404, code, f"{what} does not exist")
+    return ApiError(404, code, f"{what} does not exist", quiet=True)
 
 
 def _exists(found: bool, code: str, what: str, request: Request) -> Response:

@@ -1,11 +1,13 @@
 """Errors as JSON bodies shaped like Azure SignalR Service's, with ``x-ms-error-code``.
 
 The FastAPI exception handlers and the raw ASGI send endpoints (:class:`.ingest.SendEndpoint`)
-answer through the same functions here, so an error looks the same whichever served it.
+answer through the same functions here, so an error looks the same whichever served it, and
+each refusal is logged once, at WARNING on the rate-limited refusal logger (:mod:`hubbub.logs`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -14,18 +16,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
+from hubbub.logs import REFUSALS
 from hubbub.protocol.names import InvalidName
 from hubbub.redis.membership import TooManyGroups
 from hubbub.wire.messages import InvalidArguments, TooManyExcluded
 
+refusals = logging.getLogger(REFUSALS)
+
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    """An answer other than success. ``quiet``: an answer to a question (``GET`` of a
+    connection that does not exist), not a refusal, so not logged."""
+
+    def __init__(self, status: int, code: str, message: str, *, quiet: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.quiet = quiet
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -36,8 +46,16 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
-def too_large_response(limit: int) -> JSONResponse:
-    return error_response(413, "Error.PayloadTooLarge", f"request body exceeds {limit} bytes")
+def refusal(scope: Scope, status: int, code: str, message: str) -> JSONResponse:
+    """:func:`error_response`, logged as a refusal: one WARNING line, no traceback."""
+    refusals.warning(
+        "refused %s %s: %d %s: %s", scope.get("method"), scope.get("path"), status, code, message
+    )
+    return error_response(status, code, message)
+
+
+def too_large_response(scope: Scope, limit: int) -> JSONResponse:
+    return refusal(scope, 413, "Error.PayloadTooLarge", f"request body exceeds {limit} bytes")
 
 
 def validation_message(errors: Iterable[Mapping[str, Any]]) -> str:
@@ -52,20 +70,22 @@ def invalid_request(errors: Iterable[Mapping[str, Any]]) -> ApiError:
     return ApiError(400, "Error.InvalidRequest", validation_message(errors))
 
 
-def known_error_response(exc: Exception) -> JSONResponse | None:
+def known_error_response(scope: Scope, exc: Exception) -> JSONResponse | None:
     """The answer to an error the API expects (``None`` for anything else: a bug, a 500)."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message)
+        if exc.quiet:
+            return error_response(exc.status, exc.code, exc.message)
+        return refusal(scope, exc.status, exc.code, exc.message)
     if isinstance(exc, InvalidName):
-        return error_response(400, "Error.InvalidName", str(exc))
+        return refusal(scope, 400, "Error.InvalidName", str(exc))
     if isinstance(exc, TooManyGroups):
-        return error_response(409, "Error.Connection.TooManyGroups", str(exc))
+        return refusal(scope, 409, "Error.Connection.TooManyGroups", str(exc))
     if isinstance(exc, TooManyExcluded):
-        return error_response(400, "Error.TooManyExcluded", str(exc))
+        return refusal(scope, 400, "Error.TooManyExcluded", str(exc))
     if isinstance(exc, InvalidArguments):
-        return error_response(400, "Error.InvalidRequest", str(exc))
+        return refusal(scope, 400, "Error.InvalidRequest", str(exc))
     if isinstance(exc, RedisError):
-        return error_response(503, "Error.Unavailable", f"message store unavailable: {exc}")
+        return refusal(scope, 503, "Error.Unavailable", f"message store unavailable: {exc}")
     return None
 
 
@@ -80,8 +100,8 @@ KNOWN_ERRORS = (
 
 
 def install(app: FastAPI) -> None:
-    async def _known(_: Request, exc: Exception) -> JSONResponse:
-        response = known_error_response(exc)
+    async def _known(request: Request, exc: Exception) -> JSONResponse:
+        response = known_error_response(request.scope, exc)
         assert response is not None
         return response
 
@@ -89,10 +109,11 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(kind, _known)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         error = invalid_request(exc.errors())
-        return error_response(error.status, error.code, error.message)
+        return refusal(request.scope, error.status, error.code, error.message)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, f"Error.Http{exc.status_code}", str(exc.detail))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = f"Error.Http{exc.status_code}"
+        return refusal(request.scope, exc.status_code, code, str(exc.detail))

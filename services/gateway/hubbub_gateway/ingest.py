@@ -310,7 +310,7 @@ class RawEndpoint(abc.ABC):
             hub = state.hub(hub, application)
             answer = await self.accept(state, hub, name, data, excluded, trace)
         except KNOWN_ERRORS as exc:
-            refusal = known_error_response(exc)
+            refusal = known_error_response(scope, exc)
             assert refusal is not None
             return await refusal(scope, receive, send)
         await send(

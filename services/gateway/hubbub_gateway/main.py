@@ -51,6 +51,8 @@ def main() -> None:
         f"gateway[{settings.gateway_id}]" if settings.log_format == "text" else "gateway",
         settings.log_format,
         {"gateway_id": settings.gateway_id},
+        refusals_per_second=settings.refusal_log_per_second,
+        refusal_burst=settings.refusal_log_burst,
     )
     app = create_app(settings)
     config = uvicorn.Config(

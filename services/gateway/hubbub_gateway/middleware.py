@@ -64,7 +64,7 @@ def body_limit(app: ASGIApp, limit: int) -> ASGIApp:
             await too_large(scope, receive, send)
 
     async def too_large(scope: Scope, receive: Receive, send: Send) -> None:
-        await too_large_response(limit)(scope, receive, send)
+        await too_large_response(scope, limit)(scope, receive, send)
 
     return limited
 

@@ -36,6 +36,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
 
+from hubbub.logs import REFUSALS
+
 EXTENSION = "hubbub.socket"
 """Scope extension under which the app finds this protocol (to detach the socket)."""
 
@@ -43,6 +45,7 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a client gets to answer our Close before its connection is aborted."""
 
 log = logging.getLogger("hubbub.gateway.transport")
+refusals = logging.getLogger(REFUSALS)
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -96,7 +99,7 @@ def _log_failure(chunks: list[bytes]) -> None:
     for chunk in chunks:
         if len(chunk) >= 4 and chunk[0] == 0x88:
             close = Close.parse(chunk[2 : 2 + chunk[1]])
-            log.info("closing WebSocket (%d): %s", close.code, close.reason)
+            refusals.warning("closing WebSocket (%d): %s", close.code, close.reason)
             return
 
 
@@ -208,7 +211,8 @@ class _Handshake:
             status, headers, body = self.denial
             body.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
-                self.respond(self._denial_response(status, headers, b"".join(body)))
+                denial = self._denial_response(status, headers, b"".join(body))
+                self.respond(denial, logged=True)
         elif phase == self.OPEN:
             try:
                 if kind == "websocket.send":
@@ -250,18 +254,31 @@ class _Handshake:
         proto.flush()
         log.info('%s - "WebSocket %s" [accepted]', proto.peer(), self.target())
 
-    def respond(self, response: Response) -> None:
+    def respond(self, response: Response, *, logged: bool = False) -> None:
         """Refuse the upgrade with ``response`` (the denial-response extension, a close before
-        accept, or an app failure), log it once, and close the connection."""
+        accept, or an app failure), log it once, and close the connection. ``logged``: the
+        app logged the refusal with its reason (a denial response); else this logs it."""
         proto = self.proto
         self.phase = self.DONE
         self.response = None
         if proto.lost or proto.transport.is_closing():
             return
-        log.info('%s - "WebSocket %s" %d', proto.peer(), self.target(), response.status_code)
+        if logged:
+            log.debug('%s - "WebSocket %s" %d', proto.peer(), self.target(), response.status_code)
+        else:
+            refusals.warning(
+                '%s - "WebSocket %s" %d %s',
+                proto.peer(),
+                self.target(),
+                response.status_code,
+                response.body[:200].decode("utf-8", "replace").strip(),
+            )
         proto.ws.send_response(response)  # then EOF: flush() closes the transport
         proto.flush()
         self.disconnect(1006)
+
+    def _server_error(self) -> Response:
+        return self.proto.ws.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, "")
 
     def _denial_response(self, status: int, raw: list[tuple[str, str]], body: bytes) -> Response:
         headers = Headers(raw)
@@ -290,7 +307,7 @@ class _Handshake:
                 log.debug("ASGI app ended after the client left", exc_info=True)
             elif self.phase in (self.CONNECTING, self.DENYING):
                 log.exception("Exception in ASGI application (WebSocket %s)", self.target())
-                self.respond(proto.ws.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, ""))
+                self.respond(self._server_error(), logged=True)
             else:
                 log.exception("Exception in ASGI application (WebSocket %s)", self.target())
                 proto.close(1011)
@@ -299,7 +316,7 @@ class _Handshake:
                 return
             if self.phase in (self.CONNECTING, self.DENYING):
                 log.warning("ASGI app returned without answering WebSocket %s", self.target())
-                self.respond(proto.ws.reject(http.HTTPStatus.INTERNAL_SERVER_ERROR, ""))
+                self.respond(self._server_error(), logged=True)
             elif self.phase == self.OPEN:
                 proto.close(1000)  # the app is done with an open socket it did not detach
         finally:

@@ -7,9 +7,9 @@ either joins through the user's binding or through the add, never neither. Scrip
 inboxes, to update their local indexes.
 
 Limits: a connection is in at most ``max_groups`` groups (``HUBBUB_MAX_GROUPS_PER_CONNECTION``),
-checked by the scripts that join; and leaving all of a connection's groups (unregistering it,
-or the REST call) runs in calls of at most :data:`LEAVE_CHUNK` groups each, so that no one
-script made on a client's behalf blocks Redis for long.
+checked by the scripts that join; and leaving all of a connection's or a user's groups
+(unregistering it, or the REST calls) runs in calls of at most :data:`LEAVE_CHUNK` groups each,
+so that no one script made on a client's behalf blocks Redis for long.
 """
 
 from __future__ import annotations
@@ -166,25 +166,30 @@ return touched
 )
 
 # KEYS: user's groups, user's connections, c prefix, cg prefix, gc prefix, gg prefix.
-# ARGV: group ('' = all groups). Returns gw, conn, ...
+# ARGV: group ('' = all groups), n. Returns more, gw, conn, ...: for all groups, at most n
+# groups are left per call, and more = 1 says some remain (the caller calls again).
 _REMOVE_USER_GROUP = (
     _HELPERS
     + """
-local group = ARGV[1]
+local group, n = ARGV[1], tonumber(ARGV[2])
 if group == '' then redis.call('DEL', KEYS[1]) else redis.call('ZREM', KEYS[1], group) end
-local touched = {}
+local touched = {0}
 for _, conn in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local gw = redis.call('HGET', KEYS[3] .. conn, GW)
   if gw then
     local cg = KEYS[4] .. conn
     if group == '' then
-      for _, g in ipairs(redis.call('SMEMBERS', cg)) do
-        leave(conn, gw, g, cg, KEYS[5] .. g, KEYS[6] .. g)
+      local count = redis.call('SCARD', cg)
+      if count > 0 then
+        if n <= 0 then touched[1] = 1; break end
+        if leave_chunk(conn, gw, cg, KEYS[5], KEYS[6], n) then touched[1] = 1 end
+        n = n - math.min(count, n)
+        table.insert(touched, gw); table.insert(touched, conn)
       end
     else
       leave(conn, gw, group, cg, KEYS[5] .. group, KEYS[6] .. group)
+      table.insert(touched, gw); table.insert(touched, conn)
     end
-    table.insert(touched, gw); table.insert(touched, conn)
   end
 end
 return touched
@@ -399,9 +404,16 @@ class Membership:
         await self._remove_user(hub, user, "")
 
     async def _remove_user(self, hub: str, user: str, group: str) -> None:
+        """Leaving all groups goes :data:`LEAVE_CHUNK` groups a call, over all the user's
+        connections, each chunk's gateways told as it is done."""
         hk = self.schema.hub(hub)
-        touched = await self._remove_user_group(keys=_user_keys(hk, user), args=[group])
-        await self._notify(_pairs(touched), Op.LEAVE, hub, group)
+        more = True
+        while more:
+            result = await self._remove_user_group(
+                keys=_user_keys(hk, user), args=[group, LEAVE_CHUNK]
+            )
+            more = result[0] == 1
+            await self._notify(_pairs(result[1:]), Op.LEAVE, hub, group)
 
     async def _notify(self, by_gateway: dict[str, list[str]], op: Op, hub: str, group: str) -> None:
         """Tell each gateway to update its local index. Idempotent, so a retry is safe."""
