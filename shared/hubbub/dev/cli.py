@@ -16,6 +16,7 @@ import httpx
 
 from hubbub.dev.embedded import RedisProcess
 from hubbub.dev.launcher import ChildProcess, LocalDeployment, NotHealthy, ProcessExited
+from hubbub.redis.acl import rules
 from hubbub.sdk.client import HubbubClient
 from hubbub.settings import Settings
 from hubbub.tokens import mint_token
@@ -159,6 +160,12 @@ def token(args: argparse.Namespace) -> int:
     return 0
 
 
+def redis_acl(args: argparse.Namespace) -> int:
+    """Print the ACL rules of a role, for ``redis-cli ACL SETUSER <user> on ><password> ...``."""
+    print(" ".join(rules(args.role, args.prefix)))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     settings = Settings()
     p = argparse.ArgumentParser(prog="hubbub", description=__doc__)
@@ -197,6 +204,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--role", action="append", help="e.g. hubbub.joinLeaveGroup")
     t.add_argument("--audience")
     t.set_defaults(func=token)
+
+    a = sub.add_parser(
+        "redis-acl", help="print the least-privilege Redis ACL rules of a gateway or a worker"
+    )
+    a.add_argument("role", choices=["gateway", "worker"])
+    a.add_argument("--prefix", default=settings.key_prefix, help="default: $HUBBUB_KEY_PREFIX")
+    a.set_defaults(func=redis_acl)
     return p
 
 

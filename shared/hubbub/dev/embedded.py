@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -48,12 +49,14 @@ class RedisProcess:
         directory: str | None = None,
         appendonly: bool = False,
         appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
         # Absolute: redis-server changes into --dir before it opens --logfile.
         self.directory = os.path.abspath(directory or tempfile.mkdtemp(prefix="hubbub-redis-"))
         self.appendonly = appendonly
         self.appendfsync = appendfsync
+        self.extra_args = tuple(extra_args)  # more redis-server options (e.g. --aclfile)
         self.binary = find_server_binary()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -71,6 +74,7 @@ class RedisProcess:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
             "--logfile", os.path.join(self.directory, "server.log"),
+            *self.extra_args,
         ]  # fmt: skip
         # Errors before the log file is open (a bad option, say) go to stdout: keep them.
         console = os.path.join(self.directory, "console.log")

@@ -1,0 +1,54 @@
+"""Least-privilege Redis ACL rules for each Hubbub role, the one home of what each may run.
+
+Gateways and fan-out workers need different commands (only workers read the publish stream
+in a consumer group; only gateways read their inboxes), and neither needs anything outside
+the deployment's key prefix, any Pub/Sub channel, or any administrative command. Commands
+run by Lua scripts are checked against the calling user too, so they are listed here.
+
+``hubbub redis-acl gateway`` prints the rules for ``ACL SETUSER`` (see docs/security.md);
+``tests/security/test_redis_acl.py`` runs a whole deployment under them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Role = Literal["gateway", "worker"]
+
+# Connection set-up (redis-py and the Pipe), scripts (loaded once, then run by their SHA),
+# and the reads and writes the membership scripts make: both roles run those (workers reap).
+# CLIENT SETINFO (Redis 7.2+) is left out: redis-py ignores its refusal.
+_COMMON = (
+    "ping", "hello", "auth", "select", "client|setname", "script|load", "evalsha",
+    "exists", "get", "set", "del", "pexpire",
+    "hget", "hset", "hmget", "hdel", "hincrby", "hkeys",
+    "sadd", "srem", "smembers", "scard", "sismember", "srandmember",
+    "zadd", "zrem", "zscore", "zrange", "zremrangebyscore",
+    "xadd",
+)  # fmt: skip
+
+COMMANDS: dict[Role, tuple[str, ...]] = {
+    # Publishing, reading its inbox and the broadcast feed, trimming its inbox.
+    "gateway": (*_COMMON, "xread", "xrevrange", "xtrim"),
+    # Consuming the publish partitions in a group, recovering what a dead worker held,
+    # leases, reaping dead gateways, trimming, and the lag gauges.
+    "worker": (
+        *_COMMON,
+        "xreadgroup", "xack", "xautoclaim", "xgroup|create", "xgroup|delconsumer",
+        "xinfo|groups", "xinfo|consumers", "xtrim", "xrevrange", "zcard", "zrangebyscore",
+    ),
+}  # fmt: skip
+
+
+def rules(role: Role, prefix: str) -> list[str]:
+    """ACL rules for ``role``: its commands only, on ``<prefix>:*`` keys only, no channels.
+
+    Starts from nothing (``resetkeys``, ``resetchannels``, ``-@all``), so applying it to an
+    existing user leaves no earlier grant behind (its password and on/off are left alone)."""
+    return [
+        "resetkeys",
+        f"~{prefix}:*",
+        "resetchannels",
+        "-@all",
+        *(f"+{command}" for command in COMMANDS[role]),
+    ]
