@@ -12,8 +12,10 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
+from websockets.exceptions import InvalidStatus
 
 from hubbub.dev.embedded import RedisProcess
 from hubbub.redis.stream import partition_of
@@ -173,3 +175,64 @@ async def test_redis_restart_with_aof(aof_redis: RedisProcess, tmp_path: Path) -
         )
     finally:
         dep.stop()
+
+
+async def test_redis_restarted_empty_is_recovered_without_restarting_anything(
+    tmp_path: Path,
+) -> None:
+    """Redis comes back with no data (no persistence, or a failover to an empty replica):
+    consumer groups and leases are made again, gateways re-register, and messages accepted
+    after the restart are delivered, with no Hubbub process restarted."""
+    (tmp_path / "redis").mkdir()
+    server = RedisProcess(directory=str(tmp_path / "redis"))  # nothing kept on disk
+    server.start()
+    dep = Deployment(server.url, tmp_path, "empty")
+    try:
+        await dep.start_gateway()
+        await dep.start_gateway()
+        dep.start_worker()
+        dep.start_worker()
+        async with HubbubClient(dep.gateways[0].url, ACCESS_KEY, "chat") as api:
+            before = await RawClient.connect(dep.gateways[1].url, token=client_token("ua"))
+            await api.send_to_user("ua", "seq", ["before", 0])
+            assert (await before.recv())["arguments"] == ["before", 0]
+
+            assert server.process is not None
+            server.process.send_signal(signal.SIGKILL)
+            server.process.wait()
+            server.process = None
+            server.start()  # same port, empty
+            loop = asyncio.get_running_loop()
+            restarted = loop.time()
+            # The gateway closes its clients when it finds itself unregistered; the client
+            # reconnects (as the official clients do) once the gateway accepts it again.
+            closed = await before.recv(timeout=15)
+            assert closed["type"] == 7 and closed.get("allowReconnect") is True, closed
+
+            async def reconnect() -> RawClient | None:
+                try:
+                    return await RawClient.connect(dep.gateways[1].url, token=client_token("ua"))
+                except (httpx.HTTPError, InvalidStatus):  # refused while it re-registers
+                    return None
+
+            after = await eventually(reconnect, timeout=10, interval=0.1)
+            assert after.connection_id is not None
+            await api.add_connection_to_group("ga", after.connection_id)
+            collector = Collector(after)
+            outcomes = await asyncio.gather(
+                publish(api, "group", "ga", "g", range(100)),
+                publish(api, "user", "ua", "u", range(100)),
+                publish(api, "all", "", "a", range(100)),
+            )
+            for name, outcome in zip("gua", outcomes, strict=True):
+                assert outcome.accepted, f"nothing to {name} was accepted after the restart"
+                await collector.wait_for(name, set(outcome.accepted), timeout=10)
+                check_once_in_order(collector.got[name], outcome)
+            print(
+                f"\nRedis restarted empty: delivering again {loop.time() - restarted:.1f} s "
+                f"after the restart; refused meanwhile: {[len(o.refused) for o in outcomes]}"
+            )
+            await collector.stop()
+    finally:
+        dep.stop()
+        server.stop()
