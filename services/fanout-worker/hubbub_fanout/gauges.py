@@ -36,8 +36,9 @@ class Gauges:
                     except KeyError:
                         pass
                 continue
+            stream = self.schema.publish_partition(n)
             try:
-                groups = await self.redis.xinfo_groups(self.schema.publish_partition(n))
+                groups = await self.redis.xinfo_groups(stream)
             except ResponseError as exc:
                 if "no such key" not in str(exc):
                     raise
@@ -50,3 +51,9 @@ class Gauges:
                 if (name.decode() if isinstance(name, bytes) else name) == self.group:
                     lag.labels(str(n)).set(group.get("lag") or 0)
                     pending.labels(str(n)).set(group["pending"])
+                    break
+            else:
+                # A stream without our group (Redis came back empty, then a publish made the
+                # stream): nothing of it was read yet, so all of it is lag.
+                lag.labels(str(n)).set(await self.redis.xlen(stream))
+                pending.labels(str(n)).set(0)

@@ -1,7 +1,8 @@
 """``hubbub-fanout``: a fan-out worker process.
 
-The process around a :class:`~.supervisor.Supervisor`: settings, logging, the ``/metrics``
-server, tracing, the Redis connections, and stopping on ``SIGTERM`` or ``SIGINT``.
+The process around a :class:`~.supervisor.Supervisor`: settings, logging, the ``/metrics``,
+``/livez`` and ``/readyz`` server (:mod:`.health`), tracing, the Redis connections, and
+stopping on ``SIGTERM`` or ``SIGINT``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import logging
 import signal
 
 import uvloop
-from prometheus_client import start_http_server
 
 from hubbub.logs import configure
 from hubbub.metrics import Metrics
@@ -21,6 +21,7 @@ from hubbub.runtime import tune_gc
 from hubbub.settings import Settings
 from hubbub.telemetry import setup_tracing
 
+from .health import Health, serve_probes
 from .supervisor import Supervisor, worker_name
 
 log = logging.getLogger("hubbub.fanout")
@@ -33,11 +34,16 @@ async def serve(settings: Settings) -> None:
     redis = endpoint.redis()
     pipe = Pipe(endpoint)
     metrics = Metrics()
+    health = Health.for_settings(settings)
     if settings.metrics_port:
         try:
-            start_http_server(settings.metrics_port, registry=metrics.registry)
+            serve_probes("0.0.0.0", settings.metrics_port, metrics.registry, health)
         except OSError as exc:  # e.g. two workers on one machine: route anyway
-            log.warning("no /metrics: port %d unavailable (%s)", settings.metrics_port, exc)
+            log.warning(
+                "no /metrics, /livez, /readyz: port %d unavailable (%s)",
+                settings.metrics_port,
+                exc,
+            )
     telemetry = setup_tracing("hubbub-fanout")
     worker = Supervisor(
         settings,
@@ -45,6 +51,7 @@ async def serve(settings: Settings) -> None:
         pipe=pipe,
         metrics=metrics,
         tracer=telemetry.tracer if telemetry else None,
+        health=health,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

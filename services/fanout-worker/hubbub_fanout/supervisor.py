@@ -28,6 +28,7 @@ from hubbub.settings import Settings
 
 from .consume import Consumer
 from .gauges import Gauges
+from .health import Health
 from .leases import Leases
 from .reap import Reaper
 from .recover import Recovery
@@ -81,9 +82,11 @@ class Supervisor:
         pipe: Pipe,
         metrics: Metrics,
         tracer: Tracer | None = None,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.health = health or Health.for_settings(settings)
         self.name = name = worker_name(settings)
         router = Router(settings, pipe=pipe, metrics=metrics, tracer=tracer)
         self.leases = Leases(settings, redis=redis, name=name)
@@ -112,11 +115,15 @@ class Supervisor:
     async def run(self) -> None:
         """Turn until stopped, backing off while Redis fails; then give the leases back."""
         backoff = BACKOFF_FIRST
+        health = self.health
         while not self.stopping:
+            health.turn_started()
             try:
                 await self.turn()
+                health.turn_done()
                 backoff = BACKOFF_FIRST
             except RedisError as exc:
+                health.turn_failed(repr(exc))
                 self.metrics.redis_errors.labels("worker").inc()
                 log.warning("redis error, retrying in %.2fs: %r", backoff, exc)
                 await asyncio.sleep(backoff)

@@ -35,7 +35,8 @@ COMMANDS: dict[Role, tuple[str, ...]] = {
     "worker": (
         *_COMMON,
         "xreadgroup", "xack", "xautoclaim", "xgroup|create", "xgroup|delconsumer",
-        "xinfo|groups", "xinfo|consumers", "xtrim", "xrevrange", "zcard", "zrangebyscore",
+        "xinfo|groups", "xinfo|consumers", "xlen", "xtrim", "xrevrange", "zcard",
+        "zrangebyscore",
     ),
 }  # fmt: skip
 

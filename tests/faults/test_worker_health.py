@@ -1,0 +1,79 @@
+"""A worker's readiness tells the truth (issue 10): ``/readyz`` is 503 within 2 s of Redis not
+answering and 200 again once it answers; ``/livez`` stays 200 meanwhile (restarting a worker
+does not bring Redis back); ``/metrics`` is served beside them."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hubbub.dev.embedded import RedisProcess, free_port
+from tests.support.processes import Deployment
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
+    (tmp_path / "redis").mkdir()
+    server = RedisProcess(directory=str(tmp_path / "redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def status_until(http: httpx.AsyncClient, url: str, status: int, within: float) -> float:
+    """Seconds until ``url`` answers ``status`` (polled: a probe is polled by its nature)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                r = await http.get(url, timeout=1.0)
+                if r.status_code == status:
+                    return loop.time() - started
+            except httpx.TransportError:
+                pass  # not listening yet
+            await asyncio.sleep(0.05)
+
+
+async def test_readyz_follows_redis_and_livez_does_not(
+    own_redis: RedisProcess, tmp_path: Path
+) -> None:
+    dep = Deployment(own_redis.url, tmp_path, "health")
+    port = free_port()
+    dep.start_worker(HUBBUB_METRICS_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as http:
+            await status_until(http, f"{base}/readyz", 200, within=20)
+            ready = await http.get(f"{base}/readyz")
+            assert ready.json()["status"] == "ready", ready.text
+            metrics = await http.get(f"{base}/metrics")
+            assert metrics.status_code == 200 and "hubbub_" in metrics.text
+
+            assert own_redis.process is not None
+            own_redis.process.send_signal(signal.SIGSTOP)  # frozen: connections hang
+            try:
+                took = await status_until(http, f"{base}/readyz", 503, within=5)
+                print(f"\n/readyz 503 {took:.2f} s after Redis froze")
+                assert took <= 2.5, took
+                unready = await http.get(f"{base}/readyz")
+                assert unready.json()["status"] == "not ready", unready.text
+                live = await http.get(f"{base}/livez")
+                assert live.status_code == 200 and live.json()["status"] == "live", live.text
+            finally:
+                own_redis.process.send_signal(signal.SIGCONT)
+            back = await status_until(http, f"{base}/readyz", 200, within=15)
+            print(f"/readyz 200 again {back:.2f} s after Redis thawed")
+        log = dep.workers[0].output()
+        assert "not ready: no routing turn completed" in log, log[-2000:]
+        assert log.count("not ready:") == 1, log[-2000:]  # one line per change
+        assert "Traceback" not in log
+    finally:
+        dep.stop()
