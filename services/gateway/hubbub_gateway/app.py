@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp
@@ -25,7 +26,7 @@ from hubbub.wire.keys import KeySchema
 
 from . import connect, endpoints, errors, negotiate
 from .deliver import LocalIndex
-from .errors import error_response
+from .health import Health
 from .inbox import InboxReader
 from .middleware import body_limit, cors
 from .state import GatewayState
@@ -39,18 +40,22 @@ async def _heartbeat(state: GatewayState, reader: InboxReader) -> None:
     first = True
     while True:
         try:
+            now = time.time()
             added = await redis.zadd(
-                schema.gateways, {settings.gateway_id: time.time() + settings.gateway_ttl}
+                schema.gateways, {settings.gateway_id: now + settings.gateway_ttl}
             )
+            # Workers heartbeat into their own set, scored by when their heartbeat expires.
+            workers = await redis.zcount(schema.workers, now, "+inf")
             if added and not first:
                 log.warning("this gateway was reaped while unreachable; closing its clients")
                 await reader.create_inbox()
                 for conn in tuple(state.index.connections.values()):
                     conn.close(allow_reconnect=True)
             first = False
-            state.redis_ok = True
+            state.health.heartbeat(True, workers)
         except RedisError as exc:
-            state.redis_ok = False
+            state.health.heartbeat(False)
+            state.health.redis_failed(repr(exc))
             state.metrics.redis_errors.labels("heartbeat").inc()
             log.warning("heartbeat failed: %r", exc)
         await asyncio.sleep(settings.heartbeat_interval)
@@ -121,10 +126,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             metrics=metrics,
             tokens=ServiceTokenVerifier(settings.access_keys),
+            health=Health.for_settings(settings),
             telemetry=telemetry,
         )
         app.state.hubbub = state
-        reader = InboxReader(settings, redis=redis, pipe=inbox_pipe, index=state.index)
+        reader = InboxReader(
+            settings, redis=redis, pipe=inbox_pipe, index=state.index, health=state.health
+        )
         await reader.start_positions()
         tasks = [
             asyncio.create_task(reader.run(), name="inbox"),
@@ -156,9 +164,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.api_route("/api/health", methods=["GET", "HEAD"], tags=["health"])
     async def health(request: Request) -> Response:
         state: GatewayState = request.app.state.hubbub
-        if state.draining or not state.redis_ok:
-            return error_response(503, "Error.NotReady", "draining or Redis unreachable")
-        return Response(status_code=200)
+        ready, body = state.health.report(state.draining)
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:

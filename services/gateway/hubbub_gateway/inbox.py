@@ -22,6 +22,7 @@ from hubbub.wire.envelopes import Entry, decode_entry, hello
 from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
+from .health import Health
 
 log = logging.getLogger("hubbub.gateway.inbox")
 
@@ -29,8 +30,11 @@ log = logging.getLogger("hubbub.gateway.inbox")
 class InboxReader:
     """This gateway's reader of its inbox and the broadcast feed; it trims what it handled."""
 
-    def __init__(self, settings: Settings, *, redis: Redis, pipe: Pipe, index: LocalIndex) -> None:
+    def __init__(
+        self, settings: Settings, *, redis: Redis, pipe: Pipe, index: LocalIndex, health: Health
+    ) -> None:
         self.redis = redis
+        self.health = health
         self.pipe = pipe
         self.index = index
         self.gateway_id = settings.gateway_id
@@ -69,7 +73,9 @@ class InboxReader:
                     block=self.block_ms / 1000,
                 )  # fmt: skip
                 backoff = 0.05
+                self.health.read_done()
             except RedisError as exc:
+                self.health.redis_failed(repr(exc))
                 self.index.metrics.redis_errors.labels("inbox").inc()
                 log.warning("inbox read failed, retrying in %.2fs: %r", backoff, exc)
                 await asyncio.sleep(backoff)

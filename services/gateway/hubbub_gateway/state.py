@@ -17,6 +17,7 @@ from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
 from .errors import ApiError
+from .health import Health
 
 
 @dataclass
@@ -29,9 +30,9 @@ class GatewayState:
     index: LocalIndex
     metrics: Metrics
     tokens: ServiceTokenVerifier
+    health: Health
     telemetry: Telemetry | None = None
     draining: bool = False
-    redis_ok: bool = True
 
     def hub(self, raw: str, application: str | None = None) -> str:
         """The canonical name of a hub this gateway serves: a valid name
