@@ -7,8 +7,13 @@ builds the redis-py client (a bounded pool, health checks, retries on transient 
 so the two cannot disagree about where Redis is or how to trust it.
 
 Failure model, said once: redis-py retries a command ``retries`` times on a connection error
-or timeout; the ``Pipe`` never retries (an ``XADD`` sent twice is two messages), it fails the
-calls in flight and reconnects on the next call, and its callers own the retry loop.
+or timeout (with the asyncio ``Retry``: the synchronous one, given to the asyncio client,
+returns the coroutine unawaited and so never retries). That is what makes a pooled connection
+that died while idle (Redis restarted) cost nothing: the command is sent again on a new one.
+What goes through redis-py is safe to send twice: membership scripts re-applied find their
+work done, control entries are idempotent at the gateway. The ``Pipe`` never retries (an
+``XADD`` to a publish partition sent twice is two messages), it fails the calls in flight and
+reconnects on the next call, and its callers own the retry loop.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from hubbub.settings import Settings
 
