@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # Liveness of gateways.
     heartbeat_interval: float = 2.0
     gateway_ttl: float = 10.0
+    # How often a gateway makes Redis's record of its connections match its live sockets
+    # (ghosts of failed unregisters removed, connections Redis lost restored).
+    reconcile_interval: float = Field(default=10.0, gt=0)
 
     # Streams.
     publish_stream_maxlen: int = 1_000_000

@@ -14,7 +14,7 @@ import pytest
 
 from hubbub.dev.embedded import RedisProcess
 from hubbub.sdk.client import HubbubClient
-from tests.support.processes import ACCESS_KEY, Deployment
+from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 
 pytestmark = pytest.mark.slow
@@ -53,12 +53,11 @@ async def test_no_request_fails_on_a_connection_that_died_while_idle(
             aof_redis.process = None
             aof_redis.start()  # same port, same data: only the connections are gone
 
-            async def health() -> int:
-                return (await httpx.AsyncClient().get(f"{gateway.url}/api/health")).status_code
+            async def ready() -> bool:
+                async with httpx.AsyncClient() as http:
+                    return (await http.get(f"{gateway.url}/api/health")).status_code == 200
 
-            async with asyncio.timeout(15):
-                while await health() != 200:
-                    await asyncio.sleep(0.1)
+            await eventually(ready, timeout=15)
             # Every pooled connection is dead now; none of these may fail because of it.
             second = await asyncio.gather(
                 *(RawClient.connect(gateway.url, token=client_token(f"v{n}")) for n in range(20)),

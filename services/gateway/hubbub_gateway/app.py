@@ -29,6 +29,7 @@ from .deliver import LocalIndex
 from .health import Health
 from .inbox import InboxReader
 from .middleware import body_limit, cors
+from .reconcile import Reconciler
 from .state import GatewayState
 
 log = logging.getLogger("hubbub.gateway")
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(reader.run(), name="inbox"),
             asyncio.create_task(_heartbeat(state, reader), name="heartbeat"),
             asyncio.create_task(_ticker(state), name="ticker"),
+            asyncio.create_task(Reconciler(state).run(), name="reconcile"),
         ]
         log.info("gateway %s ready", settings.gateway_id)
         try:

@@ -444,8 +444,9 @@ class Session:
         except RedisError as exc:
             metrics.redis_errors.labels("unregister").inc()
             log.warning(
-                "could not unregister, the connection stays in Redis: %r",
+                "could not unregister, retrying once Redis answers: %r",
                 exc,
                 extra={"connection_id": conn.id},
             )
+            self.state.reconcile_soon.set()
         log.debug("connection closed", extra={"connection_id": conn.id})

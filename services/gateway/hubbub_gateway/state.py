@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
@@ -33,6 +34,8 @@ class GatewayState:
     health: Health
     telemetry: Telemetry | None = None
     draining: bool = False
+    # Set when an unregister failed: the reconciler retries it without waiting its interval.
+    reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)
 
     def hub(self, raw: str, application: str | None = None) -> str:
         """The canonical name of a hub this gateway serves: a valid name
