@@ -87,3 +87,27 @@ async def test_messages_before_a_close_are_written_before_it() -> None:
     assert a.writes[0] == text_frame(b"m1")
     assert b"bye" in a.writes[1]  # the SignalR Close record
     assert len(a.writes) == 2  # nothing after the close
+
+
+def fenced(n: int, partition: int, epoch: int) -> MessageEntry:
+    mid = f"{partition}:{n}-0".encode()
+    return MessageEntry(Kind.ALL, "chat", "", f"m{n}".encode(), message_id=mid, epoch=epoch)
+
+
+def test_deliveries_of_an_older_lease_epoch_are_refused_per_partition() -> None:
+    """Fencing: once a partition's new owner (a larger epoch) has delivered, what its stalled
+    predecessor still writes is refused, even under message ids never seen; other partitions
+    and entries without an epoch are not affected."""
+    index = LocalIndex()
+    a = connect(index, "a")
+    index.handle_many([fenced(1, partition=3, epoch=100)])
+    index.handle_many([fenced(2, partition=3, epoch=200)])  # a new owner
+    index.handle_many([fenced(3, partition=3, epoch=100)])  # the old one woke up: refused
+    index.handle_many([fenced(4, partition=5, epoch=50)])  # another partition: its own epochs
+    index.handle_many([fenced(5, partition=3, epoch=200)])
+    index.handle_many([message(6)])  # no epoch (an older worker): delivered
+    assert a.writes == [text_frame(f"m{n}".encode()) for n in (1, 2, 4, 5, 6)]
+    refused = index.metrics.registry.get_sample_value(
+        "hubbub_drops_total", {"reason": "stale_epoch"}
+    )
+    assert refused == 1

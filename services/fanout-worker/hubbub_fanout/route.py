@@ -67,8 +67,12 @@ class Router:
         pipe: Pipe,
         metrics: Metrics,
         tracer: Tracer | None = None,
+        epochs: dict[int, int] | None = None,
     ) -> None:
         self.pipe = pipe
+        # The lease epoch of each owned partition (:class:`.leases.Leases` keeps it), stamped
+        # on every delivery so gateways can refuse a stale owner's.
+        self.epochs = epochs if epochs is not None else {}
         self.metrics = metrics
         self.tracer = tracer
         self.group = settings.worker_group
@@ -89,12 +93,13 @@ class Router:
         messages = self._parse(entries)
         found = iter(await self.pipe.execute_many(self._lookups(messages)))
         stream = self.streams[partition]
+        epoch = self.epochs.get(partition, 0)
         routed = self.metrics.routed
         commands: list[bytes] = []
         with ExitStack() as spans:  # a traced batch's spans end once its deliveries are in
             for entry_id, m in messages:
                 mid = message_id(partition, entry_id).encode()
-                fields = m.fields(mid)
+                fields = m.fields(mid, epoch)
                 process = self._process_span(spans, stream, mid, m)
                 if m.kind is Kind.ALL:
                     destinations = self._to_feed
@@ -102,7 +107,8 @@ class Router:
                     destinations = self._inboxes_of(next(found))
                 for d in destinations:
                     send = self._send_span(spans, process, d.key)
-                    commands.append(d.xadd.pack(fields if send is None else _via(send, m, mid)))
+                    via = fields if send is None else _via(send, m, mid, epoch)
+                    commands.append(d.xadd.pack(via))
                 routed.labels(m.kind.label).inc(len(destinations))
             commands.append(self._xack[partition].pack([entry_id for entry_id, _ in entries]))
             await self.pipe.execute_packed(b"".join(commands), len(commands))
@@ -193,6 +199,6 @@ class Router:
         )
 
 
-def _via(send: Span, m: MessageEntry, mid: bytes) -> list[bytes]:
+def _via(send: Span, m: MessageEntry, mid: bytes, epoch: int) -> list[bytes]:
     """A traced delivery's fields: the gateway's span continues from the producer span."""
-    return replace(m, traceparent=traceparent_of(send) or "").fields(mid)
+    return replace(m, traceparent=traceparent_of(send) or "").fields(mid, epoch)

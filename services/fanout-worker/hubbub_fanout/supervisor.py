@@ -88,8 +88,10 @@ class Supervisor:
         self.metrics = metrics
         self.health = health or Health.for_settings(settings)
         self.name = name = worker_name(settings)
-        router = Router(settings, pipe=pipe, metrics=metrics, tracer=tracer)
         self.leases = Leases(settings, redis=redis, name=name)
+        router = Router(
+            settings, pipe=pipe, metrics=metrics, tracer=tracer, epochs=self.leases.epochs
+        )
         self.recovery = Recovery(settings, redis=redis, router=router, name=name)
         self.consumer = Consumer(settings, pipe=pipe, router=router, name=name)
         reaper = Reaper(settings, redis=redis, name=name)
@@ -135,8 +137,12 @@ class Supervisor:
             log.warning("could not release leases (they will expire): %r", exc)
 
     async def turn(self) -> None:
-        """Due jobs, then recovery, then one read: a partition's pending entries go first."""
+        """Due jobs, then recovery, then one read: a partition's pending entries go first.
+        After a stall (the last lease refresh is no longer fresh) the leases are refreshed
+        first, so a partition taken over meanwhile is not read again."""
         await self.schedule.run_due()
+        if self.leases.owned and not self.leases.fresh():
+            await self.refresh_leases()
         for n in sorted(self.recovering):
             await self.recovery.recover(n)
             self.recovering.discard(n)

@@ -168,6 +168,9 @@ class LocalIndex:
         # A user's connection, or a set of them once it has several (most users have one).
         self._users: dict[tuple[str, str], LocalConnection | set[LocalConnection]] = {}
         self.seen = SeenIds()
+        # The newest lease epoch seen per publish partition: deliveries of an older one come
+        # from a worker that stalled past its lease, and are refused (fencing).
+        self.epochs: dict[bytes, int] = {}
         self.delivered = 0
         self.duplicates = 0
         # While an inbox read's entries are handled: the frames for each socket, written as one.
@@ -282,6 +285,15 @@ class LocalIndex:
                 conn.close(entry.reason or None)
 
     def _deliver(self, delivery: MessageEntry) -> None:
+        epoch = delivery.epoch
+        if epoch:
+            partition = delivery.message_id.partition(b":")[0]
+            newest = self.epochs.get(partition, 0)
+            if epoch < newest:  # routed by a worker that lost the partition since: fenced
+                self.metrics.drops.labels("stale_epoch").inc()
+                return
+            if epoch > newest:
+                self.epochs[partition] = epoch
         if not self.seen.first_time(delivery.message_id):
             self.duplicates += 1
             self.metrics.drops.labels("duplicate").inc()

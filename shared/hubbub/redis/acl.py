@@ -37,7 +37,7 @@ COMMANDS: dict[Role, tuple[str, ...]] = {
         *_COMMON,
         "xreadgroup", "xack", "xautoclaim", "xgroup|create", "xgroup|delconsumer",
         "xinfo|groups", "xinfo|consumers", "xlen", "xtrim", "xrevrange", "zcard",
-        "zrangebyscore",
+        "zrangebyscore", "time",
     ),
 }  # fmt: skip
 

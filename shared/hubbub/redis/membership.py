@@ -173,7 +173,8 @@ _REMOVE_USER_GROUP = (
     + """
 local group, n = ARGV[1], tonumber(ARGV[2])
 if group == '' then redis.call('DEL', KEYS[1]) else redis.call('ZREM', KEYS[1], group) end
-local touched = {0}
+local touched = {}
+touched[1] = 0  -- more: set to 1 when groups remain
 for _, conn in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local gw = redis.call('HGET', KEYS[3] .. conn, GW)
   if gw then

@@ -28,6 +28,7 @@ TRACEPARENT = b"tp"
 MESSAGE_ID = b"m"  # inbox and feed copies of a message: "<partition>:<entry id>"
 CONNECTIONS = b"cs"  # control: the connection ids it applies to, comma-separated
 REASON = b"r"  # control: the close reason
+EPOCH = b"e"  # inbox and feed copies: the routing worker's lease epoch for the partition
 
 
 class Kind(bytes, enum.Enum):
@@ -83,10 +84,11 @@ class MessageEntry:
     excluded: tuple[str, ...] = ()
     traceparent: str | None = None
     message_id: bytes = b""  # set on inbox and feed copies only
+    epoch: int = 0  # inbox and feed copies: the lease epoch it was routed under (0: none)
 
-    def fields(self, message_id: bytes | None = None) -> list[bytes]:
-        """The entry's fields flat, as ``XADD`` takes them; with ``message_id``, the copy a
-        worker hands to a gateway."""
+    def fields(self, message_id: bytes | None = None, epoch: int = 0) -> list[bytes]:
+        """The entry's fields flat, as ``XADD`` takes them; with ``message_id`` (and the
+        lease ``epoch``), the copy a worker hands to a gateway."""
         args = [KIND, self.kind.value, HUB, self.hub.encode(), TARGET, self.target.encode(),
                 FRAME, self.frame]  # fmt: skip
         if self.excluded:
@@ -96,6 +98,9 @@ class MessageEntry:
         message_id = message_id or self.message_id
         if message_id:
             args += (MESSAGE_ID, message_id)
+        epoch = epoch or self.epoch
+        if epoch:
+            args += (EPOCH, b"%d" % epoch)
         return args
 
     @classmethod
@@ -110,6 +115,7 @@ class MessageEntry:
             excluded=_split_ids(fields.get(EXCLUDED)),
             traceparent=tp.decode() if tp else None,
             message_id=fields.get(MESSAGE_ID, b""),
+            epoch=int(fields.get(EPOCH, b"0")),
         )
 
 
