@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     token_default_minutes: int = 60
     # Connection ids one send may exclude (REST, batch items, Publisher).
     max_excluded: int = Field(default=DEFAULT_MAX_EXCLUDED, ge=0)
+    # Seconds a send's Idempotency-Key is remembered: a retry within it appends nothing.
+    idempotency_window: float = Field(default=300.0, gt=0)
 
     # Liveness of gateways.
     heartbeat_interval: float = 2.0

@@ -117,7 +117,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.max_connections_per_user,
             ),
             publish=PublishStream(
-                publish_pipe, schema, settings.publish_partitions, settings.publish_stream_maxlen
+                publish_pipe,
+                schema,
+                settings.publish_partitions,
+                settings.publish_stream_maxlen,
+                int(settings.idempotency_window * 1000),
             ),
             index=LocalIndex(
                 metrics,

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.datastructures import Default
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -76,6 +76,14 @@ async def hub_param(request: Request, hub: str, application: str | None = None) 
 
 Hub = Annotated[str, Depends(hub_param)]
 Excluded = Annotated[list[str] | None, Query(description="Connection ids to leave out")]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Sent again within HUBBUB_IDEMPOTENCY_WINDOW (300 s), answers the first "
+        "message id and sends nothing",
+    ),
+]
 State = Annotated[GatewayState, Depends(_state)]
 
 
@@ -289,6 +297,10 @@ def _documented(endpoint: Endpoint) -> Callable[..., Any]:
     params = [inspect.Parameter("hub", keyword, annotation=Hub)]
     params += [inspect.Parameter(p, keyword, annotation=str) for p in _params(endpoint.path)]
     params.append(inspect.Parameter("body", keyword, annotation=endpoint.body))
+    if endpoint.body is SendBody:
+        params.append(
+            inspect.Parameter("idempotency_key", keyword, annotation=IdempotencyKey, default=None)
+        )
     if endpoint.kind in EXCLUDABLE:
         params.append(inspect.Parameter("excluded", keyword, annotation=Excluded, default=None))
 

@@ -82,6 +82,10 @@ class BatchItem(SendBody):
     to: Literal["all", "group", "user", "connection"]
     name: str = Field(default="", description="Group, user or connection id; empty for all")
     excluded: list[str] = Field(default_factory=list)
+    idempotencyKey: str | None = Field(
+        default=None,
+        description="Like the Idempotency-Key header of a single send, for this message",
+    )
 
 
 class BatchBody(BaseModel):
@@ -281,9 +285,12 @@ class RawEndpoint(abc.ABC):
         authorization = content_type = ""
         host = b""
         trace = _NO_TRACE
+        idempotency_key: str | None = None
         for key, value in scope["headers"]:
             if key == b"authorization":
                 authorization = value.decode("latin-1")
+            elif key == b"idempotency-key":
+                idempotency_key = value.decode("latin-1")
             elif key == b"content-type":
                 content_type = value.decode("latin-1")
             elif key == b"host":
@@ -308,7 +315,9 @@ class RawEndpoint(abc.ABC):
             query = scope["query_string"]
             application, excluded = _query(query) if query else _NO_QUERY
             hub = state.hub(hub, application)
-            answer = await self.accept(state, hub, name, data, excluded, trace)
+            if idempotency_key is not None:
+                idempotency_key = names.idempotency_key(idempotency_key)
+            answer = await self.accept(state, hub, name, data, excluded, trace, idempotency_key)
         except KNOWN_ERRORS as exc:
             refusal = known_error_response(scope, exc)
             assert refusal is not None
@@ -334,8 +343,10 @@ class RawEndpoint(abc.ABC):
         data: Any,
         excluded: Sequence[str],
         trace: Mapping[str, str],
+        idempotency_key: str | None,
     ) -> bytes:
-        """Validate the decoded body, append, and return the ``202``'s body."""
+        """Validate the decoded body, append, and return the ``202``'s body. With an
+        ``Idempotency-Key``, a retry within the window answers the first message id."""
 
     def _url(self, scope: Scope, host: bytes) -> str:
         """The request URL without its query, as Starlette's ``request.url`` spells it (the
@@ -379,6 +390,7 @@ class SendEndpoint(RawEndpoint):
         data: Any,
         excluded: Sequence[str],
         trace: Mapping[str, str],
+        idempotency_key: str | None,
     ) -> bytes:
         """Check the send and append it; the ``202``'s body. Without tracing, the caller's
         ``traceparent`` is stored as it came; with it, the producer span's."""
@@ -398,7 +410,7 @@ class SendEndpoint(RawEndpoint):
         with _spans(state.telemetry, self.route, trace, state.publish, message) as producer:
             if producer is not None:
                 message = dataclasses.replace(message, traceparent=traceparent_of(producer))
-            message_id = await state.publish.append(message)
+            message_id = await state.publish.append(message, idempotency_key)
             if producer is not None:
                 producer.set_attribute(MESSAGE_ID, message_id)
                 producer.set_attribute(BODY_SIZE, len(message.frame))
@@ -417,12 +429,24 @@ class BatchEndpoint(RawEndpoint):
         data: Any,
         excluded: Sequence[str],
         trace: Mapping[str, str],
+        idempotency_key: str | None,
     ) -> bytes:
-        """Check every message, then append them all in one round trip (not traced)."""
+        """Check every message, then append them all in one round trip (not traced). Keys
+        are per message (``idempotencyKey``); the header is not used for a batch."""
         body = validate_body(BatchBody, data)
         state.refuse_if_draining()
         messages = _batch_messages(hub, body, state.settings.max_excluded)
+        keys = [item.idempotencyKey for item in body.messages]
+        if any(key is not None for key in keys):
+            for i, key in enumerate(keys):
+                if key is not None:
+                    try:
+                        names.idempotency_key(key)
+                    except names.InvalidName as exc:
+                        raise names.InvalidName(f"messages[{i}]: {exc}") from None
+        else:
+            keys = []
         started = time.perf_counter()
-        ids = await state.publish.append_many(messages)
+        ids = await state.publish.append_many(messages, keys)
         _accepted(state, messages, started)
         return orjson.dumps({"messageIds": ids})

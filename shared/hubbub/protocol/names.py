@@ -58,3 +58,16 @@ def connection_id(raw: str) -> str:
     if not _CONNECTION.fullmatch(raw):
         raise InvalidName("connection id must be 1-128 characters of A-Z a-z 0-9 _ -")
     return raw
+
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
+
+
+def idempotency_key(raw: str) -> str:
+    """A caller's ``Idempotency-Key``: 1-128 printable ASCII characters (it becomes part of a
+    Redis key; UUIDs and request ids fit)."""
+    if not 0 < len(raw) <= MAX_IDEMPOTENCY_KEY_LENGTH or not (raw.isascii() and raw.isprintable()):
+        raise InvalidName(
+            f"idempotency key must be 1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters"
+        )
+    return raw

@@ -28,9 +28,10 @@ _COMMON = (
 )  # fmt: skip
 
 COMMANDS: dict[Role, tuple[str, ...]] = {
-    # Publishing, reading its inbox and the broadcast feed, trimming its inbox, counting
-    # live workers (readiness reports them).
-    "gateway": (*_COMMON, "xread", "xrevrange", "xtrim", "zcount"),
+    # Publishing (with an idempotency key: EVAL of its script, see hubbub.redis.stream),
+    # reading its inbox and the broadcast feed, trimming its inbox, counting live workers
+    # (readiness reports them).
+    "gateway": (*_COMMON, "eval", "xread", "xrevrange", "xtrim", "zcount"),
     # Consuming the publish partitions in a group, recovering what a dead worker held,
     # leases, reaping dead gateways, trimming, and the lag gauges.
     "worker": (

@@ -8,6 +8,7 @@ time, in order. The message id is ``<partition>:<entry id>``, unique across part
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
@@ -31,36 +32,84 @@ def message_id(partition: int, entry_id: bytes | str) -> str:
     return f"{partition}:{entry}"
 
 
+# KEYS: the idempotency key, the partition stream. ARGV: window ms, the message id's prefix
+# (``message_id(n, "")``), maxlen, then the entry's fields. Returns the message id a send
+# with this key was accepted as, appending it (and remembering it for the window) only the
+# first time: a retry appends nothing. Atomic, so concurrent sends with one key make one.
+_APPEND_ONCE = """
+local seen = redis.call('GET', KEYS[1])
+if seen then return seen end
+local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+local id = ARGV[2] .. entry
+redis.call('SET', KEYS[1], id, 'PX', ARGV[1])
+return id
+"""
+
+
 class PublishStream:
     """Appends accepted messages to their partition; returns the message id.
 
     Appends from concurrent requests share the :class:`~hubbub.redis.pipe.Pipe`'s writes and round
-    trips; a batch is one write of all its ``XADD`` commands.
+    trips; a batch is one write of all its ``XADD`` commands. A message with an idempotency key
+    is appended by a script that remembers its id for ``window_ms``: sent again with the same
+    key (a caller whose ``202`` was lost retries), it answers the first id and appends nothing.
+    ``EVAL`` with the script's text, not ``EVALSHA``: nothing to reload after Redis restarts,
+    so a batch never half-fails on ``NOSCRIPT``.
     """
 
-    def __init__(self, pipe: Pipe, schema: KeySchema, partitions: int, maxlen: int) -> None:
+    def __init__(
+        self,
+        pipe: Pipe,
+        schema: KeySchema,
+        partitions: int,
+        maxlen: int,
+        window_ms: int = 300_000,
+    ) -> None:
         self.pipe = pipe
+        self.schema = schema
         self.partitions = partitions
         self.keys = [schema.publish_partition(n) for n in range(partitions)]
         self.maxlen = maxlen
+        self.window_ms = window_ms
         self._xadd = [Prefix("XADD", key, "MAXLEN", "~", maxlen, "*") for key in self.keys]
+
+    def _append_once(self, n: int, message: MessageEntry, key: str) -> bytes:
+        idem = self.schema.idempotency(message.hub, key)
+        return Prefix("EVAL", _APPEND_ONCE, 2, idem, self.keys[n]).pack(
+            [self.window_ms, message_id(n, ""), self.maxlen, *message.fields()]
+        )
 
     def stream_for(self, hub: str, kind: Kind, target: str) -> str:
         return self.keys[target_partition(hub, kind, target, self.partitions)]
 
-    async def append(self, message: MessageEntry) -> str:
+    async def append(self, message: MessageEntry, idempotency_key: str | None = None) -> str:
         n = partition_of(message, self.partitions)
+        if idempotency_key is not None:
+            (mid,) = await self.pipe.execute_packed(
+                self._append_once(n, message, idempotency_key), 1
+            )
+            return _text(mid)
         xadd = self._xadd[n].pack(message.fields())
         (entry_id,) = await self.pipe.execute_packed(xadd, 1)
         return message_id(n, entry_id)
 
-    async def append_many(self, messages: list[MessageEntry]) -> list[str]:
-        """One round trip for a batch; ids come back in order."""
+    async def append_many(
+        self, messages: list[MessageEntry], idempotency_keys: Sequence[str | None] = ()
+    ) -> list[str]:
+        """One round trip for a batch; ids come back in order. ``idempotency_keys``: one per
+        message (``None``: none), or empty."""
         parts = [partition_of(m, self.partitions) for m in messages]
+        keys = idempotency_keys or [None] * len(messages)
         xadd = self._xadd
-        commands = b"".join(xadd[n].pack(m.fields()) for n, m in zip(parts, messages, strict=True))
+        commands = b"".join(
+            xadd[n].pack(m.fields()) if key is None else self._append_once(n, m, key)
+            for n, m, key in zip(parts, messages, keys, strict=True)
+        )
         ids = await self.pipe.execute_packed(commands, len(messages))
-        return [message_id(n, i) for n, i in zip(parts, ids, strict=True)]
+        return [
+            message_id(n, i) if key is None else _text(i)
+            for n, i, key in zip(parts, ids, keys, strict=True)
+        ]
 
 
 async def last_entry_id(redis: Redis, key: str) -> bytes:
@@ -70,6 +119,10 @@ async def last_entry_id(redis: Redis, key: str) -> bytes:
         return b"0-0"
     entry_id = entries[0][0]
     return entry_id if isinstance(entry_id, bytes) else str(entry_id).encode()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def id_after(entry_id: bytes) -> str:

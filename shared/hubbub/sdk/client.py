@@ -52,21 +52,35 @@ class HubbubClient:
         return f"/api/hubs/{_q(self.hub)}{tail}"
 
     async def _send(
-        self, tail: str, target: str, arguments: Sequence[Any], excluded: Sequence[str] = ()
+        self,
+        tail: str,
+        target: str,
+        arguments: Sequence[Any],
+        excluded: Sequence[str] = (),
+        idempotency_key: str | None = None,
     ) -> str:
         response = await self.http.post(
             self._path(tail),
             json={"target": target, "arguments": list(arguments)},
             params=[("excluded", c) for c in excluded],
+            headers={"Idempotency-Key": idempotency_key} if idempotency_key else None,
         )
         response.raise_for_status()
         message_id: str = response.json()["messageId"]
         return message_id
 
+    # ``idempotency_key``: sent again within HUBBUB_IDEMPOTENCY_WINDOW, the call answers the
+    # first message id and sends nothing, so retrying after a lost answer is safe.
+
     async def send_to_all(
-        self, target: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()
+        self,
+        target: str,
+        arguments: Sequence[Any] = (),
+        excluded: Sequence[str] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._send("/:send", target, arguments, excluded)
+        return await self._send("/:send", target, arguments, excluded, idempotency_key)
 
     async def send_to_group(
         self,
@@ -74,20 +88,38 @@ class HubbubClient:
         target: str,
         arguments: Sequence[Any] = (),
         excluded: Sequence[str] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._send(f"/groups/{_q(group)}/:send", target, arguments, excluded)
+        tail = f"/groups/{_q(group)}/:send"
+        return await self._send(tail, target, arguments, excluded, idempotency_key)
 
-    async def send_to_user(self, user: str, target: str, arguments: Sequence[Any] = ()) -> str:
-        return await self._send(f"/users/{_q(user)}/:send", target, arguments)
+    async def send_to_user(
+        self,
+        user: str,
+        target: str,
+        arguments: Sequence[Any] = (),
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        tail = f"/users/{_q(user)}/:send"
+        return await self._send(tail, target, arguments, (), idempotency_key)
 
     async def send_to_connection(
-        self, connection: str, target: str, arguments: Sequence[Any] = ()
+        self,
+        connection: str,
+        target: str,
+        arguments: Sequence[Any] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._send(f"/connections/{_q(connection)}/:send", target, arguments)
+        tail = f"/connections/{_q(connection)}/:send"
+        return await self._send(tail, target, arguments, (), idempotency_key)
 
     async def send_batch(self, messages: Sequence[dict[str, Any]]) -> list[str]:
         """Items: ``{"to": "all"|"group"|"user"|"connection", "name": ..., "target": ...,
-        "arguments": [...], "excluded": [...]}``. One request, one Redis round trip."""
+        "arguments": [...], "excluded": [...], "idempotencyKey": ...}``. One request, one
+        Redis round trip."""
         response = await self.http.post(self._path("/:batch"), json={"messages": list(messages)})
         response.raise_for_status()
         ids: list[str] = response.json()["messageIds"]

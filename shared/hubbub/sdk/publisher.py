@@ -38,6 +38,7 @@ class Publisher:
             KeySchema(settings.key_prefix),
             settings.publish_partitions,
             settings.publish_stream_maxlen,
+            int(settings.idempotency_window * 1000),
         )
 
     @classmethod
@@ -57,6 +58,7 @@ class Publisher:
         method: str,
         arguments: Sequence[Any],
         excluded: Sequence[str] = (),
+        idempotency_key: str | None = None,
     ) -> str:
         message = build_message(
             kind,
@@ -67,22 +69,50 @@ class Publisher:
             excluded,
             max_excluded=self.max_excluded,
         )
-        return await self.stream.append(message)
+        if idempotency_key is not None:
+            idempotency_key = names.idempotency_key(idempotency_key)
+        return await self.stream.append(message, idempotency_key)
+
+    # ``idempotency_key``: the same key within HUBBUB_IDEMPOTENCY_WINDOW answers the first
+    # message id and appends nothing, so a call retried after a lost answer sends once.
 
     async def send_to_all(
-        self, method: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()
+        self,
+        method: str,
+        arguments: Sequence[Any] = (),
+        excluded: Sequence[str] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._send(Kind.ALL, "", method, arguments, excluded)
+        return await self._send(Kind.ALL, "", method, arguments, excluded, idempotency_key)
 
     async def send_to_group(
-        self, group: str, method: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()
+        self,
+        group: str,
+        method: str,
+        arguments: Sequence[Any] = (),
+        excluded: Sequence[str] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._send(Kind.GROUP, group, method, arguments, excluded)
+        return await self._send(Kind.GROUP, group, method, arguments, excluded, idempotency_key)
 
-    async def send_to_user(self, user: str, method: str, arguments: Sequence[Any] = ()) -> str:
-        return await self._send(Kind.USER, user, method, arguments)
+    async def send_to_user(
+        self,
+        user: str,
+        method: str,
+        arguments: Sequence[Any] = (),
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        return await self._send(Kind.USER, user, method, arguments, (), idempotency_key)
 
     async def send_to_connection(
-        self, connection: str, method: str, arguments: Sequence[Any] = ()
+        self,
+        connection: str,
+        method: str,
+        arguments: Sequence[Any] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._send(Kind.CONNECTION, connection, method, arguments)
+        return await self._send(Kind.CONNECTION, connection, method, arguments, (), idempotency_key)

@@ -90,6 +90,11 @@ class KeySchema:
         """String: the name of the worker that routes this partition, with a TTL."""
         return f"{self.prefix}:lease:{partition}"
 
+    def idempotency(self, hub: str, key: str) -> str:
+        """String, with a TTL: the message id a send with this ``Idempotency-Key`` was
+        accepted as, so a retry within the window answers it and appends nothing."""
+        return f"{self.prefix}:idem:{hub}:{key}"
+
     @property
     def workers(self) -> str:
         """Sorted set worker name -> heartbeat deadline, to size each worker's share."""
