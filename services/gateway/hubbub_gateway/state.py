@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -17,6 +18,8 @@ from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
 from .errors import ApiError
+
+log = logging.getLogger("hubbub.gateway")
 
 
 @dataclass
@@ -48,3 +51,15 @@ class GatewayState:
         gets ``503 Error.Draining`` and retries on another gateway."""
         if self.draining:
             raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
+
+    def refuse_if_full(self) -> None:
+        """At ``HUBBUB_MAX_CONNECTIONS`` WebSocket connections (open, or between upgrade and
+        registration), new negotiations and upgrades get ``503 Error.Gateway.Full`` and the
+        client retries elsewhere; health, metrics and REST are not affected."""
+        index = self.index
+        limit = self.settings.max_connections
+        if len(index.connections) + len(index.reserved) >= limit:
+            log.warning("gateway full: refused a client at %d connections", limit)
+            raise ApiError(
+                503, "Error.Gateway.Full", f"this gateway serves {limit} connections; retry later"
+            )
