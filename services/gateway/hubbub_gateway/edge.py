@@ -145,7 +145,7 @@ class EdgeProtocol(asyncio.Protocol):
         self.inner = HttpToolsProtocol(
             config=config, server_state=server_state, app_state=app_state, _loop=_loop
         )
-        self.loop = _loop or asyncio.get_event_loop()
+        self.loop = _loop or asyncio.get_running_loop()  # uvicorn builds it in the loop
         shadow = httptools.HttpRequestParser(self)
         try:  # the same leniency uvicorn gives its own parser, so both agree
             shadow.set_dangerous_leniencies(lenient_data_after_close=True)
