@@ -124,6 +124,7 @@ class EdgeProtocol(asyncio.Protocol):
         "done_in_read",
         "first",
         "head_bytes",
+        "head_started",
         "in_head",
         "inner",
         "loop",
@@ -152,7 +153,10 @@ class EdgeProtocol(asyncio.Protocol):
         except AttributeError:  # pragma: no cover - httptools < 0.6.3
             pass
         self.shadow: httptools.HttpRequestParser | None = shadow
+        # One timer per connection, re-armed only when it fires during a head (a timer per
+        # request would cost every keep-alive request a call_later and a cancel).
         self.timer: asyncio.TimerHandle | None = None
+        self.head_started = 0.0  # loop time: the connection opened, or the head's first byte
         self.in_head = False  # a head has begun and is not complete
         self.head_bytes = 0  # bytes read since it began (see data_received)
         self.done_in_read = False  # a request ended within the read being parsed
@@ -163,6 +167,7 @@ class EdgeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.inner.connection_made(transport)  # type: ignore[arg-type]
+        self.head_started = self.loop.time()
         self.timer = self.loop.call_later(self.limits.head_timeout, self._head_timeout)
         pending = self.limits.pending
         pending[self] = None
@@ -175,8 +180,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         shadow = self.shadow
-        if shadow is None:
-            self.inner.data_received(data)
+        if shadow is None:  # closing (a WebSocket's transport no longer calls this object)
             return
         self.done_in_read = False
         upgraded = False
@@ -221,14 +225,13 @@ class EdgeProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.in_head = True
         self.head_bytes = 0
-        if self.timer is None:  # the first head's timer runs from connection_made
+        if not self.first:  # the first head's time runs from connection_made
+            self.head_started = self.loop.time()
+        if self.timer is None:
             self.timer = self.loop.call_later(self.limits.head_timeout, self._head_timeout)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        timer, self.timer = self.timer, None
-        if timer is not None:
-            timer.cancel()
         if self.first:
             self.first = False
             self.limits.pending.pop(self, None)
@@ -240,6 +243,12 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _head_timeout(self) -> None:
         self.timer = None
+        if self.shadow is None or not (self.in_head or self.first):
+            return  # between requests: uvicorn's keep-alive timeout; re-armed at the next one
+        left = self.head_started + self.limits.head_timeout - self.loop.time()
+        if left > 0:  # this head began after the timer was armed
+            self.timer = self.loop.call_later(left, self._head_timeout)
+            return
         what = "part of a request head" if self.in_head else "nothing"
         self._refuse(f"sent {what} within {self.limits.head_timeout:g} s (HUBBUB_HEAD_TIMEOUT)")
 
