@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     # Connections one user may have at once (0: no limit); beyond it the handshake is refused.
     max_connections_per_user: int = Field(default=0, ge=0)
 
+    # The HTTP edge, before authentication (hubbub_gateway/edge.py). A request head larger
+    # than max_head_bytes is answered 431 and closed; a head (or a first byte) that has not
+    # arrived within head_timeout seconds closes the connection; beyond max_pending_sockets
+    # sockets without a complete first request, the oldest is closed. WebSocket connections
+    # (open or handshaking) beyond max_connections are refused with 503 Error.Gateway.Full at
+    # negotiate and upgrade. The last two are lowered at start-up to fit the open-file limit.
+    max_head_bytes: int = Field(default=16 * 1024, ge=1024)
+    head_timeout: float = Field(default=10.0, gt=0)
+    max_pending_sockets: int = Field(default=1000, ge=1)
+    max_connections: int = Field(default=10_000, ge=1)
+
     # REST API.
     max_body_size: int = 1024 * 1024
     token_default_minutes: int = 60

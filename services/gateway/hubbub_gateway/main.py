@@ -14,6 +14,7 @@ from hubbub.runtime import tune_gc
 from hubbub.settings import Settings
 
 from .app import create_app, drain
+from .edge import EdgeLimits, raise_fd_limit
 from .transport import HubbubWebSocketProtocol
 
 
@@ -54,13 +55,18 @@ def main() -> None:
         refusals_per_second=settings.refusal_log_per_second,
         refusal_burst=settings.refusal_log_burst,
     )
+    # The edge's bounds, fitted under the open-file limit (raised to the hard limit first);
+    # the app refuses WebSocket connections beyond the fitted max_connections.
+    limits = EdgeLimits.fit(settings, raise_fd_limit())
+    settings = settings.model_copy(update={"max_connections": limits.max_connections})
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # uvicorn's httptools protocol inside the edge's bounds on heads and idle sockets.
+        http=limits.protocol(),
         # Our own WebSocket protocol (public websockets sans-I/O API), see transport.py.
         ws=HubbubWebSocketProtocol,
         # Frames are pre-encoded once for all recipients; compression would undo that (the

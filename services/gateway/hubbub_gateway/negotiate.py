@@ -32,7 +32,9 @@ def admit_client(
     state: GatewayState, hub: str, authorization: str | None, access_token: str | None
 ) -> tuple[str, ClientIdentity]:
     """The checks every SignalR client passes, at negotiate and again at the upgrade: the
-    canonical hub name and who the token says the client is. Raises :class:`ApiError`.
+    canonical hub name, room on this gateway (not draining, not full: checked before the
+    token, so a full gateway does not verify signatures), and who the token says the client
+    is. Raises :class:`ApiError`.
 
     The token: ``Authorization: Bearer`` first, else the ``access_token`` query (what
     browsers' WebSockets, which cannot set headers, send)."""
@@ -41,6 +43,7 @@ def admit_client(
     except names.InvalidName as exc:
         raise ApiError(404, "Error.Hub.Invalid", str(exc)) from None
     state.refuse_if_draining()
+    state.refuse_if_full()
     token = bearer(authorization)
     if token is None:
         token = access_token

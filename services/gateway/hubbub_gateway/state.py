@@ -52,3 +52,14 @@ class GatewayState:
         gets ``503 Error.Draining`` and retries on another gateway."""
         if self.draining:
             raise ApiError(503, "Error.Draining", "this gateway is shutting down; retry elsewhere")
+
+    def refuse_if_full(self) -> None:
+        """At ``HUBBUB_MAX_CONNECTIONS`` WebSocket connections (open, or between upgrade and
+        registration), new negotiations and upgrades get ``503 Error.Gateway.Full`` and the
+        client retries elsewhere; health, metrics and REST are not affected."""
+        index = self.index
+        limit = self.settings.max_connections
+        if len(index.connections) + len(index.reserved) >= limit:
+            raise ApiError(  # logged as a refusal (rate-limited) where it is answered
+                503, "Error.Gateway.Full", f"this gateway serves {limit} connections; retry later"
+            )
