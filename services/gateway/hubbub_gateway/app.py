@@ -9,10 +9,12 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp
 
+from hubbub.identity import JwksVerifier
 from hubbub.metrics import Metrics
 from hubbub.redis.endpoint import RedisEndpoint
 from hubbub.redis.membership import Membership
@@ -122,8 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=metrics,
             tokens=ServiceTokenVerifier(settings.access_keys),
             telemetry=telemetry,
+            identity=JwksVerifier.from_settings(settings),
         )
         app.state.hubbub = state
+        if state.identity is not None:
+            await state.identity.start()  # at most HUBBUB_JWKS_FETCH_TIMEOUT; never raises
         reader = InboxReader(settings, redis=redis, pipe=inbox_pipe, index=state.index)
         await reader.start_positions()
         tasks = [
@@ -136,6 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await _shutdown(state, tasks)
+            if state.identity is not None:
+                await state.identity.aclose()
             await publish_pipe.aclose()
             await inbox_pipe.aclose()
 
@@ -158,6 +165,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state: GatewayState = request.app.state.hubbub
         if state.draining or not state.redis_ok:
             return error_response(503, "Error.NotReady", "draining or Redis unreachable")
+        if state.identity is not None:
+            # Reported, not a reason to leave the load balancer: access-key clients and the
+            # REST API do not need the identity provider, and every gateway sees the same one.
+            return JSONResponse({"identityProvider": state.identity.status()})
         return Response(status_code=200)
 
     @app.get("/metrics", include_in_schema=False)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from hubbub.identity import JwksVerifier
 from hubbub.metrics import Metrics
 from hubbub.protocol import names
 from hubbub.redis.membership import Membership
@@ -30,6 +31,7 @@ class GatewayState:
     metrics: Metrics
     tokens: ServiceTokenVerifier
     telemetry: Telemetry | None = None
+    identity: JwksVerifier | None = None  # HUBBUB_JWKS_URL set: identity-provider tokens
     draining: bool = False
     redis_ok: bool = True
 
