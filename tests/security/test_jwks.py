@@ -13,6 +13,7 @@ request leaves, so by then it will refetch.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections.abc import AsyncIterator
@@ -194,13 +195,15 @@ async def test_unknown_kids_are_refused_and_fetch_at_most_once_per_interval(
             )
             refused(r, "not published")
             sent += 1
-    times = jwks.requests
-    spans = [b - a for a, b in zip(times, times[1:], strict=False)]
+    times = list(jwks.requests)
+    spans = [b - a for a, b in itertools.pairwise(times)]
     assert sent > 50
-    # Refetched (the mechanism works), but never twice within the interval (allowing for the
-    # request's own travel time between the gateway's clock reading and the arrival here).
-    assert 2 <= len(times) <= 1 + math.floor((times[-1] - times[0]) / INTERVAL) + 1, times
-    assert all(span >= INTERVAL - 0.05 for span in spans), spans
+    # Refetched (the mechanism works), but never twice within the interval. The gateway reads
+    # its clock before a request leaves and we see it arrive, so two arrivals may be closer
+    # than the interval by the difference of their travel times (the first fetch opens the
+    # connection): a fifth of the interval is far more than that on loopback.
+    assert 2 <= len(times) <= 1 + math.floor((times[-1] - times[0]) / (0.8 * INTERVAL)), times
+    assert all(span >= 0.8 * INTERVAL for span in spans), spans
     assert await upgrade_refused(gateway.url, user_token(forged, "x")) == 401
 
 
