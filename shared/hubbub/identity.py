@@ -179,6 +179,10 @@ class JwksVerifier:
                 self._last_error,
             )
             return
+        except Exception as exc:  # a bug here must not fail every client request (a 500)
+            self._last_error = f"{type(exc).__name__}: {exc}"[:300]
+            log.exception("JWKS fetch from %s failed unexpectedly", self.url)
+            return
         if set(keys) != set(self._keys):
             log.info("JWKS from %s: key ids %s", self.url, sorted(map(str, keys)))
         # Replaced, not merged: a key the provider stopped publishing is no longer trusted.

@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -36,7 +36,7 @@ INTERVAL = 1.0  # HUBBUB_JWKS_REFRESH_MIN_INTERVAL in these tests (30 s by defau
 
 
 @pytest.fixture
-def jwks() -> AsyncIterator[JwksServer]:  # type: ignore[misc]
+def jwks() -> Iterator[JwksServer]:
     server = JwksServer().start()
     yield server
     server.stop()
