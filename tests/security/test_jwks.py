@@ -343,6 +343,16 @@ async def test_verifier_bounds_the_body_and_the_time_of_a_fetch(
             await v.verify(user_token(rsa_a, "u"))
         jwks.stall.clear()
 
+        # A server that drips its body, each byte well within httpx's read timeout: the time
+        # limit is on the whole fetch.
+        jwks.drip = 0.05  # the document is hundreds of bytes: many seconds
+        started = time.monotonic()
+        await v.refresh()
+        took = time.monotonic() - started
+        assert 0.5 <= took < 2, took
+        assert "Timeout" in str(v.status()["error"]) and v.status()["keys"] == 0
+        jwks.drip = 0
+
         # A document without a usable signing key is a failed fetch: cached keys are kept.
         await v.refresh()
         assert v.status()["state"] == "ok"

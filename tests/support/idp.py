@@ -107,6 +107,7 @@ class JwksServer:
         self.document: bytes = b'{"keys": []}'
         self.status = 200
         self.stall = threading.Event()  # set: requests wait until it is cleared (or 10 s)
+        self.drip = 0.0  # > 0: the body is sent one byte per this many seconds
         self.requests: list[float] = []  # time.monotonic() of each request's arrival
         self.lock = threading.Lock()
         server = self
@@ -124,7 +125,12 @@ class JwksServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 try:
-                    self.wfile.write(body)
+                    if server.drip <= 0:
+                        self.wfile.write(body)
+                    for i in range(len(body) if server.drip > 0 else 0):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(server.drip)
                 except OSError:
                     pass  # the client gave up (a timeout test)
 
