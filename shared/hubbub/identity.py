@@ -252,7 +252,7 @@ class JwksVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("token has expired") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and InvalidKeyError just in case
             raise TokenError(f"invalid token: {exc}") from None
         return claims
 
