@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
@@ -368,3 +369,22 @@ def test_settings_need_issuer_and_audience_with_a_jwks_url() -> None:
     with pytest.raises(ValueError, match="HUBBUB_JWT_ISSUER"):
         Settings(jwks_url="https://idp.test/jwks", jwt_audience="a")
     assert Settings(jwks_url="https://x/jwks", jwt_issuer="i", jwt_audience="a").user_claim == "sub"
+
+
+async def test_a_token_without_kid_only_when_the_provider_has_a_single_key(
+    jwks: JwksServer, rsa_a: SigningKey, rsa_b: SigningKey
+) -> None:
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 600, "oid": "k"}
+    no_kid = jwt.encode(claims, rsa_a.private, algorithm="RS256")
+    assert "kid" not in jwt.get_unverified_header(no_kid)
+    v = verifier(jwks)
+    try:
+        jwks.publish(rsa_a)
+        await v.refresh()
+        assert (await v.verify(no_kid))["oid"] == "k"
+        jwks.publish(rsa_a, rsa_b)
+        await v.refresh()
+        with pytest.raises(TokenError, match="not published"):
+            await v.verify(no_kid)  # which key would it be? Refused, not guessed.
+    finally:
+        await v.aclose()
