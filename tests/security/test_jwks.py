@@ -199,6 +199,7 @@ async def test_unknown_kids_are_refused_and_fetch_at_most_once_per_interval(
     times = list(jwks.requests)
     spans = [b - a for a, b in itertools.pairwise(times)]
     assert sent > 50
+    print(f"{sent} unknown-kid negotiations in {2.5 * INTERVAL:g} s: {len(times)} JWKS fetches")
     # Refetched (the mechanism works), but never twice within the interval. The gateway reads
     # its clock before a request leaves and we see it arrive, so two arrivals may be closer
     # than the interval by the difference of their travel times (the first fetch opens the
