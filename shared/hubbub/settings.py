@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Defaults of limits that code outside a process's Settings also applies (build_message,
@@ -116,6 +116,19 @@ class Settings(BaseSettings):
     gauge_interval: float = 5.0  # how often the lag / pending gauges are measured
     metrics_port: int = 9102  # the worker's /metrics (gateways serve it on their own port)
 
+    # Identity-provider (OIDC) client tokens, RS256/ES256 verified against a JWKS (see
+    # hubbub.identity and docs/security.md). Unset URL: only access-key tokens. With a URL, the
+    # issuer and audience are required: without them any token of that IdP would be accepted.
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    user_claim: str = "sub"  # the claim holding the user id in an IdP token
+    # An unknown kid refetches the JWKS at most this often (seconds), however many clients
+    # present one; the keys are also refreshed every jwks_refresh_interval seconds.
+    jwks_refresh_min_interval: float = Field(default=30.0, ge=0)
+    jwks_refresh_interval: float = Field(default=300.0, gt=0)
+    jwks_fetch_timeout: float = Field(default=5.0, gt=0)  # the whole fetch, body included
+
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     # Refusals (4xx, refused upgrades and handshakes, limit closes) are logged one WARNING
@@ -141,6 +154,12 @@ class Settings(BaseSettings):
         if not value or not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("gateway_id may only hold letters, digits, '-', '_' and '.'")
         return value
+
+    @model_validator(mode="after")
+    def _jwks_needs_issuer_and_audience(self) -> Settings:
+        if self.jwks_url and not (self.jwt_issuer and self.jwt_audience):
+            raise ValueError("HUBBUB_JWKS_URL needs HUBBUB_JWT_ISSUER and HUBBUB_JWT_AUDIENCE")
+        return self
 
     @property
     def access_keys(self) -> tuple[str, ...]:

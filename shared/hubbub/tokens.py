@@ -138,10 +138,20 @@ def verify_client_token(token: str, keys: tuple[str, ...], hub: str) -> ClientId
             "token audience must name a client endpoint (<endpoint>/client/?hub=<hub> or "
             "<endpoint>/hubs/<hub>): REST tokens do not open client connections"
         )
+    return client_identity(claims, hub)
+
+
+def client_identity(
+    claims: dict[str, Any], hub: str, user_claims: tuple[str, ...] = USER_CLAIMS
+) -> ClientIdentity:
+    """Who verified ``claims`` say the client is on ``hub``: the optional ``hub`` claim, the
+    user id (the first of ``user_claims`` present, through the name check) and the ``role``s.
+    Shared by access-key tokens and identity-provider tokens (:mod:`hubbub.identity`), so
+    both are read the same way."""
     token_hub = claims.get("hub")
     if token_hub is not None and str(token_hub).lower() != hub:
         raise TokenError("token was issued for another hub")
-    user = next((claims[c] for c in USER_CLAIMS if claims.get(c)), None)
+    user = next((claims[c] for c in user_claims if claims.get(c)), None)
     if user is not None:
         try:
             user = names.user_id(str(user))

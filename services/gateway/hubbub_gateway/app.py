@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp
 
+from hubbub.identity import JwksVerifier
 from hubbub.metrics import Metrics
 from hubbub.redis.endpoint import RedisEndpoint
 from hubbub.redis.membership import Membership
@@ -133,8 +134,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             tokens=ServiceTokenVerifier(settings.access_keys),
             health=Health.for_settings(settings),
             telemetry=telemetry,
+            identity=JwksVerifier.from_settings(settings),
         )
         app.state.hubbub = state
+        if state.identity is not None:
+            await state.identity.start()  # at most HUBBUB_JWKS_FETCH_TIMEOUT; never raises
         reader = InboxReader(
             settings, redis=redis, pipe=inbox_pipe, index=state.index, health=state.health
         )
@@ -150,6 +154,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await _shutdown(state, tasks)
+            if state.identity is not None:
+                await state.identity.aclose()
             await publish_pipe.aclose()
             await inbox_pipe.aclose()
 
@@ -171,6 +177,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health(request: Request) -> Response:
         state: GatewayState = request.app.state.hubbub
         ready, body = state.health.report(state.draining)
+        if state.identity is not None:
+            # Reported, not a reason to leave the load balancer: access-key clients and the
+            # REST API do not need the identity provider, and every gateway sees the same one.
+            body["identityProvider"] = state.identity.status()
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)

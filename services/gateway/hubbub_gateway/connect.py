@@ -88,7 +88,7 @@ async def hub_socket(ws: WebSocket, hub: str) -> None:
             ws, 403, "Error.Origin.NotAllowed", "this origin may not connect (HUBBUB_CORS_ORIGINS)"
         )
     try:
-        hub, identity = admit_client(
+        hub, identity = await admit_client(
             state, hub, ws.headers.get("authorization"), ws.query_params.get("access_token")
         )
     except ApiError as exc:

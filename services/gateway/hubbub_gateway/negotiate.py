@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from hubbub.identity import IdentityProviderUnavailable, is_idp_token
 from hubbub.protocol import names
 from hubbub.tokens import (
     ClientIdentity,
@@ -28,7 +29,7 @@ router = APIRouter(tags=["SignalR clients"])
 TRANSPORTS = [{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}]
 
 
-def admit_client(
+async def admit_client(
     state: GatewayState, hub: str, authorization: str | None, access_token: str | None
 ) -> tuple[str, ClientIdentity]:
     """The checks every SignalR client passes, at negotiate and again at the upgrade: the
@@ -37,7 +38,9 @@ def admit_client(
     is. Raises :class:`ApiError`.
 
     The token: ``Authorization: Bearer`` first, else the ``access_token`` query (what
-    browsers' WebSockets, which cannot set headers, send)."""
+    browsers' WebSockets, which cannot set headers, send). An asymmetric one (RS256, ES256...)
+    is an identity provider's, checked against its JWKS when ``HUBBUB_JWKS_URL`` is set
+    (async: the keys may need fetching); any other is an access-key token."""
     try:
         hub = state.hub(hub)
     except names.InvalidName as exc:
@@ -50,16 +53,20 @@ def admit_client(
     if token is None:
         raise ApiError(401, "Error.Unauthorized", "an access token is required")
     try:
+        if state.identity is not None and is_idp_token(token):
+            return hub, await state.identity.identify(token, hub)
         return hub, verify_client_token(token, state.settings.access_keys, hub)
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
+    except IdentityProviderUnavailable as exc:
+        raise ApiError(503, "Error.IdentityProvider.Unavailable", str(exc)) from None
 
 
 @router.post("/hubs/{hub}/negotiate")
 async def negotiate(request: Request, hub: str, negotiateVersion: int = 0) -> JSONResponse:
     """Answer v0 (pysignalr, signalrcore) and v1 (the JS client) negotiation."""
     state: GatewayState = request.app.state.hubbub
-    hub, identity = admit_client(
+    hub, identity = await admit_client(
         state, hub, request.headers.get("authorization"), request.query_params.get("access_token")
     )
     settings = state.settings

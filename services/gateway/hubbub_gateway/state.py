@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
+from hubbub.identity import JwksVerifier
 from hubbub.metrics import Metrics
 from hubbub.protocol import names
 from hubbub.redis.membership import Membership
@@ -33,6 +34,7 @@ class GatewayState:
     tokens: ServiceTokenVerifier
     health: Health
     telemetry: Telemetry | None = None
+    identity: JwksVerifier | None = None  # HUBBUB_JWKS_URL set: identity-provider tokens
     draining: bool = False
     # Set when an unregister failed: the reconciler retries it without waiting its interval.
     reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)
