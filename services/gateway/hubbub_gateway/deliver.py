@@ -171,6 +171,7 @@ class LocalIndex:
         # The newest lease epoch seen per publish partition: deliveries of an older one come
         # from a worker that stalled past its lease, and are refused (fencing).
         self.epochs: dict[bytes, int] = {}
+        self._current_epochs: set[int] = set()
         self.delivered = 0
         self.duplicates = 0
         # While an inbox read's entries are handled: the frames for each socket, written as one.
@@ -286,14 +287,8 @@ class LocalIndex:
 
     def _deliver(self, delivery: MessageEntry) -> None:
         epoch = delivery.epoch
-        if epoch:
-            partition = delivery.message_id.partition(b":")[0]
-            newest = self.epochs.get(partition, 0)
-            if epoch < newest:  # routed by a worker that lost the partition since: fenced
-                self.metrics.drops.labels("stale_epoch").inc()
-                return
-            if epoch > newest:
-                self.epochs[partition] = epoch
+        if epoch and epoch not in self._current_epochs and self._stale(delivery):
+            return
         if not self.seen.first_time(delivery.message_id):
             self.duplicates += 1
             self.metrics.drops.labels("duplicate").inc()
@@ -302,6 +297,21 @@ class LocalIndex:
             self._deliver_traced(delivery)
             return
         self._write(delivery)
+
+    def _stale(self, delivery: MessageEntry) -> bool:
+        """Fencing, for an epoch that is not its partition's newest known: older is refused
+        (a worker that lost the partition since), newer becomes the partition's newest. The
+        newest epochs are kept as a set too, so the usual delivery costs one lookup."""
+        epoch = delivery.epoch
+        partition = delivery.message_id.partition(b":")[0]
+        newest = self.epochs.get(partition, 0)
+        if epoch < newest:
+            self.metrics.drops.labels("stale_epoch").inc()
+            return True
+        self._current_epochs.discard(newest)
+        self._current_epochs.add(epoch)
+        self.epochs[partition] = epoch
+        return False
 
     def _write(self, delivery: MessageEntry) -> int:
         recipients = self._recipients(delivery)
