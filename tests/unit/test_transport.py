@@ -44,6 +44,9 @@ class FakeTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closing
 
+    def can_write_eof(self) -> bool:
+        return False  # as with TLS: the transport closes at once
+
     def close(self) -> None:
         self._lose()
 
