@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import hypothesis
 import pytest
@@ -31,15 +32,21 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.result import Ok
 
 from hubbub.dev.embedded import RedisProcess
 from hubbub.tokens import mint_token
 from tests.support.processes import ACCESS_KEY, Deployment, Proc
 
+Operation: TypeAlias = "schemathesis.APIOperation[Any, Any, Any, Any]"
+Case: TypeAlias = "schemathesis.Case[Any]"
+
 # Cases per operation (26 operations): about 20 s for the signed run on CI's 2 cores.
 SIGNED_EXAMPLES = 20
 REFUSED_EXAMPLES = 8  # the refusals come before any handler: fewer cases show the same
-SIGNED_CHECKS = [not_a_server_error]
+SIGNED_CHECKS: list[schemathesis.CheckFunction] = [not_a_server_error]
+pytestmark = pytest.mark.fuzz
+
 CLIENT_AUDIENCE = "http://test/client"
 TIMEOUT = 10.0  # seconds per request: a hung request fails the test instead of CI
 
@@ -114,18 +121,19 @@ def fuzz_settings(examples: int) -> hypothesis.settings:
     )
 
 
-def operations(
-    api_schema: schemathesis.BaseSchema, signed_only: bool = False
-) -> list[schemathesis.APIOperation]:
+def operations(api_schema: schemathesis.BaseSchema, signed_only: bool = False) -> list[Operation]:
     """Every operation in the document (``signed_only``: those that take a service token)."""
-    found = [result.ok() for result in api_schema.get_all_operations()]
+    found: list[Operation] = []
+    for result in api_schema.get_all_operations():
+        assert isinstance(result, Ok), result  # the document is one schemathesis can read
+        found.append(result.ok())
     assert len(found) >= 20, [f"{op.method} {op.path}" for op in found]
     if signed_only:
         found = [op for op in found if op.path.startswith("/api/hubs/")]
     return found
 
 
-def cases(operation: schemathesis.APIOperation) -> st.SearchStrategy[schemathesis.Case]:
+def cases(operation: Operation) -> st.SearchStrategy[Case]:
     """Valid requests, invalid ones (the refusals), and valid ones on a valid hub: a random
     hub name is almost never a valid one, and those requests stop at the hub check."""
     strategies = [
@@ -145,9 +153,9 @@ def cases(operation: schemathesis.APIOperation) -> st.SearchStrategy[schemathesi
 
 
 def fuzz(
-    targets: list[schemathesis.APIOperation],
+    targets: list[Operation],
     examples: int,
-    check: Callable[[schemathesis.Case], None],
+    check: Callable[[Case], None],
 ) -> None:
     """Run ``check`` on ``examples`` generated cases of each operation in turn (so each gets
     its share); a failure names its operation and the request, as a curl command."""
@@ -155,7 +163,7 @@ def fuzz(
 
         @fuzz_settings(examples)
         @given(case=cases(operation))
-        def run(case: schemathesis.Case) -> None:
+        def run(case: Case) -> None:
             try:
                 check(case)
             except AssertionError as exc:
@@ -176,7 +184,7 @@ def test_signed_requests_never_get_a_server_error(
     something other than 401 (else the token, not the API, was what got fuzzed)."""
     statuses: dict[str, Counter[int]] = defaultdict(Counter)
 
-    def check(case: schemathesis.Case) -> None:
+    def check(case: Case) -> None:
         response = case.call(session=signed, timeout=TIMEOUT)
         statuses[f"{case.method} {case.path}"][response.status_code] += 1
         case.validate_response(response, checks=SIGNED_CHECKS)
@@ -189,7 +197,7 @@ def test_signed_requests_never_get_a_server_error(
 def test_unsigned_requests_are_refused(
     api_schema: schemathesis.BaseSchema, unsigned: requests.Session
 ) -> None:
-    def check(case: schemathesis.Case) -> None:
+    def check(case: Case) -> None:
         response = case.call(session=unsigned, timeout=TIMEOUT)
         case.validate_response(response, checks=[not_a_server_error])
         assert 400 <= response.status_code < 500, (response.status_code, response.text)
@@ -206,7 +214,7 @@ def test_wrongly_signed_requests_are_refused(
     """Tokens that must not pass: a valid one for another URL (the health path), one for
     this URL signed with another key, an expired one, and garbage."""
 
-    def check(case: schemathesis.Case) -> None:
+    def check(case: Case) -> None:
         base = case.operation.schema.get_base_url()
         here = f"{base}{case.formatted_path}"
         tokens = {
