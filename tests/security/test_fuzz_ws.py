@@ -241,9 +241,9 @@ def signalr_frames(draw: st.DrawFn) -> list[tuple[bytes, bool]]:
 
 
 class RawSocket(asyncio.Protocol):
-    """A TCP client that keeps every byte the server sent, even after the connection broke:
-    a server that fails a WebSocket closes TCP right after its Close frame, and a client
-    still writing then gets a reset; a stream reader would raise before its buffered data."""
+    """A TCP client that keeps every byte the server sent, even after the connection broke
+    (a stream reader raises its error before returning what it had buffered), and never
+    fails on a write to a connection the server has ended."""
 
     def __init__(self) -> None:
         self.buffer = bytearray()
