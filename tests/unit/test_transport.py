@@ -45,6 +45,9 @@ class FakeTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self.closing
 
+    def can_write_eof(self) -> bool:
+        return False  # as with TLS: the transport closes at once
+
     def close(self) -> None:
         self._lose()
 
@@ -334,6 +337,51 @@ async def test_invalid_utf8_text_closes_1007() -> None:
     await settle()
     assert close_code(peer.received()) == 1007
     assert session.data == [] and session.disconnects == 1
+
+
+class HalfClosingTransport(FakeTransport):
+    """A plain TCP transport: it can send EOF and go on reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eof_written = False
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof_written = True
+
+
+async def test_a_failed_connection_half_closes_and_reads_on_until_the_client_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing a socket with unread data sends a reset, which can destroy our Close in the
+    client's buffers (the WebSocket fuzzer saw it): after the Close, half-close, drop what
+    the client still sends, close on its EOF, or abort after the close timeout."""
+    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 0.01)
+    for client_closes in (True, False):
+        session = Session()
+        peer = Peer(detaching_app(session))
+        peer.transport = half = HalfClosingTransport()
+        half.proto = peer.proto
+        peer.proto.connection_made(half)
+        await settle()
+        peer.received()
+        peer.send(b'{"a":"\xff\xfe"}')
+        await settle()
+        assert close_code(peer.received()) == 1007
+        assert half.eof_written and not half.closing and not half.paused
+        more = Frame(Opcode.TEXT, b"more, after the Close").serialize(mask=True)
+        peer.proto.data_received(more)  # read and dropped
+        assert session.data == [] and half.data == b""
+        if client_closes:
+            assert peer.proto.eof_received() is None  # asyncio then closes the transport
+            half.close()
+        else:
+            await asyncio.wait_for(half.aborting.wait(), 5)
+        await settle()
+        assert peer.proto.lost and half.aborted is not client_closes
 
 
 async def test_write_frames_respects_close_state_and_buffer_bound() -> None:

@@ -559,7 +559,22 @@ class HubbubWebSocketProtocol(asyncio.Protocol):
         if data and not transport.is_closing():
             transport.write(data)
         if SEND_EOF in chunks:
-            transport.close()
+            self._end()
+
+    def _end(self) -> None:
+        """websockets is done with the connection. After a Close frame (the closing handshake,
+        or a failure: 1002, 1007, 1009), half-close and read on, dropping what the client still
+        sends: closing a socket with unread data sends a reset, which can discard our Close
+        in the client's buffers (it would see 1006, not why). The client closes its side on
+        our FIN; one that does not is aborted after :data:`CLOSE_TIMEOUT`."""
+        transport = self.transport
+        if self.ws.close_sent is None or transport.is_closing() or not transport.can_write_eof():
+            transport.close()  # e.g. a refused upgrade: an HTTP response
+            return
+        transport.write_eof()
+        self.resume_reading()
+        if self.close_timer is None:
+            self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
 
     def _writable(self) -> None:
         waiter, self.drain_waiter = self.drain_waiter, None
