@@ -27,7 +27,7 @@ from . import connect, endpoints, errors, negotiate
 from .deliver import LocalIndex
 from .errors import error_response
 from .inbox import InboxReader
-from .middleware import body_limit, cors
+from .middleware import body_limit, cors, routed_paths
 from .state import GatewayState
 
 log = logging.getLogger("hubbub.gateway")
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 schema.broadcast_feed,
             ),
             metrics=metrics,
-            tokens=ServiceTokenVerifier(settings.access_keys),
+            tokens=ServiceTokenVerifier(settings.access_keys, public_urls=settings.public_urls),
             telemetry=telemetry,
         )
         app.state.hubbub = state
@@ -182,6 +182,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_methods=["*"],
         allow_headers=["*"],
     )
+    # Outermost: everything after it, the router included, sees the routed path.
+    app.add_middleware(routed_paths)
     return app
 
 

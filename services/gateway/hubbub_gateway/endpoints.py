@@ -25,11 +25,13 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.datastructures import Default
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hubbub.protocol import names
 from hubbub.settings import Settings
 from hubbub.tokens import mint_token
+from hubbub.urls import escape_segment, segment_value
 from hubbub.wire.envelopes import Kind
 from hubbub.wire.messages import EXCLUDABLE
 
@@ -60,11 +62,34 @@ async def _state(request: Request) -> GatewayState:
     return state
 
 
+class NameConvertor(Convertor[str]):
+    """A group, user or connection path parameter: one segment of the routed path
+    (:func:`hubbub.urls.routed_path`), read back as the name it spells (``a%2Fb`` -> ``a/b``)."""
+
+    regex = "[^/]+"
+
+    def convert(self, value: str) -> str:
+        return segment_value(value)
+
+    def to_string(self, value: str) -> str:
+        return escape_segment(value)
+
+
+register_url_convertor("name", NameConvertor())
+
+
 async def authenticate(request: Request) -> None:
     """Every REST route's dependency. (The send apps make the same check themselves, after
-    reading the body, which is where FastAPI's routes made it.)"""
+    reading the body, which is where FastAPI's routes made it.) The audience is compared with
+    the routed path, what the router acted on, not with ``request.url``, which Starlette
+    builds from the decoded path and the caller's ``Host`` header."""
     state: GatewayState = request.app.state.hubbub
-    check_service_token(state.tokens, request.headers.get("authorization", ""), str(request.url))
+    check_service_token(
+        state.tokens,
+        request.headers.get("authorization", ""),
+        request.scope["path"],
+        request.query_params.get("application"),
+    )
 
 
 async def hub_param(request: Request, hub: str, application: str | None = None) -> str:
@@ -193,7 +218,10 @@ def _generate_token(default_minutes: int) -> Callable[..., Any]:
         role: Annotated[list[str] | None, Query()] = None,
     ) -> TokenAnswer:
         user = names.user_id(userId) if userId is not None else None
-        audience = str(request.base_url).rstrip("/") + f"/hubs/{hub}"
+        # The first public URL when configured: the Host header is the caller's to choose.
+        public = state.tokens.origins.urls
+        endpoint = public[0] if public else str(request.base_url).rstrip("/")
+        audience = f"{endpoint}/hubs/{hub}"
         token = mint_token(
             state.settings.access_key,
             audience,
@@ -322,7 +350,7 @@ def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
             path = prefix + endpoint.path
             handler = endpoint.handler or _documented(endpoint)
             app.router.add_api_route(
-                path,
+                prefix + re.sub(r"{(\w+)}", r"{\1:name}", endpoint.path),  # NameConvertor
                 handler,
                 methods=list(endpoint.methods),
                 name=endpoint.name or handler.__name__,
@@ -370,7 +398,8 @@ def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASG
             match = path.fullmatch(scope["path"])
             if match is not None and match.lastindex is not None:
                 target, hub, name = targets[match.lastindex]
-                return target.serve(scope, receive, send, match[hub], match[name] if name else "")
+                recipient = segment_value(match[name]) if name else ""  # as NameConvertor
+                return target.serve(scope, receive, send, match[hub], recipient)
         return app(scope, receive, send)
 
     return shortcut

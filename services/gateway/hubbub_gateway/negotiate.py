@@ -47,7 +47,9 @@ def admit_client(
     if token is None:
         raise ApiError(401, "Error.Unauthorized", "an access token is required")
     try:
-        return hub, verify_client_token(token, state.settings.access_keys, hub)
+        return hub, verify_client_token(
+            token, state.settings.access_keys, hub, state.tokens.origins
+        )
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
 
