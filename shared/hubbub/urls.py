@@ -5,7 +5,7 @@ the group ``a/b`` and ``/groups/a%2541`` the group ``a%41``. Decoding the whole 
 ASGI servers fill ``scope["path"]``) would make the first one two segments and leave nothing
 to tell ``a%41`` from ``aA`` afterwards. The *routed path* keeps each decoded segment whole by
 spelling its own ``%`` and ``/`` as ``%25`` and ``%2F`` (nothing else is escaped): the gateway
-routes on it (:func:`hubbub_gateway.middleware.routed_paths`), path parameters are read back
+routes on it (:func:`hubbub_gateway.endpoints.send_shortcut`), path parameters are read back
 from it with :func:`segment_value`, and a service token's audience is compared with it
 (:mod:`hubbub.tokens`). A path without ``%`` is its own routed path.
 

@@ -27,7 +27,7 @@ from . import connect, endpoints, errors, negotiate
 from .deliver import LocalIndex
 from .errors import error_response
 from .inbox import InboxReader
-from .middleware import body_limit, cors, routed_paths
+from .middleware import body_limit, cors
 from .state import GatewayState
 
 log = logging.getLogger("hubbub.gateway")
@@ -182,8 +182,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_methods=["*"],
         allow_headers=["*"],
     )
-    # Outermost: everything after it, the router included, sees the routed path.
-    app.add_middleware(routed_paths)
     return app
 
 

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from hubbub.protocol import names
 from hubbub.settings import Settings
 from hubbub.tokens import mint_token
-from hubbub.urls import escape_segment, segment_value
+from hubbub.urls import escape_segment, routed_path, segment_value
 from hubbub.wire.envelopes import Kind
 from hubbub.wire.messages import EXCLUDABLE
 
@@ -379,6 +379,14 @@ def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASG
     (``[^/]+``), so it takes exactly the requests those routes would serve; anything else
     (other methods: 405, other paths: 404, a trailing slash: 307, any path under a
     ``root_path``) goes on to the router, which finds the same apps for the same requests.
+
+    It also gives the router, and every check after it, the routed path
+    (:func:`hubbub.urls.routed_path`: one percent-decoding per segment) in ``scope["path"]``
+    instead of the server's, which decodes ``%2F`` into a separator: a group or user named
+    ``a/b`` is then one path parameter (read back by :class:`NameConvertor`), and a service
+    token's audience is compared with the path the request is routed on. Paths without
+    ``%`` (nearly all) are left as they are; doing this here, not in a layer of its own,
+    saves a call per request. Middleware outside it sees the server's path.
     """
     # The number of each template's group in the regex -> its app and the numbers of its
     # parameters' groups (the hub, and the recipient's or 0 for none).
@@ -394,6 +402,9 @@ def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASG
     path = re.compile("|".join(alternatives))
 
     def shortcut(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        raw = scope.get("raw_path")
+        if raw and b"%" in raw:
+            scope = {**scope, "path": routed_path(raw.decode("latin-1"))}
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             match = path.fullmatch(scope["path"])
             if match is not None and match.lastindex is not None:

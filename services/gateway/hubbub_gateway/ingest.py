@@ -171,7 +171,7 @@ def check_service_token(
     tokens: ServiceTokenVerifier, authorization: str, path: str, application: str | None
 ) -> None:
     """Service callers sign a JWT with the access key; ``aud`` is the request URL, compared
-    with the routed ``path`` (``scope["path"]`` behind :func:`.middleware.routed_paths`: what
+    with the routed ``path`` (``scope["path"]`` behind :func:`.endpoints.send_shortcut`: what
     the router acted on) and ``?application=`` (:func:`hubbub.tokens.rest_target`). The one
     check of every REST request, routed or taken by the send shortcut."""
     token = bearer(authorization)

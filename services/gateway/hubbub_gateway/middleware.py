@@ -1,7 +1,6 @@
-"""The gateway's own middleware: the body limit, CORS that costs nothing without ``Origin``,
-and routing on the path as sent (:func:`routed_paths`).
+"""The gateway's own middleware: the body limit, and CORS that costs nothing without ``Origin``.
 
-Each wraps every HTTP request, the REST sends included (thousands a second), so each does its
+Both wrap every HTTP request, the REST sends included (thousands a second), so each does its
 work only when there is some (REST callers send no ``Origin`` and announce their body's
 length). Each is a plain function, made by a factory that ``add_middleware`` takes like a
 class, that hands on the next app's awaitable when there is nothing to do: a coroutine, or a
@@ -18,8 +17,6 @@ from urllib.parse import urlsplit
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from hubbub.urls import routed_path
 
 from .errors import too_large_response
 
@@ -116,18 +113,3 @@ def _vary_origin(send: Send) -> Send:
         return send(message)
 
     return vary
-
-
-def routed_paths(app: ASGIApp) -> ASGIApp:
-    """Route on the routed path (:func:`hubbub.urls.routed_path`: one percent-decoding per
-    segment), not on the server's ``scope["path"]``, which decodes ``%2F`` into a separator:
-    a group or user named ``a/b`` is then one path parameter, and a service token's audience
-    is compared with the same path the router acted on. Paths without ``%`` are unchanged."""
-
-    def routed(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        raw = scope.get("raw_path")
-        if raw and b"%" in raw and scope["type"] in ("http", "websocket"):
-            scope = {**scope, "path": routed_path(raw.decode("latin-1"))}
-        return app(scope, receive, send)
-
-    return routed
