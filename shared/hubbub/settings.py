@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hubbub.urls import public_origin
+
 # Defaults of limits that code outside a process's Settings also applies (build_message,
 # Membership): one value, here.
 DEFAULT_MAX_EXCLUDED = 1000
@@ -45,6 +47,18 @@ class Settings(BaseSettings):
     # The hubs this deployment serves (JSON list, matched case-insensitively); [] = any valid
     # name. Pinned, an unknown hub is a 404 on negotiate, connect and REST.
     hubs: list[str] = []
+    # The base URLs this deployment is reached by (JSON list, e.g. ["https://hubbub.example.com"]):
+    # a token's audience must name one of their origins (scheme, host and, if the audience
+    # has one, port), whatever Host header the request came with. [] = any origin: the
+    # signed path still binds (docs/security.md).
+    public_urls: list[str] = []
+
+    @field_validator("public_urls")
+    @classmethod
+    def _public_urls_are_base_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            public_origin(url)  # ValueError says which entry and why
+        return value
 
     # SignalR client protocol.
     keepalive_interval: float = 15.0

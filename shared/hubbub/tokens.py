@@ -15,6 +15,7 @@ import hmac
 import math
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -22,10 +23,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import jwt
 
 from hubbub.protocol import names
+from hubbub.urls import PublicOrigins, escape_segment, is_url_text, routed_path, segment_value
 
 ALGORITHMS = ["HS256", "HS512"]
 JOIN_LEAVE_ROLE = "hubbub.joinLeaveGroup"
 USER_CLAIMS = ("asrs.s.uid", "nameid", "sub")
+ANY_ORIGIN = PublicOrigins()  # no HUBBUB_PUBLIC_URLS: audiences on any origin
 
 
 class TokenError(Exception):
@@ -71,26 +74,67 @@ def _decode(token: str, keys: tuple[str, ...]) -> dict[str, Any]:
     raise TokenError(f"invalid token: {last}")
 
 
-def _normalise_url(url: str) -> tuple[str, str, str]:
-    parts = urlsplit(url.strip())
-    return (
-        parts.scheme.lower(),
-        (parts.hostname or "").lower(),
-        unquote(parts.path).rstrip("/").lower(),
-    )
+# ---------------------------------------------------------------- audiences
+#
+# A service token's ``aud`` binds one REST target: the request's routed path (each segment
+# percent-decoded once, compared exactly; :mod:`hubbub.urls`) with its hub segment folded to
+# the canonical hub (``?application=`` its prefix, lower case, as hub names are matched), on
+# one of the public origins (``HUBBUB_PUBLIC_URLS``; none configured: any). The rest of the
+# query (``api-version``, which the Azure SDKs sign) is not part of the target.
+
+_HUB_PREFIXES = (["", "api", "hubs"], ["", "api", "v1", "hubs"])
 
 
-def verify_service_token(token: str, keys: tuple[str, ...], request_url: str) -> dict[str, Any]:
-    """Check a REST caller's token; ``aud`` must name this request's URL.
+def rest_target(path: str, application: str | None = None) -> str:
+    """The target a REST request at routed ``path`` acts on, as audiences are compared: the
+    path with the segment after ``/api/hubs/`` (or ``/api/v1/hubs/``) replaced by the canonical
+    hub it names, so ``/api/hubs/Chat?application=App`` and ``/api/hubs/app_chat`` are one."""
+    segments = path.split("/")
+    for prefix in _HUB_PREFIXES:
+        n = len(prefix)
+        if len(segments) > n and segments[:n] == prefix:
+            hub = segment_value(segments[n])
+            if application:
+                hub = f"{application}_{hub}"
+            if hub.isascii():  # hub names are ASCII; nothing else is case-folded
+                hub = hub.lower()
+            segments[n] = escape_segment(hub)
+            return "/".join(segments)
+    return path
 
-    Compared on scheme, host and path, ignoring case, port, query and a trailing slash: the
-    Azure docs say "URL without query" while the official SDK sends the query and drops the port.
-    """
-    claims = _decode(token, keys)
+
+def audience_target(audience: object, origins: PublicOrigins) -> str | None:
+    """The REST target a service token's audience names, or ``None`` if it names none (not a
+    URL as sent, not http(s), or not on a public origin)."""
+    if not isinstance(audience, str) or not is_url_text(audience):
+        return None
+    parts = urlsplit(audience)
+    if parts.fragment or not origins.admits(parts):
+        return None
+    application = None
+    for key, value in parse_qsl(parts.query):
+        if key == "application":
+            application = value  # the last one, as the gateway reads the request's
+    return rest_target(routed_path(parts.path), application)
+
+
+def _audiences(claims: dict[str, Any]) -> list[object]:
     aud = claims.get("aud")
-    audiences = aud if isinstance(aud, list) else [aud]
-    want = _normalise_url(request_url)
-    if not any(isinstance(a, str) and _normalise_url(a) == want for a in audiences):
+    return aud if isinstance(aud, list) else [aud]
+
+
+def verify_service_token(
+    token: str,
+    keys: tuple[str, ...],
+    path: str,
+    application: str | None = None,
+    origins: PublicOrigins = ANY_ORIGIN,
+) -> dict[str, Any]:
+    """Check a REST caller's token: ``aud`` must name the target of this request, at routed
+    ``path`` with ``?application=`` ``application`` (see :func:`rest_target`)."""
+    claims = _decode(token, keys)
+    want = rest_target(path, application)
+    if not any(audience_target(a, origins) == want for a in _audiences(claims)):
         raise TokenError("token audience does not match the request URL")
     return claims
 
@@ -100,40 +144,43 @@ class ServiceTokenVerifier:
 
     Callers reuse one token for many requests (the Azure SDK keeps its token for minutes), and
     the signature check is a sizeable part of a publish. A remembered token is still checked
-    for expiry and for its audience against each request's URL (whose normalised form is
-    remembered too: a caller posts to a few URLs, over and over).
+    for expiry and for its audience against each request's target: two dict lookups, as the
+    token's targets and each (path, application)'s target are remembered (a caller posts to a
+    few URLs, over and over).
     """
 
-    def __init__(self, keys: tuple[str, ...], capacity: int = 4096) -> None:
+    def __init__(
+        self, keys: tuple[str, ...], capacity: int = 4096, public_urls: Sequence[str] = ()
+    ) -> None:
         self.keys = keys
         self.capacity = capacity
-        self._known: dict[str, tuple[float, frozenset[tuple[str, str, str]]]] = {}
-        self._urls: dict[str, tuple[str, str, str]] = {}
+        self.origins = PublicOrigins(public_urls)
+        self._known: dict[str, tuple[float, frozenset[str | None]]] = {}
+        self._targets: dict[tuple[str, str | None], str] = {}
 
-    def verify(self, token: str, request_url: str) -> None:
+    def verify(self, token: str, path: str, application: str | None = None) -> None:
+        """Raise :class:`TokenError` unless ``token`` may act on routed ``path``."""
+        target = self._targets.get((path, application))
+        if target is None:
+            if len(self._targets) >= self.capacity:
+                self._targets.clear()
+            target = self._targets[path, application] = rest_target(path, application)
         known = self._known.get(token)
-        now = time.time()
-        if known is None or known[0] < now:
-            claims = verify_service_token(token, self.keys, request_url)
-            aud = claims.get("aud")
-            audiences = aud if isinstance(aud, list) else [aud]
-            normalised = frozenset(_normalise_url(a) for a in audiences if isinstance(a, str))
+        if known is None or known[0] < time.time():
+            claims = _decode(token, self.keys)
+            targets = frozenset(audience_target(a, self.origins) for a in _audiences(claims))
             if len(self._known) >= self.capacity:
                 self._known.clear()  # crude but bounded; refilling costs one check per token
-            self._known[token] = (float(claims["exp"]), normalised)
-            return
-        url = self._urls.get(request_url)
-        if url is None:
-            if len(self._urls) >= self.capacity:
-                self._urls.clear()
-            url = self._urls[request_url] = _normalise_url(request_url)
-        if url not in known[1]:
+            known = self._known[token] = (float(claims["exp"]), targets)
+        if target not in known[1]:
             raise TokenError("token audience does not match the request URL")
 
 
-def verify_client_token(token: str, keys: tuple[str, ...], hub: str) -> ClientIdentity:
+def verify_client_token(
+    token: str, keys: tuple[str, ...], hub: str, origins: PublicOrigins = ANY_ORIGIN
+) -> ClientIdentity:
     claims = _decode(token, keys)
-    if not _names_client_endpoint(claims.get("aud"), hub):
+    if not _names_client_endpoint(claims.get("aud"), hub, origins):
         raise TokenError(
             "token audience must name a client endpoint (<endpoint>/client/?hub=<hub> or "
             "<endpoint>/hubs/<hub>): REST tokens do not open client connections"
@@ -168,14 +215,17 @@ def client_identity(
     )
 
 
-def _names_client_endpoint(aud: object, hub: str) -> bool:
+def _names_client_endpoint(aud: object, hub: str, origins: PublicOrigins) -> bool:
     """Azure's client audiences: ``<endpoint>/client/?hub=<hub>`` (the hub query optional) and
     ``<endpoint>/hubs/<hub>``; the path compared after one percent-decoding, the hub
-    case-insensitively. The host is not checked (gateways sit behind load balancers)."""
+    case-insensitively. The endpoint must be one of ``origins`` when ``HUBBUB_PUBLIC_URLS``
+    configures them; otherwise it is not checked (gateways sit behind load balancers)."""
     for audience in aud if isinstance(aud, list) else [aud]:
         if not isinstance(audience, str):
             continue
         parts = urlsplit(audience.strip())
+        if origins and not origins.admits(parts):
+            continue
         path = unquote(parts.path).rstrip("/")
         if path.endswith("/client") or path == "client":
             wanted = [v for k, v in parse_qsl(parts.query) if k == "hub"]

@@ -237,8 +237,15 @@ async def test_tokens_are_checked_with_the_request_url_as_audience(
         assert_error(r, 400, "Error.InvalidRequest", "body.0: JSON decode error")
         r = await client.post(f"{gateway}/api/hubs/1bad/:send", content=b"{}", headers=JSON)
         assert_error(r, 401, "Error.Unauthorized")
-        # The audience ignores case, port, query and a trailing slash (the Azure SDK's way).
-        sdk = mint_token(ACCESS_KEY, "HTTP://127.0.0.1/API/hubs/chat/:send/?api-version=1")
+        # The path is exact (only the hub ignores case): no case or trailing-slash leniency.
+        for audience in ("http://127.0.0.1/API/hubs/chat/:send", f"{url}/"):
+            token = mint_token(ACCESS_KEY, audience)
+            r = await client.post(url, json=body, headers={"authorization": f"bearer {token}"})
+            assert_error(
+                r, 401, "Error.Unauthorized", "token audience does not match the request URL"
+            )
+        # The Azure SDK's audience: no port, the query signed (and ignored), any origin.
+        sdk = mint_token(ACCESS_KEY, "HTTP://127.0.0.1/api/hubs/CHAT/:send?api-version=1")
         r = await client.post(
             url + "?api-version=1", json=body, headers={"authorization": f"bearer {sdk}"}
         )
@@ -292,8 +299,11 @@ async def test_paths_that_are_not_send_endpoints_are_left_to_the_routes(
     http: httpx.AsyncClient,
 ) -> None:
     for path in ("/api/hubs/chat/users/u/:batch", "/api/hubs/chat/:sendx", "/api/hubs/chat//:send",
-                 "/api/hubs/chat/users/a%2Fb/:send"):  # fmt: skip
+                 "/api/hubs/chat/users/a/b/:send"):  # fmt: skip
         assert_error(await http.post(path, json={"target": "t"}), 404, "Error.Http404")
+    # An encoded slash stays in its segment: the user "a/b" (tests/security/test_audience.py).
+    r = await http.post("/api/hubs/chat/users/a%2Fb/:send", json={"target": "t"})
+    assert r.status_code == 202, r.text
     r = await http.post("/api/hubs/chat/:send/", json={"target": "t"})
     assert r.status_code == 307  # FastAPI's trailing-slash redirect
 

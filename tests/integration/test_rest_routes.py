@@ -75,7 +75,7 @@ def test_every_send_and_batch_route_is_served_by_its_endpoint_app(app: FastAPI) 
         prefix + e.path: e for prefix in PREFIXES for e in table(Settings()) if e.body is not None
     }
     served = {
-        route.path: route.app
+        route.path_format: route.app  # the template, without the routes' NameConvertor
         for route in app.routes
         if isinstance(route, APIRoute) and isinstance(route.app, RawEndpoint)
     }

@@ -8,20 +8,25 @@ from typing import Any
 
 import jwt
 import pytest
+from pydantic import ValidationError
 
 from hubbub.protocol import names
+from hubbub.settings import Settings
 from hubbub.tokens import (
     JOIN_LEAVE_ROLE,
     ClientIdentity,
+    ServiceTokenVerifier,
     TokenError,
     connection_token,
     mint_token,
     new_connection_id,
     open_connection_token,
+    rest_target,
     verify_client_token,
     verify_connection_id,
     verify_service_token,
 )
+from hubbub.urls import PublicOrigins, escape_segment, public_origin, routed_path, segment_value
 
 # At least 64 bytes, so PyJWT does not warn about short HMAC keys even for HS512.
 PRIMARY = "primary-access-key-" + "0123456789abcdef" * 4
@@ -197,6 +202,22 @@ class TestClientToken:
         token = signed({"sub": "u"}, algorithm="HS512")
         assert verify_client_token(token, KEYS, "chat").user_id == "u"
 
+    def test_public_urls_bind_the_client_endpoint(self) -> None:
+        for aud in (
+            "https://hubbub.example.com/client/?hub=chat",  # Azure's: no port
+            "https://hubbub.example.com:443/hubs/chat",
+        ):
+            verify_client_token(mint_token(PRIMARY, aud), KEYS, "chat", PUBLIC)
+        for aud in (
+            "http://test/client",
+            "https://evil.example/hubs/chat",
+            "http://hubbub.example.com/client",
+            "https://hubbub.example.com:8443/client",
+        ):
+            with pytest.raises(TokenError, match="client endpoint"):
+                verify_client_token(mint_token(PRIMARY, aud), KEYS, "chat", PUBLIC)
+            verify_client_token(mint_token(PRIMARY, aud), KEYS, "chat")  # no public URLs
+
     def test_unsigned_token_refused(self) -> None:
         token = jwt.encode({"sub": "u", "exp": int(time.time()) + 60}, None, algorithm="none")
         with pytest.raises(TokenError):
@@ -211,70 +232,246 @@ class TestClientToken:
 # ---------------------------------------------------------------- service tokens
 
 REST_URL = "https://hubbub.example/api/v1/hubs/chat/groups/g1"
+REST_PATH = "/api/v1/hubs/chat/groups/g1"
+PUBLIC = PublicOrigins(["https://hubbub.example.com"])
+
+
+def _refused(audience: str, path: str, application: str | None = None, **kw: Any) -> None:
+    with pytest.raises(TokenError, match="audience"):
+        verify_service_token(mint_token(PRIMARY, audience), KEYS, path, application, **kw)
 
 
 class TestServiceToken:
     def test_exact_audience(self) -> None:
-        claims = verify_service_token(mint_token(PRIMARY, REST_URL), KEYS, REST_URL)
+        claims = verify_service_token(mint_token(PRIMARY, REST_URL), KEYS, REST_PATH)
         assert claims["aud"] == REST_URL
 
     @pytest.mark.parametrize(
-        "request_url",
+        "aud",
         [
-            "HTTPS://HUBBUB.EXAMPLE/API/V1/HUBS/CHAT/GROUPS/G1",  # case
-            "https://hubbub.example:8443/api/v1/hubs/chat/groups/g1",  # port
-            "https://hubbub.example/api/v1/hubs/chat/groups/g1?api-version=2022-06-01",  # query
-            "https://hubbub.example/api/v1/hubs/chat/groups/g1/",  # trailing slash
-            "  https://hubbub.example/api/v1/hubs/chat/groups/g1  ",  # whitespace
+            # As Azure's Management SDK signs: the hub lower-cased, no port, the query signed.
+            "https://hubbub.example/api/v1/hubs/chat/groups/g1?api-version=2022-06-01",
+            "https://hubbub.example:8443/api/v1/hubs/chat/groups/g1",  # hubbub's SDK keeps it
+            "https://hubbub.example/api/v1/hubs/CHAT/groups/g1",  # hub names ignore case
+            "https://hubbub.example/api/v1/hubs/%43hat/groups/g1",  # one decoding: "Chat"
+            "HTTPS://HUBBUB.EXAMPLE/api/v1/hubs/chat/groups/g1",  # scheme and host ignore case
+            "http://127.0.0.1:8080/api/v1/hubs/chat/groups/g1",  # no public URLs: any origin
         ],
     )
-    def test_audience_matching_ignores(self, request_url: str) -> None:
-        verify_service_token(mint_token(PRIMARY, REST_URL), KEYS, request_url)
-        # ...and the same holds the other way round: the SDK puts query and port in aud.
-        verify_service_token(mint_token(PRIMARY, request_url.strip()), KEYS, REST_URL)
-
-    def test_percent_encoding_is_ignored(self) -> None:
-        aud = "https://hubbub.example/api/v1/hubs/chat/groups/a%20b"
-        verify_service_token(mint_token(PRIMARY, aud), KEYS, aud.replace("%20", " "))
+    def test_audiences_naming_the_target(self, aud: str) -> None:
+        verify_service_token(mint_token(PRIMARY, aud), KEYS, REST_PATH)
 
     @pytest.mark.parametrize(
-        "request_url",
+        "path",
         [
-            "https://hubbub.example/api/v1/hubs/chat/groups/g2",
-            "https://hubbub.example/api/v1/hubs/chat/groups",
-            "https://hubbub.example/api/v1/hubs/news/groups/g1",
-            "https://other.example/api/v1/hubs/chat/groups/g1",
-            "http://hubbub.example/api/v1/hubs/chat/groups/g1",
+            # Issue 9 item 5, reproduced: all four were authorised by one token.
+            "/api/hubs/h/users/zed/groups/VIP",
+            "/api/hubs/h/users/zed/groups/vip ",  # vip%20, as routed
+            "/api/hubs/h/users/zed/groups/vip\t",  # vip%09, as routed
+            "/api/hubs/h/users/ZED/groups/vip",
+            "/api/hubs/h/users/zed/groups/vip%2F",  # vip%2F: the group "vip/"
+            "/api/hubs/h/users/zed/groups",
+            "/api/hubs/other/users/zed/groups/vip",
         ],
     )
-    def test_different_url_refused(self, request_url: str) -> None:
-        with pytest.raises(TokenError, match="audience"):
-            verify_service_token(mint_token(PRIMARY, REST_URL), KEYS, request_url)
+    def test_group_and_user_segments_are_exact(self, path: str) -> None:
+        _refused("https://hubbub.example/api/hubs/h/users/zed/groups/vip", path)
+
+    @pytest.mark.parametrize(
+        "aud",
+        [
+            "https://hubbub.example/api/hubs/h/users/zed/groups/vip/",  # trailing slash
+            "https://hubbub.example/api/hubs/h/users/zed/groups/vip%20",
+            "https://hubbub.example/api/hubs/h/users/zed/groups/vip%09",
+            "https://hubbub.example/api/hubs/h/users/zed/groups/vip ",
+            "https://hubbub.example/api/hubs/h/users/zed/groups/vip\t",  # urlsplit drops \t
+            "  https://hubbub.example/api/hubs/h/users/zed/groups/vip",
+            "https://hubbub.example/api/hubs/h/users/zed/groups/vip#x",
+            "https://hubbub.example/api/hubs/h/users/zed/groups/vi%70%2F",
+            "/api/hubs/h/users/zed/groups/vip",  # not a URL
+            "ftp://hubbub.example/api/hubs/h/users/zed/groups/vip",
+        ],
+    )
+    def test_audiences_naming_another_target_refused(self, aud: str) -> None:
+        _refused(aud, "/api/hubs/h/users/zed/groups/vip")
+
+    def test_paths_are_decoded_once(self) -> None:
+        # A token for the group "aA" does not name the group "a%41" (sent as a%2541, routed
+        # as a%2541), and the right token for either is accepted.
+        _refused(f"{REST_BASE}/groups/aA", "/api/hubs/h/groups/a%2541")
+        _refused(f"{REST_BASE}/groups/a%2541", "/api/hubs/h/groups/aA")
+        verify_service_token(
+            mint_token(PRIMARY, f"{REST_BASE}/groups/a%2541"), KEYS, "/api/hubs/h/groups/a%2541"
+        )
+        verify_service_token(
+            mint_token(PRIMARY, f"{REST_BASE}/groups/a%41"), KEYS, "/api/hubs/h/groups/aA"
+        )
+
+    def test_an_encoded_slash_stays_in_its_segment(self) -> None:
+        token = mint_token(PRIMARY, f"{REST_BASE}/groups/a%2Fb/:send")
+        verify_service_token(token, KEYS, routed_path("/api/hubs/h/groups/a%2Fb/:send"))
+        _refused(f"{REST_BASE}/groups/a%2Fb/:send", "/api/hubs/h/groups/a/b/:send")
+        _refused(f"{REST_BASE}/groups/a/b/:send", routed_path("/api/hubs/h/groups/a%2fb/:send"))
+
+    def test_the_application_prefix_is_part_of_the_hub(self) -> None:
+        send = "https://hubbub.example/api/hubs/chat/:send"
+        _refused(send, "/api/hubs/chat/:send", "other")
+        _refused(f"{send}?application=other", "/api/hubs/chat/:send")
+        verify_service_token(
+            mint_token(PRIMARY, f"{send}?application=Other&api-version=2022-06-01"),
+            KEYS,
+            "/api/hubs/chat/:send",
+            "other",
+        )
+        other_chat = mint_token(PRIMARY, "https://hubbub.example/api/hubs/other_chat/:send")
+        verify_service_token(other_chat, KEYS, "/api/hubs/chat/:send", "other")
+
+    def test_public_urls_bind_the_origin(self) -> None:
+        path = "/api/hubs/chat/:send"
+        for aud in (
+            "https://hubbub.example.com/api/hubs/chat/:send?api-version=2022-06-01",  # Azure
+            "https://hubbub.example.com:443/api/hubs/chat/:send",
+            "https://HUBBUB.example.com/api/hubs/chat/:send",
+        ):
+            verify_service_token(mint_token(PRIMARY, aud), KEYS, path, origins=PUBLIC)
+        for aud in (
+            "https://evil.example/api/hubs/chat/:send",
+            "http://hubbub.example.com/api/hubs/chat/:send",
+            "https://hubbub.example.com:8443/api/hubs/chat/:send",
+            "https://hubbub.example.com.evil.example/api/hubs/chat/:send",
+            "https://hubbub.example.com@evil.example/api/hubs/chat/:send",
+        ):
+            _refused(aud, path, origins=PUBLIC)
 
     def test_audience_list_with_a_match(self) -> None:
         token = signed({"aud": ["https://elsewhere.example/x", REST_URL]})
-        verify_service_token(token, KEYS, REST_URL)
+        verify_service_token(token, KEYS, REST_PATH)
 
     def test_audience_list_without_a_match_refused(self) -> None:
         token = signed({"aud": ["https://elsewhere.example/x", 5, None]})
         with pytest.raises(TokenError, match="audience"):
-            verify_service_token(token, KEYS, REST_URL)
+            verify_service_token(token, KEYS, REST_PATH)
 
     @pytest.mark.parametrize("claims", [{}, {"aud": None}, {"aud": 5}, {"aud": []}])
     def test_missing_or_bad_audience_refused(self, claims: dict[str, Any]) -> None:
         with pytest.raises(TokenError, match="audience"):
-            verify_service_token(signed(claims), KEYS, REST_URL)
+            verify_service_token(signed(claims), KEYS, REST_PATH)
 
     def test_wrong_key_refused(self) -> None:
         with pytest.raises(TokenError, match="invalid token"):
-            verify_service_token(mint_token(OTHER, REST_URL), KEYS, REST_URL)
+            verify_service_token(mint_token(OTHER, REST_URL), KEYS, REST_PATH)
 
     def test_secondary_key_accepted(self) -> None:
-        verify_service_token(mint_token(SECONDARY, REST_URL), BOTH, REST_URL)
+        verify_service_token(mint_token(SECONDARY, REST_URL), BOTH, REST_PATH)
 
     def test_expired_refused(self) -> None:
         with pytest.raises(TokenError, match="expired"):
-            verify_service_token(mint_token(PRIMARY, REST_URL, minutes=-5), KEYS, REST_URL)
+            verify_service_token(mint_token(PRIMARY, REST_URL, minutes=-5), KEYS, REST_PATH)
+
+
+REST_BASE = "https://hubbub.example/api/hubs/h"
+
+
+class TestServiceTokenVerifier:
+    def test_a_remembered_token_is_checked_per_path_without_decoding(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        verifier = ServiceTokenVerifier(KEYS)
+        token = mint_token(PRIMARY, f"{REST_BASE}/users/zed/groups/vip")
+        verifier.verify(token, "/api/hubs/h/users/zed/groups/vip")
+        decodes = 0
+        real = jwt.decode
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal decodes
+            decodes += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", counting)
+        verifier.verify(token, "/api/hubs/H/users/zed/groups/vip")
+        for path in ("/api/hubs/h/users/zed/groups/VIP", "/api/hubs/h/users/zed/groups/vip "):
+            with pytest.raises(TokenError, match="audience"):
+                verifier.verify(token, path)
+        with pytest.raises(TokenError, match="audience"):
+            verifier.verify(token, "/api/hubs/h/users/zed/groups/vip", "app")
+        assert decodes == 0
+
+    def test_a_remembered_token_past_its_expiry_is_decoded_again(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        verifier = ServiceTokenVerifier(KEYS)
+        token = signed({"aud": REST_URL, "exp": int(time.time()) - 20})  # inside the leeway
+        verifier.verify(token, REST_PATH)
+        decodes = 0
+        real = jwt.decode
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal decodes
+            decodes += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", counting)
+        verifier.verify(token, REST_PATH)
+        assert decodes == 1  # its signature and expiry checked again, not taken from memory
+        with pytest.raises(TokenError, match="expired"):
+            verifier.verify(signed({"aud": REST_URL, "exp": int(time.time()) - 60}), REST_PATH)
+
+    def test_public_urls_apply(self) -> None:
+        verifier = ServiceTokenVerifier(KEYS, public_urls=["https://hubbub.example.com/"])
+        verifier.verify(
+            mint_token(PRIMARY, "https://hubbub.example.com/api/hubs/h/:send"), "/api/hubs/h/:send"
+        )
+        with pytest.raises(TokenError, match="audience"):
+            verifier.verify(mint_token(PRIMARY, f"{REST_BASE}/:send"), "/api/hubs/h/:send")
+
+
+class TestUrls:
+    @pytest.mark.parametrize(
+        ("raw", "routed"),
+        [
+            ("/api/hubs/h/groups/vip", "/api/hubs/h/groups/vip"),
+            ("/api/hubs/h/groups/a%2Fb/:send", "/api/hubs/h/groups/a%2Fb/:send"),
+            ("/api/hubs/h/groups/a%2fb", "/api/hubs/h/groups/a%2Fb"),
+            ("/api/hubs/h/groups/a%2541", "/api/hubs/h/groups/a%2541"),
+            ("/api/hubs/h/groups/a%41", "/api/hubs/h/groups/aA"),
+            ("/api/hubs/h/groups/vip%20", "/api/hubs/h/groups/vip "),
+            ("/api/hubs/h/groups/%zz", "/api/hubs/h/groups/%25zz"),
+            ("/api/hubs/h/groups/caf%C3%A9", "/api/hubs/h/groups/café"),
+        ],
+    )
+    def test_routed_path(self, raw: str, routed: str) -> None:
+        assert routed_path(raw) == routed
+        name = routed.rsplit("/", 1)[1]
+        assert escape_segment(segment_value(name)) == name
+
+    def test_rest_target_folds_only_the_hub(self) -> None:
+        assert rest_target("/api/hubs/Chat/users/Zed") == "/api/hubs/chat/users/Zed"
+        assert rest_target("/api/v1/hubs/Chat/:send", "App") == "/api/v1/hubs/app_chat/:send"
+        assert rest_target("/other/hubs/Chat") == "/other/hubs/Chat"
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "hubbub.example.com",
+            "ftp://h",
+            "https://h/prefix",
+            "https://h/?q=1",
+            "https://u@h",
+            "https://h:99999",
+            "https://h#f",
+            " https://h",
+        ],
+    )
+    def test_public_urls_must_be_base_urls(self, url: str) -> None:
+        with pytest.raises(ValueError, match="base URL"):
+            public_origin(url)
+        with pytest.raises(ValidationError):
+            Settings(public_urls=[url])
+
+    def test_public_url_ports(self) -> None:
+        assert public_origin("https://H.example") == ("https", "h.example", 443)
+        assert public_origin("http://h.example:8080/") == ("http", "h.example", 8080)
+        assert Settings(public_urls=["https://h.example"]).public_urls == ["https://h.example"]
 
 
 # ---------------------------------------------------------------- connection ids and tokens

@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 schema.broadcast_feed,
             ),
             metrics=metrics,
-            tokens=ServiceTokenVerifier(settings.access_keys),
+            tokens=ServiceTokenVerifier(settings.access_keys, public_urls=settings.public_urls),
             health=Health.for_settings(settings),
             telemetry=telemetry,
             identity=JwksVerifier.from_settings(settings),

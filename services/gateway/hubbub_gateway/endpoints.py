@@ -25,11 +25,13 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.datastructures import Default
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hubbub.protocol import names
 from hubbub.settings import Settings
 from hubbub.tokens import mint_token
+from hubbub.urls import escape_segment, routed_path, segment_value
 from hubbub.wire.envelopes import Kind
 from hubbub.wire.messages import EXCLUDABLE
 
@@ -60,11 +62,34 @@ async def _state(request: Request) -> GatewayState:
     return state
 
 
+class NameConvertor(Convertor[str]):
+    """A group, user or connection path parameter: one segment of the routed path
+    (:func:`hubbub.urls.routed_path`), read back as the name it spells (``a%2Fb`` -> ``a/b``)."""
+
+    regex = "[^/]+"
+
+    def convert(self, value: str) -> str:
+        return segment_value(value)
+
+    def to_string(self, value: str) -> str:
+        return escape_segment(value)
+
+
+register_url_convertor("name", NameConvertor())
+
+
 async def authenticate(request: Request) -> None:
     """Every REST route's dependency. (The send apps make the same check themselves, after
-    reading the body, which is where FastAPI's routes made it.)"""
+    reading the body, which is where FastAPI's routes made it.) The audience is compared with
+    the routed path, what the router acted on, not with ``request.url``, which Starlette
+    builds from the decoded path and the caller's ``Host`` header."""
     state: GatewayState = request.app.state.hubbub
-    check_service_token(state.tokens, request.headers.get("authorization", ""), str(request.url))
+    check_service_token(
+        state.tokens,
+        request.headers.get("authorization", ""),
+        request.scope["path"],
+        request.query_params.get("application"),
+    )
 
 
 async def hub_param(request: Request, hub: str, application: str | None = None) -> str:
@@ -201,7 +226,10 @@ def _generate_token(default_minutes: int) -> Callable[..., Any]:
         role: Annotated[list[str] | None, Query()] = None,
     ) -> TokenAnswer:
         user = names.user_id(userId) if userId is not None else None
-        audience = str(request.base_url).rstrip("/") + f"/hubs/{hub}"
+        # The first public URL when configured: the Host header is the caller's to choose.
+        public = state.tokens.origins.urls
+        endpoint = public[0] if public else str(request.base_url).rstrip("/")
+        audience = f"{endpoint}/hubs/{hub}"
         token = mint_token(
             state.settings.access_key,
             audience,
@@ -334,7 +362,7 @@ def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
             path = prefix + endpoint.path
             handler = endpoint.handler or _documented(endpoint)
             app.router.add_api_route(
-                path,
+                prefix + re.sub(r"{(\w+)}", r"{\1:name}", endpoint.path),  # NameConvertor
                 handler,
                 methods=list(endpoint.methods),
                 name=endpoint.name or handler.__name__,
@@ -363,6 +391,14 @@ def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASG
     (``[^/]+``), so it takes exactly the requests those routes would serve; anything else
     (other methods: 405, other paths: 404, a trailing slash: 307, any path under a
     ``root_path``) goes on to the router, which finds the same apps for the same requests.
+
+    It also gives the router, and every check after it, the routed path
+    (:func:`hubbub.urls.routed_path`: one percent-decoding per segment) in ``scope["path"]``
+    instead of the server's, which decodes ``%2F`` into a separator: a group or user named
+    ``a/b`` is then one path parameter (read back by :class:`NameConvertor`), and a service
+    token's audience is compared with the path the request is routed on. Paths without
+    ``%`` (nearly all) are left as they are; doing this here, not in a layer of its own,
+    saves a call per request. Middleware outside it sees the server's path.
     """
     # The number of each template's group in the regex -> its app and the numbers of its
     # parameters' groups (the hub, and the recipient's or 0 for none).
@@ -378,11 +414,15 @@ def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASG
     path = re.compile("|".join(alternatives))
 
     def shortcut(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        raw = scope.get("raw_path")
+        if raw and b"%" in raw:
+            scope = {**scope, "path": routed_path(raw.decode("latin-1"))}
         if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             match = path.fullmatch(scope["path"])
             if match is not None and match.lastindex is not None:
                 target, hub, name = targets[match.lastindex]
-                return target.serve(scope, receive, send, match[hub], match[name] if name else "")
+                recipient = segment_value(match[name]) if name else ""  # as NameConvertor
+                return target.serve(scope, receive, send, match[hub], recipient)
         return app(scope, receive, send)
 
     return shortcut

@@ -36,7 +36,6 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Tracer
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import URL
 from starlette.types import Receive, Scope, Send
 
 from hubbub.metrics import Metrics
@@ -172,13 +171,18 @@ async def _rest_of_body(receive: Receive, first: bytes) -> bytes | None:
     return b"".join(chunks)
 
 
-def check_service_token(tokens: ServiceTokenVerifier, authorization: str, url: str) -> None:
-    """Service callers sign a JWT with the access key; ``aud`` is the request URL."""
+def check_service_token(
+    tokens: ServiceTokenVerifier, authorization: str, path: str, application: str | None
+) -> None:
+    """Service callers sign a JWT with the access key; ``aud`` is the request URL, compared
+    with the routed ``path`` (``scope["path"]`` behind :func:`.endpoints.send_shortcut`: what
+    the router acted on) and ``?application=`` (:func:`hubbub.tokens.rest_target`). The one
+    check of every REST request, routed or taken by the send shortcut."""
     token = bearer(authorization)
     if token is None:
         raise ApiError(401, "Error.Unauthorized", "missing 'Authorization: Bearer <token>'")
     try:
-        tokens.verify(token, url)
+        tokens.verify(token, path, application)
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
 
@@ -273,7 +277,6 @@ class RawEndpoint(abc.ABC):
     def __init__(self, route: str, param: str | None = None) -> None:
         self.route = route
         self.param = param
-        self._urls: dict[tuple[Any, ...], str] = {}
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         params = scope["path_params"]
@@ -281,9 +284,9 @@ class RawEndpoint(abc.ABC):
         return self.serve(scope, receive, send, params["hub"], name)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, hub: str, name: str) -> None:
-        """Answer the request; ``hub`` and ``name`` are the raw path parameters."""
+        """Answer the request; ``hub`` and ``name`` are the path parameters (``name`` read
+        from its segment by :class:`.endpoints.NameConvertor` or the shortcut)."""
         authorization = content_type = ""
-        host = b""
         trace = _NO_TRACE
         idempotency_key: str | None = None
         for key, value in scope["headers"]:
@@ -293,8 +296,6 @@ class RawEndpoint(abc.ABC):
                 idempotency_key = value.decode("latin-1")
             elif key == b"content-type":
                 content_type = value.decode("latin-1")
-            elif key == b"host":
-                host = value
             elif key in (b"traceparent", b"tracestate"):
                 trace = {**trace, key.decode(): value.decode("latin-1")}
         # The whole body; its size is body_limit's concern (it refuses or stops reading one
@@ -311,9 +312,9 @@ class RawEndpoint(abc.ABC):
         try:
             data = decode_body(raw, content_type)
             state: GatewayState = scope["app"].state.hubbub
-            check_service_token(state.tokens, authorization, self._url(scope, host))
             query = scope["query_string"]
             application, excluded = _query(query) if query else _NO_QUERY
+            check_service_token(state.tokens, authorization, scope["path"], application)
             hub = state.hub(hub, application)
             if idempotency_key is not None:
                 idempotency_key = names.idempotency_key(idempotency_key)
@@ -347,17 +348,6 @@ class RawEndpoint(abc.ABC):
     ) -> bytes:
         """Validate the decoded body, append, and return the ``202``'s body. With an
         ``Idempotency-Key``, a retry within the window answers the first message id."""
-
-    def _url(self, scope: Scope, host: bytes) -> str:
-        """The request URL without its query, as Starlette's ``request.url`` spells it (the
-        token's ``aud`` is checked against it); remembered, as callers reuse a few paths."""
-        key = (scope["scheme"], host, scope["path"], scope.get("server"))
-        url = self._urls.get(key)
-        if url is None:
-            if len(self._urls) >= 4096:
-                self._urls.clear()
-            url = self._urls[key] = str(URL(scope={**scope, "query_string": b""}))
-        return url
 
 
 def _query(query_string: bytes) -> tuple[str | None, Sequence[str]]:

@@ -55,7 +55,9 @@ async def admit_client(
     try:
         if state.identity is not None and is_idp_token(token):
             return hub, await state.identity.identify(token, hub)
-        return hub, verify_client_token(token, state.settings.access_keys, hub)
+        return hub, verify_client_token(
+            token, state.settings.access_keys, hub, state.tokens.origins
+        )
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
     except IdentityProviderUnavailable as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -16,11 +16,16 @@ from hubbub.tokens import mint_token
 
 
 class ServiceAuth(httpx.Auth):
+    """Signs each request for its URL: ``aud`` is the URL without its query, except
+    ``application``, which names part of the hub (docs/security.md, "Audiences")."""
+
     def __init__(self, access_key: str) -> None:
         self.access_key = access_key
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        audience = str(request.url.copy_with(query=None))
+        application = request.url.params.get_list("application")
+        query = urlencode({"application": application[-1]}) if application else None
+        audience = str(request.url.copy_with(query=query.encode() if query else None))
         token = mint_token(self.access_key, audience, minutes=5)
         request.headers["Authorization"] = f"Bearer {token}"
         yield request
