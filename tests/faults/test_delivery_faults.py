@@ -26,7 +26,8 @@ from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 from tests.support.sequences import Collector, Outcome, check_once_in_order, publish
 
-pytestmark = pytest.mark.slow
+# Publishing 3 x N numbers one by one takes over a minute on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 N = int(os.environ.get("HUBBUB_FAULT_N", "1700"))  # per target; three targets per test
 
@@ -186,6 +187,36 @@ async def test_worker_sigkill_mid_stream(deployment: Deployment, redis: Redis, p
         f"pending for {killed[0]} at the kill; sent {3 * N} + {len(probes.accepted)} probes, "
         f"all delivered once and in order; duplicates dropped at gateways: {duplicates}"
     )
+
+
+async def test_entries_left_pending_by_a_dead_consumer_go_out_first(
+    deployment: Deployment, redis: Redis, prefix: str
+) -> None:
+    """Entries a consumer read and never acknowledged (it died) reach the client before the
+    entries published after them, once a worker takes the partition."""
+    gateway = await deployment.start_gateway()
+    schema = KeySchema(prefix)
+    stream = schema.publish_partition(partition_of(MessageEntry(Kind.GROUP, "chat", "ga", b""), 16))
+    await redis.xgroup_create(stream, "fanout", id="0", mkstream=True)
+    async with HubbubClient(gateway.url, ACCESS_KEY, "chat") as api:
+        client = await RawClient.connect(gateway.url, token=client_token("ua"))
+        assert client.connection_id
+        await api.add_connection_to_group("ga", client.connection_id)
+        collector = Collector(client)
+        first = await publish(api, "group", "ga", "g", range(10))
+        # A "worker" that read them and died: nobody will acknowledge these ten.
+        read = await redis.xreadgroup("fanout", "dead-worker", {stream: ">"}, count=100)
+        assert len(read[0][1]) == 10
+        assert len(await pending_of(redis, stream, "dead-worker")) == 10
+        rest = await publish(api, "group", "ga", "g", range(10, 20))
+        deployment.start_worker()
+        await collector.wait_for("g", set(range(20)))
+        outcome = Outcome(accepted=first.accepted + rest.accepted)
+        await api.send_to_group("ga", "seq", ["end-g", 0])
+        await collector.wait_for("end-g", {0})
+        check_once_in_order(collector.got["g"], outcome)
+        assert await pending_of(redis, stream, "dead-worker") == []
+        await collector.stop()
 
 
 async def test_gateway_redis_connections_cut(
