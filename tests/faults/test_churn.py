@@ -116,29 +116,43 @@ async def test_churn_leaves_no_trace(deployment: Deployment, redis: Redis, prefi
         async def one_life(i: int) -> None:
             """Connect, join two groups (one by invocation, one by REST) and a temporary one,
             receive this life's group, user and broadcast message, leave, disconnect."""
-            async with asyncio.timeout(LIFE_TIMEOUT):
-                started = time.monotonic()
-                gw = random.choice([gw1, gw2])
-                user = f"c{i % 50}"
-                c = await RawClient.connect(
-                    gw.url, token=client_token(user, JOINER_ROLES), http=negotiate_http
-                )
-                assert c.connection_id
-                answered_ok(await c.invoke("JoinGroup", f"g{i % 5}", invocation_id="1"), "1")
-                answered_ok(await c.invoke("JoinGroup", f"tmp{i}", invocation_id="2"), "2")
-                await api.add_connection_to_group(f"rest{i % 7}", c.connection_id)
-                await api.send_to_group(f"g{i % 5}", "group", [i])
-                await api.send_to_user(user, "user", [i])
-                await api.send_to_all("all", [i])
-                waiting = {("group", i), ("user", i), ("all", i)}
-                while waiting:
-                    message = await c.recv(timeout=LIFE_TIMEOUT)
-                    assert message.get("type") != 7, f"life {i} closed: {message}"
-                    if message.get("type") == 1:
-                        waiting.discard((message["target"], message["arguments"][0]))
-                answered_ok(await c.invoke("LeaveGroup", f"tmp{i}", invocation_id="3"), "3")
-                await close_reading(c)
-                latencies.append(time.monotonic() - started)
+            started = time.monotonic()
+            phases: list[tuple[str, float]] = []  # what a stuck life was doing, and since when
+
+            def phase(name: str) -> None:
+                phases.append((name, round(time.monotonic() - started, 2)))
+
+            gw = random.choice([gw1, gw2])
+            user = f"c{i % 50}"
+            try:
+                async with asyncio.timeout(LIFE_TIMEOUT):
+                    phase("connect")
+                    c = await RawClient.connect(
+                        gw.url, token=client_token(user, JOINER_ROLES), http=negotiate_http
+                    )
+                    assert c.connection_id
+                    phase("join")
+                    answered_ok(await c.invoke("JoinGroup", f"g{i % 5}", invocation_id="1"), "1")
+                    answered_ok(await c.invoke("JoinGroup", f"tmp{i}", invocation_id="2"), "2")
+                    await api.add_connection_to_group(f"rest{i % 7}", c.connection_id)
+                    phase("send")
+                    await api.send_to_group(f"g{i % 5}", "group", [i])
+                    await api.send_to_user(user, "user", [i])
+                    await api.send_to_all("all", [i])
+                    phase("receive")
+                    waiting = {("group", i), ("user", i), ("all", i)}
+                    while waiting:
+                        message = await c.recv(timeout=LIFE_TIMEOUT)
+                        assert message.get("type") != 7, f"life {i} closed: {message}"
+                        if message.get("type") == 1:
+                            waiting.discard((message["target"], message["arguments"][0]))
+                    phase("leave")
+                    answered_ok(await c.invoke("LeaveGroup", f"tmp{i}", invocation_id="3"), "3")
+                    phase("close")
+                    await close_reading(c)
+            except TimeoutError as exc:
+                raise AssertionError(f"life {i} on {gw.name} stuck; phases {phases}") from exc
+            latencies.append(time.monotonic() - started)
 
         async with asyncio.TaskGroup() as background:
             readers = [background.create_task(live_on(c)) for c in stable]
