@@ -26,15 +26,24 @@ from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 from tests.support.sequences import Collector, Outcome, check_once_in_order, publish
 
-pytestmark = pytest.mark.slow
+# Publishing 3 x N numbers one by one takes over a minute on a loaded 2-core machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 N = int(os.environ.get("HUBBUB_FAULT_N", "1700"))  # per target; three targets per test
 
 
 async def run_sequences(
-    dep: Deployment, api: HubbubClient, fault: Callable[[], Awaitable[None]], at: int
-) -> dict[str, object]:
-    """Clients on both gateways; three sequences of N; ``fault`` once ``at`` are sent."""
+    dep: Deployment,
+    api: HubbubClient,
+    fault: Callable[[], Awaitable[None]],
+    at: int,
+    probes: Outcome | None = None,
+) -> dict[str, Outcome]:
+    """Clients on both gateways; three sequences of N; ``fault`` once ``at`` are sent.
+
+    ``probes`` are numbers the fault itself sent to the group (name ``"p"``), between group
+    numbers ``at - 1`` and ``at``: the clients must see them exactly there.
+    """
     a = await RawClient.connect(dep.gateways[1].url, token=client_token("ua"))
     b = await RawClient.connect(dep.gateways[0].url, token=client_token("ub"))
     for c in (a, b):
@@ -42,7 +51,7 @@ async def run_sequences(
         await api.add_connection_to_group("ga", c.connection_id)
     ca, cb = Collector(a), Collector(b)
 
-    async def group_then_fault() -> object:
+    async def group_then_fault() -> Outcome:
         first = await publish(api, "group", "ga", "g", range(at))
         await fault()
         rest = await publish(api, "group", "ga", "g", range(at, N))
@@ -55,34 +64,66 @@ async def run_sequences(
         publish(api, "user", "ua", "u", range(N)),
         publish(api, "all", "", "a", range(N)),
     )
-    for collector, name, outcome in [
-        (ca, "g", g), (cb, "g", g), (ca, "u", u), (ca, "a", everyone), (cb, "a", everyone)
-    ]:  # fmt: skip
-        await collector.wait_for(name, set(outcome.accepted))  # type: ignore[attr-defined]
-    # A marker sent after everything proves nothing else is still on its way.
-    await api.send_to_all("seq", ["end", 0])
-    await ca.wait_for("end", {0})
-    await cb.wait_for("end", {0})
-    for collector, name, outcome in [
-        (ca, "g", g), (cb, "g", g), (ca, "u", u), (ca, "a", everyone), (cb, "a", everyone)
-    ]:  # fmt: skip
-        check_once_in_order(collector.got[name], outcome)  # type: ignore[arg-type]
-    assert "u" not in cb.got
+    checks = [(ca, "g", g), (cb, "g", g), (ca, "u", u), (ca, "a", everyone), (cb, "a", everyone)]
+    for collector, name, outcome in checks:
+        await collector.wait_for(name, set(outcome.accepted))
+    # One end marker per partition that carried a sequence, sent after it: once a marker is
+    # in, nothing of that sequence is still on its way (the partition keeps its order).
+    await api.send_to_group("ga", "seq", ["end-g", 0])
+    await api.send_to_user("ua", "seq", ["end-u", 0])
+    await api.send_to_all("seq", ["end-a", 0])
+    for collector, marker in [(ca, "end-g"), (cb, "end-g"), (ca, "end-u"), (ca, "end-a"),
+                              (cb, "end-a")]:  # fmt: skip
+        await collector.wait_for(marker, {0})
+    for collector, name, outcome in checks:
+        check_once_in_order(collector.got[name], outcome)
+    if probes is not None:
+        assert not g.refused
+        expected = (
+            [("g", n) for n in range(at)]
+            + [("p", n) for n in probes.accepted]
+            + [("g", n) for n in range(at, N)]
+        )
+        for collector in (ca, cb):
+            group_order = [(name, n) for name, n in collector.order if name in ("g", "p")]
+            assert group_order == expected, _diff_order(group_order, expected)
+    assert "u" not in cb.got and "end-u" not in cb.got
     await ca.stop()
     await cb.stop()
     return {"group": g, "user": u, "all": everyone}
 
 
-def duplicates_suppressed(dep: Deployment) -> int:
-    total = 0
-    for gw in dep.gateways:
-        for line in gw.output().splitlines():
-            if "duplicates suppressed" in line:
-                total += int(line.rsplit(" ", 1)[1])
-    return total
+def _diff_order(got: list[tuple[str, int]], want: list[tuple[str, int]]) -> str:
+    first = next((i for i, (x, y) in enumerate(zip(got, want, strict=False)) if x != y), None)
+    around = slice(max(0, (first or 0) - 3), (first or 0) + 3)
+    return f"{len(got)} vs {len(want)}; first difference at {first}: {got[around]} / {want[around]}"
+
+
+async def duplicates_dropped(dep: Deployment) -> int:
+    """``hubbub_drops_total{reason="duplicate"}`` summed over the (running) gateways."""
+    total = 0.0
+    async with httpx.AsyncClient() as http:
+        for gw in dep.gateways:
+            r = await http.get(f"{gw.url}/metrics")
+            assert r.status_code == 200, r.text
+            for line in r.text.splitlines():
+                if line.startswith('hubbub_drops_total{reason="duplicate"}'):
+                    total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+async def pending_of(redis: Redis, stream: str, consumer: str) -> list[bytes]:
+    """Ids read by ``consumer`` in the workers' group and not acknowledged."""
+    rows = await redis.xpending_range(
+        stream, "fanout", min="-", max="+", count=100_000, consumername=consumer
+    )
+    return [row["message_id"] for row in rows]
 
 
 async def test_worker_sigkill_mid_stream(deployment: Deployment, redis: Redis, prefix: str) -> None:
+    """The worker routing the group's partition is killed while it holds entries it read and
+    never acknowledged. The next owner claims them and routes them before anything newer:
+    every number arrives once, in order, and the killed worker's pending list empties."""
     await deployment.start_gateway()
     await deployment.start_gateway()
     for _ in range(3):
@@ -90,31 +131,92 @@ async def test_worker_sigkill_mid_stream(deployment: Deployment, redis: Redis, p
     schema = KeySchema(prefix)
     group_partition = partition_of(MessageEntry(Kind.GROUP, "chat", "ga", b""), 16)
     lease = schema.partition_lease(group_partition)
+    stream = schema.publish_partition(group_partition)
     killed: list[str] = []
-
-    async def kill_group_owner() -> None:
-        owner = (await redis.get(lease) or b"").decode()
-        victim = next(w for w in deployment.workers if w.name == owner)
-        victim.signal(signal.SIGKILL)
-        killed.append(owner)
+    left_pending: list[bytes] = []
+    probes = Outcome()  # the "p" sequence, to the group, published during the fault
+    attempts = 0
 
     async with HubbubClient(deployment.gateways[0].url, ACCESS_KEY, "chat") as api:
-        # Wait until some worker holds the partition we are about to hurt.
+
+        async def kill_owner_with_pending() -> None:
+            """SIGSTOP the owner, then publish to the group until Redis hands it entries
+            (its XREADGROUP was already waiting in Redis) that it cannot acknowledge; then
+            SIGKILL. If it was stopped outside a read, let it go on and try again."""
+            nonlocal attempts
+            loop = asyncio.get_running_loop()
+            while not left_pending:
+                attempts += 1
+                assert attempts <= 50, "never caught the owner with pending entries"
+                owner = (await redis.get(lease) or b"").decode()
+                victim = next(w for w in deployment.workers if w.name == owner)
+                victim.signal(signal.SIGSTOP)
+                stopped = loop.time()
+                # Well inside the 2 s lease, so a SIGCONT never meets a new owner.
+                while loop.time() - stopped < 0.5:
+                    number = len(probes.accepted)
+                    await api.send_to_group("ga", "seq", ["p", number])
+                    probes.accepted.append(number)
+                    pending = await pending_of(redis, stream, owner)
+                    if pending:
+                        victim.signal(signal.SIGKILL)
+                        killed.append(owner)
+                        left_pending.extend(await pending_of(redis, stream, owner))
+                        return
+                victim.signal(signal.SIGCONT)
+
         async def leased() -> bool:
             return bool(await redis.get(lease))
 
         await eventually(leased)
-        outcome = await run_sequences(deployment, api, kill_group_owner, at=N // 3)
-    assert killed
-    new_owner = (await redis.get(lease) or b"").decode()
-    assert new_owner and new_owner != killed[0]
+        outcome = await run_sequences(
+            deployment, api, kill_owner_with_pending, at=N // 3, probes=probes
+        )
+
+        new_owner = (await redis.get(lease) or b"").decode()
+        assert new_owner and new_owner != killed[0]
+        # The killed worker's entries were claimed (and acknowledged) by the next owner.
+        assert await pending_of(redis, stream, killed[0]) == []
+        claimed = [w for w in deployment.workers if "pending entries" in w.output()]
+        assert claimed, "no worker logged routing pending entries"
+        duplicates = await duplicates_dropped(deployment)
     for kind, o in outcome.items():
-        assert not o.refused, kind  # type: ignore[attr-defined]
-    deployment.stop()
+        assert not o.refused, kind
     print(
-        f"\nworker SIGKILL: sent {3 * N}, all delivered once; "
-        f"duplicates suppressed at gateways: {duplicates_suppressed(deployment)}"
+        f"\nworker SIGKILL: {attempts} attempt(s) to catch it; {len(left_pending)} entries "
+        f"pending for {killed[0]} at the kill; sent {3 * N} + {len(probes.accepted)} probes, "
+        f"all delivered once and in order; duplicates dropped at gateways: {duplicates}"
     )
+
+
+async def test_entries_left_pending_by_a_dead_consumer_go_out_first(
+    deployment: Deployment, redis: Redis, prefix: str
+) -> None:
+    """Entries a consumer read and never acknowledged (it died) reach the client before the
+    entries published after them, once a worker takes the partition."""
+    gateway = await deployment.start_gateway()
+    schema = KeySchema(prefix)
+    stream = schema.publish_partition(partition_of(MessageEntry(Kind.GROUP, "chat", "ga", b""), 16))
+    await redis.xgroup_create(stream, "fanout", id="0", mkstream=True)
+    async with HubbubClient(gateway.url, ACCESS_KEY, "chat") as api:
+        client = await RawClient.connect(gateway.url, token=client_token("ua"))
+        assert client.connection_id
+        await api.add_connection_to_group("ga", client.connection_id)
+        collector = Collector(client)
+        first = await publish(api, "group", "ga", "g", range(10))
+        # A "worker" that read them and died: nobody will acknowledge these ten.
+        read = await redis.xreadgroup("fanout", "dead-worker", {stream: ">"}, count=100)
+        assert len(read[0][1]) == 10
+        assert len(await pending_of(redis, stream, "dead-worker")) == 10
+        rest = await publish(api, "group", "ga", "g", range(10, 20))
+        deployment.start_worker()
+        await collector.wait_for("g", set(range(20)))
+        outcome = Outcome(accepted=first.accepted + rest.accepted)
+        await api.send_to_group("ga", "seq", ["end-g", 0])
+        await collector.wait_for("end-g", {0})
+        check_once_in_order(collector.got["g"], outcome)
+        assert await pending_of(redis, stream, "dead-worker") == []
+        await collector.stop()
 
 
 async def test_gateway_redis_connections_cut(
@@ -168,7 +270,7 @@ async def test_redis_restart_with_aof(aof_redis: RedisProcess, tmp_path: Path) -
 
         async with HubbubClient(dep.gateways[0].url, ACCESS_KEY, "chat") as api:
             outcome = await run_sequences(dep, api, restart, at=N // 2)
-        refused = sum(len(o.refused) for o in outcome.values())  # type: ignore[attr-defined]
+        refused = sum(len(o.refused) for o in outcome.values())
         print(
             f"\nRedis SIGKILL + restart (AOF, fsync always): sent {3 * N}, "
             f"accepted {3 * N - refused}, refused with 503 {refused}; every accepted delivered once"

@@ -26,14 +26,21 @@ pytestmark = pytest.mark.slow
 JOINER = client_token(roles=["hubbub.joinLeaveGroup"])
 
 
-async def connect_many(url: str, n: int, groups: int) -> list[RawClient]:
-    """n clients, client i in group i % groups (joined by invocation, over the socket)."""
+async def connect_many(url: str, n: int, groups: int, users: int = 0) -> list[RawClient]:
+    """n clients, client i in group i % groups (joined by invocation, over the socket) and,
+    with ``users``, signed in as user ``u<i % users>``."""
     clients: list[RawClient] = []
     for start in range(0, n, 100):
         batch = await asyncio.gather(
             *(
-                RawClient.connect(url, token=JOINER, negotiate=False)
-                for _ in range(start, min(n, start + 100))
+                RawClient.connect(
+                    url,
+                    token=client_token(f"u{i % users}", ["hubbub.joinLeaveGroup"])
+                    if users
+                    else JOINER,
+                    negotiate=False,
+                )
+                for i in range(start, min(n, start + 100))
             )
         )
         clients += batch
@@ -44,7 +51,13 @@ async def connect_many(url: str, n: int, groups: int) -> list[RawClient]:
     return clients
 
 
+# The test deployment's HUBBUB_GATEWAY_TTL and HUBBUB_REAP_INTERVAL, plus 1 s for the work.
+REAP_BOUND = 3 + 0.5 + 1.0
+
+
 async def test_dead_gateway_is_reaped(deployment: Deployment, redis: Redis, prefix: str) -> None:
+    """A SIGKILLed gateway's connections leave every set (its own, its groups', its users')
+    within TTL + reap interval + 1 s; the other gateway's members stay."""
     survivor_gw = await deployment.start_gateway()
     doomed = await deployment.start_gateway()
     deployment.start_worker()
@@ -52,47 +65,63 @@ async def test_dead_gateway_is_reaped(deployment: Deployment, redis: Redis, pref
     schema = KeySchema(prefix)
     hub = schema.hub("chat")
     async with HubbubClient(survivor_gw.url, ACCESS_KEY, "chat") as api:
-        survivor = await RawClient.connect(survivor_gw.url, token=JOINER)
+        survivor = await RawClient.connect(
+            survivor_gw.url, token=client_token("u0", ["hubbub.joinLeaveGroup"])
+        )
         assert (await survivor.invoke("JoinGroup", "room0")) == {"type": 3, "invocationId": "1"}
         assert survivor.connection_id
-        clients = await connect_many(doomed.url, 1000, 100)
+        clients = await connect_many(doomed.url, 1000, 100, users=50)
         gw_id = f"{prefix}-{doomed.name}"
+        survivor_id = f"{prefix}-{survivor_gw.name}".encode()
         assert await redis.scard(hub.gateway_connections(gw_id)) == 1000
-        assert await api.group_exists("room99")
+        assert await redis.scard(hub.user_connections("u7")) == 20
+        assert await api.group_exists("room99") and await api.user_exists("u7")
+        # Every key the dead gateway's connections made that nobody else holds.
+        doomed_keys = [hub.gateway_connections(gw_id), schema.inbox(gw_id)]
+        doomed_keys += [hub.group_connections(f"room{g}") for g in range(1, 100)]
+        doomed_keys += [hub.group_gateways(f"room{g}") for g in range(1, 100)]
+        doomed_keys += [hub.user_connections(f"u{u}") for u in range(1, 50)]
+        doomed_keys += [hub.user_gateways(f"u{u}") for u in range(1, 50)]
+        assert await redis.exists(*doomed_keys) >= len(doomed_keys) - 1  # the inbox may be empty
 
         doomed.signal(signal.SIGKILL)
         killed_at = time.monotonic()
 
         async def reaped() -> bool:
-            return not await redis.exists(
-                hub.gateway_connections(gw_id), schema.inbox(gw_id)
-            ) and not await redis.zscore(schema.gateways, gw_id)
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.exists(*doomed_keys)
+                pipe.zscore(schema.gateways, gw_id)
+                pipe.smembers(hub.group_connections("room0"))
+                pipe.smembers(hub.user_connections("u0"))
+                left, deadline, room0, u0 = await pipe.execute()
+            return (
+                left == 0 and deadline is None and room0 == u0 == {survivor.connection_id.encode()}
+            )
 
-        await eventually(reaped, timeout=15, interval=0.1)
+        await eventually(reaped, timeout=15, interval=0.05)
         reap_seconds = time.monotonic() - killed_at
+        assert reap_seconds <= REAP_BOUND, f"reaped after {reap_seconds:.2f}s"
         for g in range(1, 100):
             assert not await api.group_exists(f"room{g}")
-        # The other gateway's member is untouched.
-        assert await api.group_exists("room0")
+        for u in range(1, 50):
+            assert not await api.user_exists(f"u{u}")
+        # The other gateway's member is untouched, in its group and as its user.
+        assert await api.group_exists("room0") and await api.user_exists("u0")
         assert await api.connection_exists(survivor.connection_id)
-        assert await redis.smembers(hub.group_connections("room0")) == {
-            survivor.connection_id.encode()
-        }
-        assert await redis.hkeys(hub.group_gateways("room0")) == [
-            f"{prefix}-{survivor_gw.name}".encode()
-        ]
+        assert await redis.hgetall(hub.group_gateways("room0")) == {survivor_id: b"1"}
+        assert await redis.hgetall(hub.user_gateways("u0")) == {survivor_id: b"1"}
         leftovers = [
             k
             async for k in redis.scan_iter(match=f"{hub.base}:*")
             if not k.endswith(survivor.connection_id.encode())
-            and b":gc:room0" not in k
-            and b":gg:room0" not in k
+            and not k.endswith(b":room0")
+            and not k.endswith(b":u0")
             and b":gwc:" not in k
         ]
         assert leftovers == []
     print(
-        f"\n1000 connections in 100 groups reaped {reap_seconds:.2f}s after SIGKILL "
-        f"(gateway TTL 3s, reap interval 0.5s)"
+        f"\n1000 connections of 50 users in 100 groups reaped {reap_seconds:.2f}s after SIGKILL "
+        f"(bound {REAP_BOUND}s: gateway TTL 3s, reap interval 0.5s, +1s)"
     )
     for c in clients:
         c.ws.transport.abort()

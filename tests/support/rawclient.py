@@ -39,19 +39,23 @@ class RawClient:
         handshake: bool = True,
         negotiate: bool = True,
         negotiate_base: str | None = None,
+        http: httpx.AsyncClient | None = None,
     ) -> RawClient:
-        """Negotiate at ``negotiate_base`` (default ``base``), then open the socket at ``base``."""
+        """Negotiate at ``negotiate_base`` (default ``base``), then open the socket at ``base``.
+        ``http`` is reused for negotiate when given (a new client per call costs CPU)."""
         token = token if token is not None else client_token()
         connection_id = None
         query = f"access_token={token}"
         if negotiate:
-            async with httpx.AsyncClient() as http:
-                r = await http.post(
-                    f"{negotiate_base or base}/hubs/{hub}/negotiate?negotiateVersion=1",
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-                r.raise_for_status()
-                body = r.json()
+            url = f"{negotiate_base or base}/hubs/{hub}/negotiate?negotiateVersion=1"
+            headers = {"Authorization": f"Bearer {token}"}
+            if http is not None:
+                r = await http.post(url, headers=headers)
+            else:
+                async with httpx.AsyncClient() as own:
+                    r = await own.post(url, headers=headers)
+            r.raise_for_status()
+            body = r.json()
             connection_id = body["connectionId"]
             query += f"&id={body['connectionToken']}"
         ws_url = base.replace("http://", "ws://") + f"/hubs/{hub}?{query}"

@@ -19,11 +19,27 @@ class Collector:
     def __init__(self, client: RawClient) -> None:
         self.client = client
         self.got: dict[str, list[int]] = defaultdict(list)
+        self.order: list[tuple[str, int]] = []  # every arrival, across names
         self.changed = asyncio.Event()
         self.closed: dict[str, object] | None = None
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
+        """Read until Close; Ping every 5 s as a real client does, or the server's timeout
+        (30 s without a message from the client) would close a long-running collector."""
+        async with asyncio.TaskGroup() as tasks:
+            pinger = tasks.create_task(self._ping())
+            try:
+                await self._read()
+            finally:
+                pinger.cancel()
+
+    async def _ping(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            await self.client.send({"type": 6})
+
+    async def _read(self) -> None:
         while True:
             message = await self.client.recv(timeout=3600)
             if message.get("type") == 7:
@@ -32,14 +48,23 @@ class Collector:
             if message.get("type") == 1:
                 name, n = message["arguments"]
                 self.got[name].append(n)
+                self.order.append((name, n))
                 self.changed.set()
 
     async def wait_for(self, name: str, expected: set[int], timeout: float = 30) -> None:
-        """Until every expected number of ``name`` arrived (more may come: checked later)."""
+        """Until every expected number of ``name`` arrived (more may come: checked later).
+        A reader that failed or saw a Close raises here instead of leaving us waiting."""
         async with asyncio.timeout(timeout):
             while not expected <= set(self.got[name]):
+                if self.task.done():
+                    self.task.result()  # the reader's exception, if any
+                    raise AssertionError(f"connection closed while waiting: {self.closed}")
                 self.changed.clear()
-                await self.changed.wait()
+                changed = asyncio.ensure_future(self.changed.wait())
+                try:
+                    await asyncio.wait([changed, self.task], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
 
     async def stop(self) -> None:
         self.task.cancel()
@@ -52,8 +77,16 @@ class Outcome:
     refused: list[int] = field(default_factory=list)
 
 
+REDIS_UNAVAILABLE = "Error.Unavailable"
+
+
 async def publish(api: HubbubClient, kind: str, target: str, name: str, numbers: range) -> Outcome:
-    """One after the other, so the order of the 202s is the order of the numbers."""
+    """One after the other, so the order of the 202s is the order of the numbers.
+
+    A number is *refused* only when the gateway answered ``503`` with the JSON code
+    ``Error.Unavailable`` (Redis did not answer). Any other status, and any transport error
+    (the gateway stays up while Redis is down, so it must answer), fails the test.
+    """
     outcome = Outcome()
     for n in numbers:
         try:
@@ -64,7 +97,12 @@ async def publish(api: HubbubClient, kind: str, target: str, name: str, numbers:
             else:
                 await api.send_to_all("seq", [name, n])
             outcome.accepted.append(n)
-        except (httpx.HTTPStatusError, httpx.TransportError):
+        except httpx.HTTPStatusError as exc:
+            response = exc.response
+            if response.status_code != 503 or response.json().get("code") != REDIS_UNAVAILABLE:
+                raise AssertionError(
+                    f"{kind} {name} {n}: {response.status_code} {response.text}"
+                ) from exc
             outcome.refused.append(n)
     return outcome
 

@@ -35,13 +35,22 @@ def _q(name: str) -> str:
     return quote(name, safe="")
 
 
+KEEPALIVE_EXPIRY = 2.0  # seconds; below the gateways' 5 s keep-alive timeout
+
+
 class HubbubClient:
     """REST calls for one hub. ``async with HubbubClient(url, key, hub) as c: ...``"""
 
     def __init__(self, base_url: str, access_key: str, hub: str, *, timeout: float = 10.0) -> None:
         self.hub = hub
+        # Gateways (uvicorn) close a keep-alive connection idle for 5 s, httpx's default expiry
+        # too: a request sent on one just as the server closes it fails with "Server
+        # disconnected without sending a response". Idle connections are dropped sooner here.
         self.http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), auth=ServiceAuth(access_key), timeout=timeout
+            base_url=base_url.rstrip("/"),
+            auth=ServiceAuth(access_key),
+            timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY),
         )
 
     async def __aenter__(self) -> HubbubClient:
