@@ -139,17 +139,28 @@ async def test_worker_sigkill_mid_stream(deployment: Deployment, redis: Redis, p
 
     async with HubbubClient(deployment.gateways[0].url, ACCESS_KEY, "chat") as api:
 
+        async def leased() -> bool:
+            return bool(await redis.get(lease))
+
         async def kill_owner_with_pending() -> None:
             """SIGSTOP the owner, then publish to the group until Redis hands it entries
             (its XREADGROUP was already waiting in Redis) that it cannot acknowledge; then
             SIGKILL. If it was stopped outside a read, let it go on and try again."""
             nonlocal attempts
             loop = asyncio.get_running_loop()
+            lease_ms = int(deployment.settings["HUBBUB_LEASE_MS"])
+
+            async def renewed() -> bool:  # the owner ran and renewed since it was stopped
+                return bool(await redis.pttl(lease) > lease_ms * 0.8)
+
             while not left_pending:
                 attempts += 1
                 assert attempts <= 50, "never caught the owner with pending entries"
                 owner = (await redis.get(lease) or b"").decode()
-                victim = next(w for w in deployment.workers if w.name == owner)
+                victim = next((w for w in deployment.workers if w.name == owner), None)
+                if victim is None:  # between two owners (a rebalance): wait for the next
+                    await eventually(leased)
+                    continue
                 victim.signal(signal.SIGSTOP)
                 stopped = loop.time()
                 # Well inside the 2 s lease, so a SIGCONT never meets a new owner.
@@ -164,9 +175,9 @@ async def test_worker_sigkill_mid_stream(deployment: Deployment, redis: Redis, p
                         left_pending.extend(await pending_of(redis, stream, owner))
                         return
                 victim.signal(signal.SIGCONT)
-
-        async def leased() -> bool:
-            return bool(await redis.get(lease))
+                # Stopped again at once, it would not run between stops, and its leases would
+                # expire under the test: let it renew first.
+                await eventually(renewed, timeout=10)
 
         await eventually(leased)
         outcome = await run_sequences(
