@@ -32,18 +32,19 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
 
 
 async def status_until(http: httpx.AsyncClient, url: str, status: int, within: float) -> float:
-    """Seconds until ``url`` answers ``status`` (polled: a probe is polled by its nature)."""
+    """Seconds until ``url`` answers ``status`` (a probe is polled by nature: that is how
+    Kubernetes reads it too)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
-    async with asyncio.timeout(within):
-        while True:
-            try:
-                r = await http.get(url, timeout=1.0)
-                if r.status_code == status:
-                    return loop.time() - started
-            except httpx.TransportError:
-                pass  # not listening yet
-            await asyncio.sleep(0.05)
+
+    async def answers() -> bool:
+        try:
+            return (await http.get(url, timeout=1.0)).status_code == status
+        except httpx.TransportError:
+            return False  # not listening yet
+
+    await eventually(answers, timeout=within)
+    return loop.time() - started
 
 
 async def test_readyz_follows_redis_and_livez_does_not(

@@ -335,7 +335,7 @@ async def test_verifier_bounds_the_body_and_the_time_of_a_fetch(
         assert v.status()["keys"] == 0 and "larger than" in str(v.status()["error"])
 
         jwks.publish(rsa_a)
-        jwks.stall.set()
+        jwks.answer.clear()  # the server stalls
         started = time.monotonic()
         await v.refresh()
         took = time.monotonic() - started
@@ -343,7 +343,7 @@ async def test_verifier_bounds_the_body_and_the_time_of_a_fetch(
         assert "Timeout" in str(v.status()["error"])
         with pytest.raises(IdentityProviderUnavailable):
             await v.verify(user_token(rsa_a, "u"))
-        jwks.stall.clear()
+        jwks.answer.set()
 
         # A server that drips its body, each byte well within httpx's read timeout: the time
         # limit is on the whole fetch.

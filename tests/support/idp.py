@@ -100,13 +100,14 @@ def hand_made_token(header: dict[str, Any], claims: dict[str, Any], mac_key: byt
 
 class JwksServer:
     """Serves ``/jwks`` on a loopback port: the published document, an HTTP error
-    (:attr:`status`), a body of any size, or nothing until :attr:`stall` is cleared."""
+    (:attr:`status`), a body of any size, or nothing while :attr:`answer` is cleared."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.document: bytes = b'{"keys": []}'
         self.status = 200
-        self.stall = threading.Event()  # set: requests wait until it is cleared (or 10 s)
+        self.answer = threading.Event()  # cleared: requests wait until it is set (or 10 s)
+        self.answer.set()
         self.drip = 0.0  # > 0: the body is sent one byte per this many seconds
         self.requests: list[float] = []  # time.monotonic() of each request's arrival
         self.lock = threading.Lock()
@@ -117,9 +118,7 @@ class JwksServer:
                 with server.lock:
                     server.requests.append(time.monotonic())
                     status, body = server.status, server.document
-                deadline = time.monotonic() + 10
-                while server.stall.is_set() and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                server.answer.wait(10)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -167,6 +166,6 @@ class JwksServer:
         return self
 
     def stop(self) -> None:
-        self.stall.clear()
+        self.answer.set()
         self.server.shutdown()
         self.server.server_close()
