@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -252,15 +252,6 @@ async def test_gateway_redis_connections_cut(
         await run_sequences(deployment, api, cut, at=N // 2)
     assert kills >= 1
     print(f"\ngateway Redis connections cut {kills} times; sent {3 * N}, all delivered once")
-
-
-@pytest.fixture
-async def aof_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
-    server = RedisProcess(directory=str(tmp_path / "aof"), appendonly=True, appendfsync="always")
-    (tmp_path / "aof").mkdir()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_redis_restart_with_aof(aof_redis: RedisProcess, tmp_path: Path) -> None:

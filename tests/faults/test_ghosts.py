@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.slow
 
 CLIENTS = 200
 INTERVAL = 3.0  # HUBBUB_RECONCILE_INTERVAL in these tests
-
-
-@pytest.fixture
-async def aof_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
-    (tmp_path / "aof").mkdir()
-    server = RedisProcess(directory=str(tmp_path / "aof"), appendonly=True, appendfsync="always")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_ghosts_of_failed_unregisters_are_removed(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -20,15 +19,6 @@ from hubbub.dev.embedded import RedisProcess, free_port
 from tests.support.processes import Deployment, eventually
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
-    (tmp_path / "redis").mkdir()
-    server = RedisProcess(directory=str(tmp_path / "redis"))
-    server.start()
-    yield server
-    server.stop()
 
 
 async def status_until(http: httpx.AsyncClient, url: str, status: int, within: float) -> float:
@@ -48,9 +38,9 @@ async def status_until(http: httpx.AsyncClient, url: str, status: int, within: f
 
 
 async def test_readyz_follows_redis_and_livez_does_not(
-    own_redis: RedisProcess, tmp_path: Path
+    volatile_redis: RedisProcess, tmp_path: Path
 ) -> None:
-    dep = Deployment(own_redis.url, tmp_path, "health")
+    dep = Deployment(volatile_redis.url, tmp_path, "health")
     port = free_port()
     dep.start_worker(HUBBUB_METRICS_PORT=str(port))
     base = f"http://127.0.0.1:{port}"
@@ -62,8 +52,8 @@ async def test_readyz_follows_redis_and_livez_does_not(
             metrics = await http.get(f"{base}/metrics")
             assert metrics.status_code == 200 and "hubbub_" in metrics.text
 
-            assert own_redis.process is not None
-            own_redis.process.send_signal(signal.SIGSTOP)  # frozen: connections hang
+            assert volatile_redis.process is not None
+            volatile_redis.process.send_signal(signal.SIGSTOP)  # frozen: connections hang
             try:
                 took = await status_until(http, f"{base}/readyz", 503, within=5)
                 print(f"\n/readyz 503 {took:.2f} s after Redis froze")
@@ -73,7 +63,7 @@ async def test_readyz_follows_redis_and_livez_does_not(
                 live = await http.get(f"{base}/livez")
                 assert live.status_code == 200 and live.json()["status"] == "live", live.text
             finally:
-                own_redis.process.send_signal(signal.SIGCONT)
+                volatile_redis.process.send_signal(signal.SIGCONT)
             back = await status_until(http, f"{base}/readyz", 200, within=15)
             print(f"/readyz 200 again {back:.2f} s after Redis thawed")
         log = dep.workers[0].output()
@@ -85,9 +75,9 @@ async def test_readyz_follows_redis_and_livez_does_not(
 
 
 async def test_gateway_health_names_its_parts_and_follows_redis(
-    own_redis: RedisProcess, tmp_path: Path
+    volatile_redis: RedisProcess, tmp_path: Path
 ) -> None:
-    dep = Deployment(own_redis.url, tmp_path, "ghealth")
+    dep = Deployment(volatile_redis.url, tmp_path, "ghealth")
     gateway = await dep.start_gateway()
     try:
         async with httpx.AsyncClient() as http:
@@ -112,8 +102,8 @@ async def test_gateway_health_names_its_parts_and_follows_redis(
             assert gateway.output().count("no fan-out worker has been live") == 1
             assert "fan-out workers live again" in gateway.output()
 
-            assert own_redis.process is not None
-            own_redis.process.send_signal(signal.SIGSTOP)
+            assert volatile_redis.process is not None
+            volatile_redis.process.send_signal(signal.SIGSTOP)
             try:
                 took = await status_until(http, f"{gateway.url}/api/health", 503, within=5)
                 print(f"\n/api/health 503 {took:.2f} s after Redis froze")
@@ -124,7 +114,7 @@ async def test_gateway_health_names_its_parts_and_follows_redis(
                 live = await http.get(f"{gateway.url}/api/live")
                 assert live.status_code == 200
             finally:
-                own_redis.process.send_signal(signal.SIGCONT)
+                volatile_redis.process.send_signal(signal.SIGCONT)
             back = await status_until(http, f"{gateway.url}/api/health", 200, within=15)
             print(f"/api/health 200 again {back:.2f} s after Redis thawed")
         log = gateway.output()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,15 +17,6 @@ from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def aof_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
-    (tmp_path / "aof").mkdir()
-    server = RedisProcess(directory=str(tmp_path / "aof"), appendonly=True, appendfsync="always")
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_no_request_fails_on_a_connection_that_died_while_idle(
