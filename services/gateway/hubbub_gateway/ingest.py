@@ -242,12 +242,19 @@ def _traced(
             yield p
 
 
-def _batch_messages(hub: str, body: BatchBody, max_excluded: int) -> list[MessageEntry]:
-    """Check everything before anything is appended: a bad item refuses the whole batch."""
+def _batch_messages(
+    hub: str, body: BatchBody, max_excluded: int
+) -> tuple[list[MessageEntry], list[str | None]]:
+    """Check everything before anything is appended: a bad item refuses the whole batch.
+    The messages, and their idempotency keys (empty when no item has one)."""
     messages = []
+    keys: list[str | None] = []
     for i, item in enumerate(body.messages):
         kind = Kind.from_label(item.to)
+        key = item.idempotencyKey
         try:
+            if key is not None:
+                key = names.idempotency_key(key)
             message = build_message(
                 kind,
                 hub,
@@ -260,7 +267,8 @@ def _batch_messages(hub: str, body: BatchBody, max_excluded: int) -> list[Messag
         except (names.InvalidName, InvalidArguments, TooManyExcluded) as exc:
             raise type(exc)(f"messages[{i}]: {exc}") from None
         messages.append(message)
-    return messages
+        keys.append(key)
+    return messages, keys if any(k is not None for k in keys) else []
 
 
 # ---------------------------------------------------------------- the ASGI apps
@@ -425,17 +433,7 @@ class BatchEndpoint(RawEndpoint):
         are per message (``idempotencyKey``); the header is not used for a batch."""
         body = validate_body(BatchBody, data)
         state.refuse_if_draining()
-        messages = _batch_messages(hub, body, state.settings.max_excluded)
-        keys = [item.idempotencyKey for item in body.messages]
-        if any(key is not None for key in keys):
-            for i, key in enumerate(keys):
-                if key is not None:
-                    try:
-                        names.idempotency_key(key)
-                    except names.InvalidName as exc:
-                        raise names.InvalidName(f"messages[{i}]: {exc}") from None
-        else:
-            keys = []
+        messages, keys = _batch_messages(hub, body, state.settings.max_excluded)
         started = time.perf_counter()
         ids = await state.publish.append_many(messages, keys)
         _accepted(state, messages, started)
