@@ -1,0 +1,1 @@
+"""Example services built on Hubbub (``python -m examples.chat``)."""
