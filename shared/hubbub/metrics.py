@@ -47,6 +47,27 @@ class Metrics:
         self.redis_errors = Counter(
             "hubbub_redis_errors", "Redis errors", ["component"], registry=r
         )
+        # The way back (client -> service).
+        self.upstream_appended = Counter(
+            "hubbub_upstream_appended", "Upstream entries appended by gateways", ["event"],
+            registry=r,
+        )  # fmt: skip
+        self.invocation_outcomes = Counter(
+            "hubbub_invocations", "Blocking client invocations by how they ended (gateway)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.upstream_handled = Histogram(
+            "hubbub_upstream_handled_seconds",
+            "Upstream entries handled by a consumer, by event and outcome",
+            ["event", "outcome"], buckets=STAGE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.webhook_responses = Counter(
+            "hubbub_webhook_responses", "Webhook (HTTP upstream) answers by status code "
+            "('timeout', 'error' when none came)", ["status"], registry=r,
+        )  # fmt: skip
+        self.webhook_retries = Counter(
+            "hubbub_webhook_retries", "Webhook requests retried (connection events)", registry=r
+        )
         self.stage = Histogram(
             "hubbub_stage_seconds", "Time spent per stage of a message's path", ["stage"],
             buckets=STAGE_BUCKETS, registry=r,

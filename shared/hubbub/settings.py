@@ -121,6 +121,27 @@ class Settings(BaseSettings):
     # reorders in-flight messages); more partitions than workers lets work spread.
     publish_partitions: int = 16
 
+    # The way back (client -> service, see hubbub.upstream). Upstream stream partitions, by
+    # connection: fixed for the life of a deployment's data, like publish_partitions.
+    upstream_partitions: int = Field(default=8, ge=1)
+    upstream_stream_maxlen: int = Field(default=100_000, ge=1)  # per partition, approximate
+    # Seconds a client's blocking invocation (and a REST client-result :invoke) waits for its
+    # answer; then the caller gets an error (504 for :invoke).
+    invocation_timeout: float = Field(default=30.0, gt=0)
+    # Blocking invocations one connection may have waiting at once; more are refused.
+    max_pending_invocations: int = Field(default=100, ge=1)
+    # Connected / disconnected events to the upstream stream (one append each).
+    upstream_connection_events: bool = True
+    # JoinGroup / LeaveGroup are also appended upstream (after their built-in effect).
+    upstream_group_invocations: bool = False
+    # HTTP upstream (Azure-compatible webhooks), run by hubbub-fanout: one URL template for
+    # every event ({hub}, {category}, {event}), or ordered rules (JSON list of objects with
+    # urlTemplate and hubPattern / categoryPattern / eventPattern). Neither: no dispatcher.
+    upstream_url: str | None = None
+    upstream_rules: list[dict[str, str]] = []
+    upstream_timeout: float = Field(default=20.0, gt=0)  # one webhook request
+    upstream_group: str = "webhook"  # the dispatcher's consumer group
+
     # Fan-out worker.
     worker_group: str = "fanout"
     worker_name: str | None = None

@@ -84,6 +84,15 @@ def traceparent_of(span: Span) -> str | None:
     return carrier.get("traceparent")
 
 
+def current_traceparent() -> str | None:
+    """The current span's ``traceparent`` (None outside a recorded trace): a message sent
+    from inside a handler continues the trace that caused it."""
+    from opentelemetry.trace import get_current_span
+
+    current = get_current_span()
+    return traceparent_of(current) if current.get_span_context().is_valid else None
+
+
 def context_from(traceparent: str | None) -> Context | None:
     if not traceparent:
         return None

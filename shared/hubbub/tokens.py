@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import jwt
+import orjson
 
 from hubbub.protocol import names
 from hubbub.urls import PublicOrigins, escape_segment, is_url_text, routed_path, segment_value
@@ -39,6 +40,7 @@ class TokenError(Exception):
 class ClientIdentity:
     user_id: str | None
     roles: frozenset[str]
+    claims: bytes = b"{}"  # the token's claims as JSON, for upstream entries
 
     def may_join(self, group: str) -> bool:
         return JOIN_LEAVE_ROLE in self.roles or f"{JOIN_LEAVE_ROLE}.{group}" in self.roles
@@ -212,6 +214,7 @@ def client_identity(
     return ClientIdentity(
         user_id=str(user) if user is not None else None,
         roles=frozenset(r for r in roles if isinstance(r, str)),
+        claims=orjson.dumps(claims, default=str),
     )
 
 

@@ -17,7 +17,7 @@ from hubbub.settings import Settings
 from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
 from hubbub_fanout.consume import Consumer
-from hubbub_fanout.leases import Leases
+from hubbub.redis.leases import Leases
 from hubbub_fanout.recover import Recovery
 from hubbub_fanout.route import Router
 from tests.support.processes import eventually

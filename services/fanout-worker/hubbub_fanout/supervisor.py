@@ -23,13 +23,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hubbub.metrics import Metrics
+from hubbub.redis.leases import Leases
 from hubbub.redis.pipe import Pipe
 from hubbub.settings import Settings
 
 from .consume import Consumer
 from .gauges import Gauges
 from .health import Health
-from .leases import Leases
 from .reap import Reaper
 from .recover import Recovery
 from .route import Router

@@ -29,6 +29,7 @@ from . import connect, endpoints, errors, negotiate
 from .deliver import LocalIndex
 from .health import Health
 from .inbox import InboxReader
+from .invoke import Invoker
 from .middleware import body_limit, cors
 from .reconcile import Reconciler
 from .state import GatewayState
@@ -48,6 +49,8 @@ async def _heartbeat(state: GatewayState, reader: InboxReader) -> None:
             )
             # Workers heartbeat into their own set, scored by when their heartbeat expires.
             workers = await redis.zcount(schema.workers, now, "+inf")
+            services = await redis.zcount(schema.upstream_services, now, "+inf")
+            state.invoker.services = state.health.upstream_services = services
             if added and not first:
                 log.warning("this gateway was reaped while unreachable; closing its clients")
                 await reader.create_inbox()
@@ -107,6 +110,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schema = KeySchema(settings.key_prefix)
         telemetry = setup_tracing("hubbub-gateway")
         metrics = Metrics()
+        publish = PublishStream(
+            publish_pipe,
+            schema,
+            settings.publish_partitions,
+            settings.publish_stream_maxlen,
+            int(settings.idempotency_window * 1000),
+        )
+        index = LocalIndex(
+            metrics,
+            telemetry.tracer if telemetry else None,
+            schema.inbox(settings.gateway_id),
+            schema.broadcast_feed,
+            settings.invocation_timeout,
+            settings.max_pending_invocations,
+        )
         state = GatewayState(
             settings=settings,
             redis=redis,
@@ -117,22 +135,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.max_groups_per_connection,
                 settings.max_connections_per_user,
             ),
-            publish=PublishStream(
-                publish_pipe,
-                schema,
-                settings.publish_partitions,
-                settings.publish_stream_maxlen,
-                int(settings.idempotency_window * 1000),
-            ),
-            index=LocalIndex(
-                metrics,
-                telemetry.tracer if telemetry else None,
-                schema.inbox(settings.gateway_id),
-                schema.broadcast_feed,
-            ),
+            publish=publish,
+            index=index,
             metrics=metrics,
             tokens=ServiceTokenVerifier(settings.access_keys, public_urls=settings.public_urls),
             health=Health.for_settings(settings),
+            invoker=Invoker(
+                settings, pipe=publish_pipe, publish=publish, index=index, metrics=metrics
+            ),
             telemetry=telemetry,
             identity=JwksVerifier.from_settings(settings),
         )

@@ -21,6 +21,7 @@ from hubbub.protocol import names
 from hubbub.protocol.signalr import (
     HANDSHAKE_OK,
     Close,
+    Completion,
     Event,
     HandshakeAccepted,
     HandshakeRejected,
@@ -41,6 +42,7 @@ from hubbub.tokens import (
     open_connection_token,
     verify_connection_id,
 )
+from hubbub.wire.envelopes import Event as Upstream
 
 from .deliver import LocalConnection
 from .errors import ApiError
@@ -136,6 +138,7 @@ class Session:
     __slots__ = (
         "allowance",
         "backlog",
+        "claims",
         "conn",
         "gone",
         "hub",
@@ -158,6 +161,7 @@ class Session:
         self.hub = hub
         # Only for may_join (the user is conn.user): clients without roles share one.
         self.identity = identity if identity.roles else NO_ROLES
+        self.claims = identity.claims  # for upstream entries
         self.protocol = ServerProtocol(state.settings.max_message_size)
         self.proto: HubbubWebSocketProtocol = ws.scope["extensions"][EXTENSION]
         self.conn = LocalConnection(
@@ -255,7 +259,21 @@ class Session:
         conn.start(HANDSHAKE_OK_FRAME)
         state.metrics.connections.labels(state.metrics.hub_label(self.hub)).inc()
         log.debug("connection open", extra={"connection_id": conn.id, "hub": self.hub})
+        # Before any invocation of this connection: the upstream stream keeps their order.
+        await self._connection_event(Upstream.CONNECTED)
         return True
+
+    async def _connection_event(self, event: Upstream, error: str | None = None) -> None:
+        try:
+            await self.state.invoker.connection_event(self.conn, self.claims, event, error)
+        except RedisError as exc:
+            self.state.metrics.redis_errors.labels("upstream").inc()
+            log.warning(
+                "%s event not appended upstream: %r",
+                event.name.lower(),
+                exc,
+                extra={"connection_id": self.conn.id},
+            )
 
     # ------------------------------------------------------------ serving (callbacks)
 
@@ -340,8 +358,11 @@ class Session:
                 return
             if isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
-            # CancelInvocation (nothing streams, so nothing to cancel), Ping, Completion
-            # (client results), StreamItem, Ack, Sequence: nothing to do.
+            elif isinstance(event, Completion) and self.conn.asked:
+                # The answer to a REST :invoke (client results); dropped unless asked.
+                self.proto.spawn(self._answered(event))
+            # CancelInvocation (nothing streams, so nothing to cancel), Ping, StreamItem, Ack,
+            # Sequence: nothing to do.
 
     async def _work(self, events: list[Event]) -> None:
         """Handle ``events``, then the messages that came meanwhile, in order. Once the
@@ -376,10 +397,19 @@ class Session:
                 await self._invoke(event)
             elif isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
+            elif isinstance(event, Completion) and self.conn.asked:
+                await self._answered(event)
             elif isinstance(event, Close):
+                self.conn.error = event.error
                 self.proto.close(1000)
                 return False
         return True
+
+    async def _answered(self, completion: Completion) -> None:
+        try:
+            await self.state.invoker.answered(self.conn, completion)
+        except RedisError as exc:
+            log.warning("client result lost: %r", exc, extra={"connection_id": self.conn.id})
 
     async def _invoke(self, inv: Invocation) -> None:
         telemetry = self.state.telemetry
@@ -397,14 +427,31 @@ class Session:
         result_error: str | None = None
         if method in ("joingroup", "leavegroup"):
             result_error = await self._group_invocation(method == "joingroup", inv.arguments)
+            if result_error is None and self.state.settings.upstream_group_invocations:
+                # Told upstream after the fact: the Completion is the gateway's own.
+                await self._upstream(Invocation(inv.target, inv.arguments))
         else:
-            result_error = f"Method '{inv.target}' does not exist on this hub."
+            result_error = await self._upstream(inv)
+            if result_error is None:
+                return  # pending: the Completion comes from upstream (or the timeout)
         if result_error is not None:
             refusals.warning(
                 "invocation refused: %s", result_error, extra={"connection_id": self.conn.id}
             )
         if inv.invocation_id is not None:
             self.conn.send(text_frame(encode_completion(inv.invocation_id, error=result_error)))
+
+    async def _upstream(self, inv: Invocation) -> str | None:
+        """Append the invocation upstream; an error to answer at once, or None."""
+        try:
+            error = await self.state.invoker.invoke(self.conn, self.claims, inv)
+        except RedisError as exc:
+            self.state.metrics.redis_errors.labels("upstream").inc()
+            log.warning("invocation not appended: %r", exc, extra={"connection_id": self.conn.id})
+            return "The server is temporarily unavailable; try again."
+        if error is not None:
+            self.state.metrics.invocation_outcomes.labels("refused").inc()
+        return error
 
     async def _group_invocation(self, join: bool, arguments: list[object]) -> str | None:
         if len(arguments) != 1 or not isinstance(arguments[0], str):
@@ -435,6 +482,7 @@ class Session:
     async def _unregister(self) -> None:
         conn = self.conn
         self.state.index.remove(conn)
+        conn.forget_calls()
         metrics = self.state.metrics
         metrics.connections.labels(metrics.hub_label(self.hub)).dec()
         if conn.overflowed:
@@ -449,4 +497,5 @@ class Session:
                 extra={"connection_id": conn.id},
             )
             self.state.reconcile_soon.set()
+        await self._connection_event(Upstream.DISCONNECTED, conn.error)
         log.debug("connection closed", extra={"connection_id": conn.id})

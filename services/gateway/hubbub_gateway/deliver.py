@@ -8,6 +8,7 @@ ASGI message per socket; a slow client overflows its own bounded buffer and is c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Set
@@ -26,7 +27,7 @@ from hubbub.telemetry import (
     SYSTEM,
     context_from,
 )
-from hubbub.wire.envelopes import ControlEntry, Entry, Kind, MessageEntry, Op
+from hubbub.wire.envelopes import ControlEntry, Entry, Kind, MessageEntry, Op, ResultEntry
 
 log = logging.getLogger("hubbub.gateway.deliver")
 
@@ -59,7 +60,10 @@ class LocalConnection:
     """
 
     __slots__ = (
+        "asked",
+        "calls",
         "closing",
+        "error",
         "groups",
         "hub",
         "id",
@@ -88,6 +92,29 @@ class LocalConnection:
         self.pending: list[bytes] | None = []
         self.idle_send_ticks = 0
         self.idle_recv_ticks = 0
+        # The way back (:mod:`.invoke`), None until first used: the client's blocking
+        # invocations waiting for their Completion (id -> its timeout), and the server's
+        # invocations waiting for the client's answer (id -> the waiting gateway, timeout).
+        self.calls: dict[str, asyncio.TimerHandle] | None = None
+        self.asked: dict[str, tuple[str, asyncio.TimerHandle]] | None = None
+        self.error: str | None = None  # why it was closed, for the disconnected event
+
+    def settle(self, call: str) -> bool:
+        """Whether ``call`` was pending (it is not any more): only its first answer goes out."""
+        calls = self.calls
+        timer = calls.pop(call, None) if calls is not None else None
+        if timer is None:
+            return False
+        timer.cancel()
+        return True
+
+    def forget_calls(self) -> None:
+        """The connection is gone: its pending calls and questions time out no more."""
+        for timer in (self.calls or {}).values():
+            timer.cancel()
+        for _, timer in (self.asked or {}).values():
+            timer.cancel()
+        self.calls = self.asked = None
 
     def send(self, frame: bytes) -> None:
         """Write one or more complete WebSocket frames."""
@@ -117,6 +144,7 @@ class LocalConnection:
         if self.closing:
             return
         self.closing = True
+        self.error = error
         socket = self.socket
         socket.write_frames(text_frame(encode_close(error, allow_reconnect)))  # past any bound
         socket.close(1000)
@@ -155,6 +183,8 @@ class LocalIndex:
         tracer: Tracer | None = None,
         inbox: str = "",
         feed: str = "",
+        invocation_timeout: float = 30.0,
+        max_pending_invocations: int = 100,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.tracer = tracer
@@ -174,6 +204,10 @@ class LocalIndex:
         self._current_epochs: set[int] = set()
         self.delivered = 0
         self.duplicates = 0
+        self.invocation_timeout = invocation_timeout
+        self.max_asked = max_pending_invocations
+        # REST client-result calls waiting here: invocation id -> (connection id, future).
+        self.waiting: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
         # While an inbox read's entries are handled: the frames for each socket, written as one.
         self._batch: dict[LocalConnection, list[bytes]] | None = None
 
@@ -269,8 +303,18 @@ class LocalIndex:
     def handle(self, entry: Entry) -> None:
         if isinstance(entry, MessageEntry):
             self._deliver(entry)
-        else:
+        elif isinstance(entry, ControlEntry):
             self._control(entry)
+        else:
+            self._result(entry)
+
+    def _result(self, entry: ResultEntry) -> None:
+        """A client's answer to a REST ``:invoke`` made here: to the caller, if it still
+        waits and the answer comes from the connection it asked."""
+        found = self.waiting.get(entry.call)
+        if found is None or found[0] != entry.connection or found[1].done():
+            return
+        found[1].set_result(entry.payload)
 
     def _control(self, entry: ControlEntry) -> None:
         op = entry.op
@@ -313,7 +357,42 @@ class LocalIndex:
         self.epochs[partition] = epoch
         return False
 
+    def _call(self, delivery: MessageEntry) -> int:
+        """A Completion to a pending client invocation (delivered once, while pending), or
+        a server invocation whose answer a gateway awaits (client results)."""
+        conn = self.connections.get(delivery.target)
+        if conn is None or conn.hub != delivery.hub:
+            return 0
+        call = delivery.call
+        if delivery.reply_to:
+            asked = conn.asked
+            if asked is None:
+                asked = conn.asked = {}
+            if call in asked or len(asked) >= self.max_asked:
+                self.metrics.drops.labels("too_many_asked").inc()
+                return 0
+            timer = asyncio.get_running_loop().call_later(
+                self.invocation_timeout, asked.pop, call, None
+            )
+            asked[call] = (delivery.reply_to, timer)
+        elif not conn.settle(call):
+            self.metrics.drops.labels("late_completion").inc()
+            return 0
+        else:
+            self.metrics.invocation_outcomes.labels("answered").inc()
+        frame = text_frame(delivery.frame)
+        batch = self._batch
+        if batch is None:
+            conn.send(frame)
+        else:
+            batch.setdefault(conn, []).append(frame)
+        self.delivered += 1
+        self.metrics.deliveries.inc()
+        return 1
+
     def _write(self, delivery: MessageEntry) -> int:
+        if delivery.call:
+            return self._call(delivery)
         recipients = self._recipients(delivery)
         if not recipients:
             return 0

@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.datastructures import Default
 from fastapi.routing import APIRoute
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -33,7 +34,7 @@ from hubbub.settings import Settings
 from hubbub.tokens import mint_token
 from hubbub.urls import escape_segment, routed_path, segment_value
 from hubbub.wire.envelopes import Kind
-from hubbub.wire.messages import EXCLUDABLE
+from hubbub.wire.messages import EXCLUDABLE, MAX_METHOD_LENGTH
 
 from .errors import ApiError
 from .ingest import (
@@ -211,6 +212,42 @@ async def close_connection(
     return Response(status_code=200)
 
 
+# ---------------------------------------------------------------- client results
+
+
+class InvokeBody(BaseModel):
+    """A client method to invoke, whose handler's return value is the answer."""
+
+    target: str = Field(min_length=1, max_length=MAX_METHOD_LENGTH, description="Client method")
+    arguments: list[Any] = Field(default_factory=list)
+
+
+class InvokeAnswer(BaseModel):
+    result: Any = Field(description="What the client's handler returned")
+
+
+async def invoke_connection(
+    state: State, hub: Hub, connection: str, body: InvokeBody
+) -> InvokeAnswer:
+    """Invoke a method on one client and answer what its handler returns (SignalR client
+    results), whichever gateway holds the connection; 504 after HUBBUB_INVOCATION_TIMEOUT."""
+    state.refuse_if_draining()
+    conn = names.connection_id(connection)
+    if not await state.membership.connection_exists(hub, conn):
+        raise _not_found("Error.Connection.NotExisted", "connection")
+    answer = await state.invoker.ask(hub, conn, body.target, body.arguments)
+    if answer is None:
+        raise ApiError(
+            504,
+            "Error.Invocation.Timeout",
+            f"the client did not answer within {state.settings.invocation_timeout:g} s",
+        )
+    outcome = orjson.loads(answer)
+    if "error" in outcome:
+        raise ApiError(502, "Error.Invocation.Failed", f"the client answered: {outcome['error']}")
+    return InvokeAnswer(result=outcome.get("result"))
+
+
 # ---------------------------------------------------------------- client tokens
 
 
@@ -304,6 +341,18 @@ def table(settings: Settings) -> list[Endpoint]:
         Endpoint(_GET_HEAD, "/users/{user}", user_exists),
         Endpoint(_GET_HEAD, "/groups/{group}", group_exists),
         Endpoint(_DELETE, "/connections/{connection}", close_connection),
+        Endpoint(
+            _POST,
+            "/connections/{connection}/:invoke",
+            invoke_connection,
+            summary="Invoke a client method and answer its result",
+            response_model=InvokeAnswer,
+            responses={
+                404: {"description": "No such connection"},
+                502: {"description": "The client answered with an error"},
+                504: {"description": "No answer within HUBBUB_INVOCATION_TIMEOUT"},
+            },
+        ),
         Endpoint(
             _POST,
             "/:generateToken",

@@ -34,6 +34,7 @@ class Health:
         self.heartbeat_ok = True
         self.error: str | None = None
         self.workers: int | None = None  # live workers at the last heartbeat (None: unknown)
+        self.upstream_services = 0  # live upstream services (consumer groups), the same
         self.workers_gone_since: float | None = None
         self._warned_no_workers = False
         self._was_ready: bool | None = None
@@ -92,6 +93,7 @@ class Health:
             "draining": draining,
             "redis": redis,
             "workers": {"live": self.workers, "ok": bool(self.workers)},
+            "upstreamServices": self.upstream_services,
         }
         if self._was_ready is not None and ready != self._was_ready:
             if ready:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
 
@@ -21,6 +22,9 @@ from .deliver import LocalIndex
 from .errors import ApiError
 from .health import Health
 
+if TYPE_CHECKING:
+    from .invoke import Invoker
+
 
 @dataclass
 class GatewayState:
@@ -33,6 +37,7 @@ class GatewayState:
     metrics: Metrics
     tokens: ServiceTokenVerifier
     health: Health
+    invoker: Invoker
     telemetry: Telemetry | None = None
     identity: JwksVerifier | None = None  # HUBBUB_JWKS_URL set: identity-provider tokens
     draining: bool = False

@@ -112,9 +112,15 @@ PING_RECORD = b'{"type":6}' + RS
 HANDSHAKE_OK = b"{}" + RS
 
 
-def encode_invocation(target: str, arguments: list[Any] | tuple[Any, ...]) -> bytes:
-    """A non-blocking Invocation record (no invocationId), ready to write to any socket."""
-    return orjson.dumps({"type": 1, "target": target, "arguments": arguments}) + RS
+def encode_invocation(
+    target: str, arguments: list[Any] | tuple[Any, ...], invocation_id: str | None = None
+) -> bytes:
+    """An Invocation record, ready to write to any socket: non-blocking without
+    ``invocation_id``; with one, the client answers with a Completion (client results)."""
+    if invocation_id is None:
+        return orjson.dumps({"type": 1, "target": target, "arguments": arguments}) + RS
+    msg = {"type": 1, "invocationId": invocation_id, "target": target, "arguments": arguments}
+    return orjson.dumps(msg) + RS
 
 
 def encode_completion(invocation_id: str, result: Any = None, error: str | None = None) -> bytes:

@@ -21,6 +21,7 @@ from hubbub.redis.endpoint import RedisEndpoint
 from hubbub.redis.pipe import Pipe
 from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
+from hubbub.telemetry import current_traceparent
 from hubbub.wire.envelopes import Kind
 from hubbub.wire.keys import KeySchema
 from hubbub.wire.messages import build_message
@@ -68,6 +69,7 @@ class Publisher:
             list(arguments),
             excluded,
             max_excluded=self.max_excluded,
+            traceparent=current_traceparent(),
         )
         if idempotency_key is not None:
             idempotency_key = names.idempotency_key(idempotency_key)

@@ -90,6 +90,26 @@ class KeySchema:
         """String: the name of the worker that routes this partition, with a TTL."""
         return f"{self.prefix}:lease:{partition}"
 
+    def upstream_partition(self, partition: int) -> str:
+        """Stream of what clients did (invocations, connected, disconnected) for one partition
+        of the connections: each service consumes it in its own consumer group, one consumer
+        per partition at a time, which keeps each connection's invocations in order."""
+        return f"{self.prefix}:upstream:{partition}"
+
+    def upstream_lease(self, group: str, partition: int) -> str:
+        """String: the consumer of ``group`` that handles this upstream partition, with a TTL."""
+        return f"{self.prefix}:uplease:{group}:{partition}"
+
+    def upstream_consumers(self, group: str) -> str:
+        """Sorted set consumer name -> heartbeat deadline, to size each consumer's share."""
+        return f"{self.prefix}:upconsumers:{group}"
+
+    @property
+    def upstream_services(self) -> str:
+        """Sorted set service (consumer group) -> heartbeat deadline: with none live, a
+        gateway answers a client's invocation itself (no such method) instead of waiting."""
+        return f"{self.prefix}:upservices"
+
     def idempotency(self, hub: str, key: str) -> str:
         """String, with a TTL: the message id a send with this ``Idempotency-Key`` was
         accepted as, so a retry within the window answers it and appends nothing."""

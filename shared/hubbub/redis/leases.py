@@ -1,4 +1,5 @@
-"""Leases: which worker routes which publish partition, so each partition keeps its order.
+"""Leases: which worker routes which publish partition (or which consumer of a service handles
+which upstream partition), so each partition keeps its order.
 
 A worker holds a partition while it renews the partition's lease (a key with a TTL holding
 its name). Workers heartbeat into a sorted set; each takes at most its fair share,
@@ -21,6 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -63,9 +65,35 @@ return 0
 """
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseFamily:
+    """A set of partitions shared out among its members: the sorted set of live members and
+    the lease key of each partition."""
+
+    members: str
+    lease: Callable[[int], str]
+    partitions: int
+
+    @classmethod
+    def workers(cls, settings: Settings) -> LeaseFamily:
+        """The publish partitions, among the fan-out workers."""
+        schema = KeySchema(settings.key_prefix)
+        return cls(schema.workers, schema.partition_lease, settings.publish_partitions)
+
+    @classmethod
+    def upstream(cls, settings: Settings, group: str) -> LeaseFamily:
+        """The upstream partitions, among the consumers of one service (consumer group)."""
+        schema = KeySchema(settings.key_prefix)
+        return cls(
+            schema.upstream_consumers(group),
+            lambda n: schema.upstream_lease(group, n),
+            settings.upstream_partitions,
+        )
+
+
 class Leases:
-    """The partitions this worker holds (:attr:`owned`, with their :attr:`epochs`), kept and
-    shared out by :meth:`refresh`."""
+    """The partitions this member holds (:attr:`owned`, with their :attr:`epochs`), kept and
+    shared out by :meth:`refresh`. By default the fan-out workers' publish partitions."""
 
     def __init__(
         self,
@@ -73,12 +101,13 @@ class Leases:
         *,
         redis: Redis,
         name: str,
+        family: LeaseFamily | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
-        self.schema = KeySchema(settings.key_prefix)
+        self.family = family = family or LeaseFamily.workers(settings)
         self.name = name
-        self.partitions = settings.publish_partitions
+        self.partitions = family.partitions
         self.lease_ms = settings.lease_ms
         self.owned: set[int] = set()
         self.epochs: dict[int, int] = {}  # of the owned partitions; the router stamps them
@@ -99,16 +128,16 @@ class Leases:
         found free and taken again counts as acquired (a new epoch, pending entries first)."""
         started = self.clock()
         now = time.time()
-        await self.redis.zadd(self.schema.workers, {self.name: now + self.lease_ms / 1000})
-        await self.redis.zremrangebyscore(self.schema.workers, "-inf", now)
-        live = max(1, await self.redis.zcard(self.schema.workers))
+        await self.redis.zadd(self.family.members, {self.name: now + self.lease_ms / 1000})
+        await self.redis.zremrangebyscore(self.family.members, "-inf", now)
+        live = max(1, await self.redis.zcard(self.family.members))
         share = math.ceil(self.partitions / live)
 
         lost: set[int] = set()
         acquired: set[int] = set()
         for n in sorted(self.owned):
             renewed = await self._renew(
-                keys=[self.schema.partition_lease(n)], args=[self.name, self.lease_ms]
+                keys=[self.family.lease(n)], args=[self.name, self.lease_ms]
             )
             if not renewed:
                 lost.add(n)
@@ -119,7 +148,7 @@ class Leases:
         # Give back what exceeds our share (highest first), so newcomers find free partitions.
         while len(self.owned) > share:
             n = max(self.owned)
-            await self._release(keys=[self.schema.partition_lease(n)], args=[self.name])
+            await self._release(keys=[self.family.lease(n)], args=[self.name])
             self.owned.discard(n)
             lost.add(n)
 
@@ -128,7 +157,7 @@ class Leases:
         for n in free:
             if len(self.owned) >= share:
                 break
-            key = self.schema.partition_lease(n)
+            key = self.family.lease(n)
             epoch = await self._acquire(keys=[key], args=[self.name, self.lease_ms])
             if epoch:
                 self.owned.add(n)
@@ -142,7 +171,7 @@ class Leases:
     async def release_all(self) -> None:
         """Give every partition back at once, so the next owner need not wait for expiry."""
         for n in sorted(self.owned):
-            await self._release(keys=[self.schema.partition_lease(n)], args=[self.name])
+            await self._release(keys=[self.family.lease(n)], args=[self.name])
         self.owned.clear()
         self.epochs.clear()
-        await self.redis.zrem(self.schema.workers, self.name)
+        await self.redis.zrem(self.family.members, self.name)

@@ -1,0 +1,300 @@
+"""The consumer loop every upstream service runs: leases, reads, per-connection order, answers.
+
+A service is a consumer group on the upstream partitions (``HUBBUB_UPSTREAM_PARTITIONS``); its
+processes share the partitions through leases (:mod:`hubbub.redis.leases`), exactly like the
+fan-out workers share the publish partitions, so each partition is read by one consumer at a
+time. Inside a consumer, entries of different connections are handled concurrently, entries of
+one connection one after the other, in stream order: a connection's invocations reach the
+handler in the order the client sent them.
+
+At-least-once: an entry is acknowledged after it was handled (and its answer appended). A
+consumer that dies leaves its entries pending; whoever takes its partitions over handles
+them first (``XAUTOCLAIM``), before anything new. An entry may thus be handled twice; the
+gateway delivers one Completion per blocking invocation whatever the number of answers.
+
+The answer to a blocking invocation is a Completion appended to the publish stream for the
+calling connection (:class:`~hubbub.wire.envelopes.MessageEntry` with ``call``): a fan-out
+worker takes it to the gateway like any send, in order with the sends the handler made to
+that connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from opentelemetry.trace import SpanKind, Tracer
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from hubbub.metrics import Metrics
+from hubbub.protocol.signalr import encode_completion
+from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.redis.leases import LeaseFamily, Leases
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.resp import streams_reply
+from hubbub.redis.stream import PublishStream
+from hubbub.settings import Settings
+from hubbub.telemetry import context_from, span
+from hubbub.wire.envelopes import Fields, Kind, MessageEntry, UpstreamEntry
+from hubbub.wire.keys import KeySchema
+
+log = logging.getLogger("hubbub.upstream")
+
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a handler answers a blocking invocation: a result, or an error for the caller."""
+
+    result: Any = None
+    error: str | None = None
+
+
+# Handles one entry; returns the answer to a blocking invocation (None: this service does not
+# answer it, another may).
+Handler = Callable[[UpstreamEntry], Awaitable[Answer | None]]
+
+
+@dataclass(slots=True)
+class _Item:
+    stream: str
+    entry_id: bytes
+    entry: UpstreamEntry
+
+
+class UpstreamConsumer:
+    """One consumer of the consumer group ``group``: run it with :meth:`run`, stop it with
+    :meth:`stop`. At most ``concurrency`` entries are in hand at once (read, not yet
+    acknowledged); reading waits below that."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        group: str,
+        name: str,
+        handler: Handler,
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
+        concurrency: int = 256,
+    ) -> None:
+        endpoint = RedisEndpoint.from_settings(settings, f"hubbub-upstream-{group}")
+        self.redis: Redis = endpoint.redis()
+        # Reads block; answers and acknowledgements must not wait behind them.
+        self.reads = Pipe(endpoint)
+        self.writes = Pipe(endpoint)
+        self.group = group
+        self.name = name
+        self.handler = handler
+        self.metrics = metrics or Metrics()
+        self.tracer = tracer
+        self.concurrency = concurrency
+        self.batch = min(settings.read_batch, concurrency)
+        self.lease_interval = settings.lease_interval
+        self.block_ms = max(1, min(settings.read_block_ms, int(settings.lease_interval * 1000)))
+        self.leases = Leases(
+            settings, redis=self.redis, name=name, family=LeaseFamily.upstream(settings, group)
+        )
+        schema = KeySchema(settings.key_prefix)
+        self.services = schema.upstream_services
+        self.lease_s = settings.lease_ms / 1000
+        self.streams = [schema.upstream_partition(n) for n in range(settings.upstream_partitions)]
+        self.answers = PublishStream(
+            self.writes,
+            schema,
+            settings.publish_partitions,
+            settings.publish_stream_maxlen,
+        )
+        # Entries in hand, per connection, in stream order; a task drains each queue.
+        self.queues: dict[str, deque[_Item]] = {}
+        self.in_hand = 0
+        self.room = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.recovering: set[int] = set()
+        self.next_refresh = 0.0
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.room.set()
+
+    async def run(self) -> None:
+        """Consume until stopped, backing off while Redis fails; then finish what is in hand
+        and give the partitions back."""
+        backoff = BACKOFF_FIRST
+        try:
+            while not self.stopping:
+                try:
+                    await self._turn()
+                    backoff = BACKOFF_FIRST
+                except RedisError as exc:
+                    self.metrics.redis_errors.labels("upstream").inc()
+                    log.warning("redis error, retrying in %.2fs: %r", backoff, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    self.recovering |= self.leases.owned
+        finally:
+            if self.tasks:
+                await asyncio.wait(set(self.tasks), timeout=10)
+            with contextlib.suppress(RedisError):
+                await self.leases.release_all()
+            await self.redis.aclose()
+            await self.reads.aclose()
+            await self.writes.aclose()
+
+    async def _turn(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_refresh or (self.leases.owned and not self.leases.fresh()):
+            self.next_refresh = now + self.lease_interval
+            # Gateways send invocations upstream only while some service is live.
+            await self.redis.zadd(self.services, {self.group: time.time() + self.lease_s})
+            acquired, lost = await self.leases.refresh()
+            self.recovering = (self.recovering | acquired) - lost
+            if acquired or lost:
+                log.info("upstream %s: partitions %s", self.group, sorted(self.leases.owned))
+        for n in sorted(self.recovering):
+            await self._recover(n)
+            self.recovering.discard(n)
+        owned = sorted(self.leases.owned)
+        room = self.concurrency - self.in_hand
+        if not owned or room <= 0:
+            self.room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.room.wait(), self.lease_interval)
+            return
+        streams = [self.streams[n] for n in owned]
+        response = await self.reads.execute(
+            "XREADGROUP", "GROUP", self.group, self.name,
+            "COUNT", min(self.batch, room), "BLOCK", self.block_ms,
+            "STREAMS", *streams, *(">" for _ in streams),
+            block=self.block_ms / 1000,
+        )  # fmt: skip
+        for stream, entries in streams_reply(response):
+            self._take(stream.decode(), entries)
+
+    async def _recover(self, partition: int) -> None:
+        """Take the partition's pending entries (a previous consumer's) in order, first."""
+        stream = self.streams[partition]
+        try:
+            await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        start: bytes | str = "0-0"
+        while True:
+            start, entries, _deleted = await self.redis.xautoclaim(
+                stream, self.group, self.name, min_idle_time=0, start_id=start, count=self.batch
+            )
+            if entries:
+                log.info("upstream %s: %d pending entries of %s", self.group, len(entries), stream)
+                self._take(stream, entries)
+            if start in (b"0-0", "0-0"):
+                break
+
+    def _take(self, stream: str, entries: list[tuple[bytes, Fields]]) -> None:
+        for entry_id, fields in entries:
+            if not fields:  # trimmed away while pending
+                continue
+            try:
+                entry = UpstreamEntry.decode(fields)
+            except (KeyError, ValueError, UnicodeDecodeError):
+                log.error("dropping malformed upstream entry %r", entry_id)
+                self._spawn(self._ack(stream, entry_id))
+                continue
+            item = _Item(stream, entry_id, entry)
+            queue = self.queues.get(entry.connection)
+            self.in_hand += 1
+            if queue is not None:
+                queue.append(item)
+                continue
+            self.queues[entry.connection] = queue = deque((item,))
+            self._spawn(self._drain(entry.connection, queue))
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _drain(self, connection: str, queue: deque[_Item]) -> None:
+        try:
+            while queue:
+                await self._handle(queue[0])
+                queue.popleft()
+                self.in_hand -= 1
+                self.room.set()
+        finally:
+            del self.queues[connection]
+
+    async def _handle(self, item: _Item) -> None:
+        entry = item.entry
+        label = entry.event.name.lower()
+        started = time.perf_counter()
+        outcome = "ok"
+        with span(
+            self.tracer,
+            f"handle {entry.target or entry.event.name.lower()}",
+            kind=SpanKind.CONSUMER,
+            context=context_from(entry.traceparent),
+            attributes={
+                "hubbub.hub": entry.hub,
+                "hubbub.connection_id": entry.connection,
+                "messaging.consumer.group.name": self.group,
+            },
+        ):
+            try:
+                answer = await self.handler(entry)
+            except Exception:
+                log.exception("upstream handler failed on %s %r", entry.event.name, entry.target)
+                answer = Answer(error=f"An error occurred invoking '{entry.target}'.")
+                outcome = "error"
+            else:
+                if answer is not None and answer.error is not None:
+                    outcome = "error"
+            if entry.call and answer is not None:
+                await self._retrying(lambda: self._answer(entry, answer))
+        await self._retrying(lambda: self._ack(item.stream, item.entry_id))
+        self.metrics.upstream_handled.labels(label, outcome).observe(time.perf_counter() - started)
+
+    async def _answer(self, entry: UpstreamEntry, answer: Answer) -> None:
+        try:
+            frame = encode_completion(entry.call, answer.result, answer.error)
+        except TypeError:
+            frame = encode_completion(
+                entry.call, error=f"The result of '{entry.target}' is not JSON-serialisable."
+            )
+        await self.answers.append(
+            MessageEntry(Kind.CONNECTION, entry.hub, entry.connection, frame, call=entry.call)
+        )
+
+    async def _ack(self, stream: str, entry_id: bytes) -> None:
+        await self.writes.execute("XACK", stream, self.group, entry_id)
+
+    async def _retrying(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Redis errors are retried with backoff until the consumer stops (an entry left
+        unacknowledged is handled again by whoever takes the partition)."""
+        backoff = BACKOFF_FIRST
+        while True:
+            try:
+                return await work()
+            except RedisError as exc:
+                if self.stopping:
+                    raise
+                log.warning("redis error answering, retrying in %.2fs: %r", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+def arguments_of(entry: UpstreamEntry) -> list[Any]:
+    """The invocation's arguments (a JSON array, as the gateway checked it)."""
+    value = orjson.loads(entry.arguments)
+    return value if isinstance(value, list) else []
