@@ -17,12 +17,12 @@ import pytest
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 REPO = Path(__file__).resolve().parents[2]
 # /usr/bin/chromium is Debian's wrapper script; the binary itself takes the options directly.
 _BINARIES = ("/usr/lib/chromium/chromium", "chromium", "chromium-browser", "google-chrome")
+Browser = webdriver.Chrome
 INSTALL_HINT = "apt-get install chromium chromium-driver (what .ci/run does)"
 
 
@@ -46,7 +46,7 @@ def chromium_paths() -> tuple[str, str]:
     return binary, driver
 
 
-def headless_chromium(binary: str, driver: str) -> WebDriver:
+def headless_chromium(binary: str, driver: str) -> Browser:
     """A fresh headless browser (its own profile: pages of two of them share nothing)."""
     options = webdriver.ChromeOptions()
     options.binary_location = binary
@@ -72,13 +72,14 @@ def artifacts_dir() -> Path:
     return path
 
 
-def describe(driver: WebDriver) -> str:
+def describe(driver: Browser) -> str:
     """What the page shows and logged, for a failure message."""
     try:
         body = driver.find_element("tag name", "body")
         state = {k: body.get_attribute(f"data-{k}") for k in ("state", "user", "room", "gateway")}
         console = "\n".join(
-            f"  {entry.get('level')} {entry.get('message')}" for entry in driver.get_log("browser")
+            f"  {entry.get('level')} {entry.get('message')}"
+            for entry in driver.get_log("browser")  # type: ignore[no-untyped-call]
         )
         return f"page {state}:\n{body.text}\nconsole:\n{console}"
     except Exception as exc:  # the page itself may be what broke
@@ -86,7 +87,7 @@ def describe(driver: WebDriver) -> str:
 
 
 def wait_for(
-    driver: WebDriver, condition: Callable[[WebDriver], Any], what: str, timeout: float = 20.0
+    driver: Browser, condition: Callable[[Browser], Any], what: str, timeout: float = 20.0
 ) -> Any:
     """Wait on a DOM condition (polled by WebDriverWait); fail with the page's state."""
     try:

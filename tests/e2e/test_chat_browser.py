@@ -22,12 +22,12 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 
 from hubbub.dev.embedded import free_port
 from hubbub.dev.launcher import ChildProcess, start_process
 from tests.e2e.browser import (
     REPO,
+    Browser,
     artifacts_dir,
     chromium_paths,
     describe,
@@ -101,9 +101,9 @@ async def chat(deployment: Deployment, tmp_path: Path) -> AsyncIterator[ChatServ
 
 
 @pytest.fixture
-def browsers() -> Iterator[list[WebDriver]]:
+def browsers() -> Iterator[list[Browser]]:
     binary, driver = chromium_paths()
-    opened: list[WebDriver] = []
+    opened: list[Browser] = []
 
     def close_all() -> None:
         for browser in opened:
@@ -120,19 +120,19 @@ def browsers() -> Iterator[list[WebDriver]]:
         close_all()
 
 
-def body(page: WebDriver, attribute: str) -> str | None:
+def body(page: Browser, attribute: str) -> str | None:
     value: str | None = page.find_element(By.TAG_NAME, "body").get_attribute(f"data-{attribute}")
     return value
 
 
-def sign_in(page: WebDriver, url: str, user: str) -> None:
+def sign_in(page: Browser, url: str, user: str) -> None:
     page.get(url)
     page.find_element(By.ID, "name").send_keys(user)
     page.find_element(By.ID, "connect").click()
     wait_for(page, lambda p: body(p, "state") == "connected", f"{user} connected")
 
 
-def join(page: WebDriver, room: str) -> None:
+def join(page: Browser, room: str) -> None:
     field = page.find_element(By.ID, "room")
     field.clear()
     field.send_keys(room)
@@ -140,12 +140,12 @@ def join(page: WebDriver, room: str) -> None:
     wait_for(page, lambda p: body(p, "room") == room, f"joined #{room}")
 
 
-def say(page: WebDriver, text: str) -> None:
+def say(page: Browser, text: str) -> None:
     page.find_element(By.ID, "text").send_keys(text)
     page.find_element(By.ID, "send-button").click()
 
 
-def lines(page: WebDriver, kind: str) -> list[str]:
+def lines(page: Browser, kind: str) -> list[str]:
     return [e.text for e in page.find_elements(By.CSS_SELECTOR, f"#messages li.{kind}")]
 
 
@@ -153,11 +153,11 @@ def has_line(kind: str, text: str):  # type: ignore[no-untyped-def]
     return lambda p: text in lines(p, kind)
 
 
-def online(page: WebDriver) -> list[str]:
+def online(page: Browser) -> list[str]:
     return [e.text for e in page.find_elements(By.CSS_SELECTOR, "#online li")]
 
 
-def screenshot(page: WebDriver, name: str) -> None:
+def screenshot(page: Browser, name: str) -> None:
     try:
         page.save_screenshot(str(artifacts_dir() / f"{name}.png"))
     except Exception as exc:  # a screenshot never hides the test's own outcome
@@ -165,7 +165,7 @@ def screenshot(page: WebDriver, name: str) -> None:
 
 
 async def test_two_browsers_chat_through_the_example_service(
-    chat: ChatService, browsers: list[WebDriver]
+    chat: ChatService, browsers: list[Browser]
 ) -> None:
     alice, bob = browsers
     try:
