@@ -165,7 +165,7 @@ def screenshot(page: Browser, name: str) -> None:
 
 
 async def test_two_browsers_chat_through_the_example_service(
-    chat: ChatService, browsers: list[Browser]
+    browsers: list[Browser], chat: ChatService
 ) -> None:
     alice, bob = browsers
     try:
