@@ -78,6 +78,7 @@ class NodeClient:
         *,
         transport_header: bool = False,
         query_token: bool = False,
+        answer: Iterable[str] = (),
     ) -> None:
         """Spawn the client; it connects on its own, so await ``wait_connected()`` next.
 
@@ -101,6 +102,8 @@ class NodeClient:
             args.append("--transport-header")
         if query_token:
             args.append("--query-token")
+        if answer:  # handlers returning {"echo": args} (client results); "fail", "hang"
+            args += ["--answer", ",".join(answer)]
         self.process = await asyncio.create_subprocess_exec(
             shutil.which("node") or "node",
             *args,

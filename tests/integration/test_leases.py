@@ -12,12 +12,12 @@ from redis.asyncio import Redis
 
 from hubbub.dev.embedded import RedisProcess
 from hubbub.metrics import Metrics
+from hubbub.redis.leases import Leases
 from hubbub.redis.pipe import Pipe
 from hubbub.settings import Settings
 from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
 from hubbub_fanout.consume import Consumer
-from hubbub.redis.leases import Leases
 from hubbub_fanout.recover import Recovery
 from hubbub_fanout.route import Router
 from tests.support.processes import eventually

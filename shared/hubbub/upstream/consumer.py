@@ -5,7 +5,9 @@ processes share the partitions through leases (:mod:`hubbub.redis.leases`), exac
 fan-out workers share the publish partitions, so each partition is read by one consumer at a
 time. Inside a consumer, entries of different connections are handled concurrently, entries of
 one connection one after the other, in stream order: a connection's invocations reach the
-handler in the order the client sent them.
+handler in the order the client sent them (ASP.NET Core's default, one invocation of a client
+at a time). A handler still running after ``HUBBUB_INVOCATION_TIMEOUT`` is cancelled: its
+caller has had its timeout error, and the connection's next entries must not wait forever.
 
 At-least-once: an entry is acknowledged after it was handled (and its answer appended). A
 consumer that dies leaves its entries pending; whoever takes its partitions over handles
@@ -99,6 +101,9 @@ class UpstreamConsumer:
         self.metrics = metrics or Metrics()
         self.tracer = tracer
         self.concurrency = concurrency
+        # A connection's entries are handled one by one: a handler gets as long as a client
+        # waits for an answer (HUBBUB_INVOCATION_TIMEOUT), then it is cancelled.
+        self.handler_timeout = settings.invocation_timeout
         self.batch = min(settings.read_batch, concurrency)
         self.lease_interval = settings.lease_interval
         self.block_ms = max(1, min(settings.read_block_ms, int(settings.lease_interval * 1000)))
@@ -252,7 +257,17 @@ class UpstreamConsumer:
             },
         ):
             try:
-                answer = await self.handler(entry)
+                answer = await asyncio.wait_for(self.handler(entry), self.handler_timeout)
+            except TimeoutError:
+                # The caller got its timeout error already; the connection's next entries
+                # must not wait behind this one any longer.
+                log.warning(
+                    "upstream handler of %s %r cancelled after %g s",
+                    entry.event.name,
+                    entry.target,
+                    self.handler_timeout,
+                )
+                answer, outcome = None, "timeout"
             except Exception:
                 log.exception("upstream handler failed on %s %r", entry.event.name, entry.target)
                 answer = Answer(error=f"An error occurred invoking '{entry.target}'.")

@@ -4,9 +4,12 @@
 //
 //   node client.mjs --url http://127.0.0.1:PORT/hubs/chat [--token JWT] [--skip-negotiation]
 //                   [--reconnect] [--transport-header] [--query-token] [--on name1,name2,...]
+//                   [--answer name1,name2,...]
 //
 // --transport-header  send the token as a fixed `Authorization: Bearer` header through the
 //                     `headers` option instead of accessTokenFactory.
+// --answer            handlers (also listened to) that return a value, for client results:
+//                     {"echo": args}; one named "fail" throws, one named "hang" never returns.
 // --query-token       what the browser build does: the token travels as `access_token` on the
 //                     WebSocket URL and the upgrade carries no Authorization header. Under Node
 //                     the client would otherwise always send the header.
@@ -32,6 +35,7 @@ try {
       "transport-header": { type: "boolean", default: false },
       "query-token": { type: "boolean", default: false },
       on: { type: "string", default: "newMessage" },
+      answer: { type: "string", default: "" },
     },
     strict: true,
   }).values;
@@ -104,8 +108,17 @@ let builder = new signalR.HubConnectionBuilder().withUrl(cli.url, options).confi
 if (cli.reconnect) builder = builder.withAutomaticReconnect([0, 200, 500, 1000]);
 const connection = builder.build();
 
-for (const target of cli.on.split(",").map((s) => s.trim()).filter(Boolean)) {
+const names = (list) => list.split(",").map((s) => s.trim()).filter(Boolean);
+for (const target of names(cli.on)) {
   connection.on(target, (...args) => emit({ event: "message", target, args }));
+}
+for (const target of names(cli.answer)) {
+  connection.on(target, async (...args) => {
+    await emit({ event: "message", target, args });
+    if (target === "fail") throw new Error("the client refuses");
+    if (target === "hang") return new Promise(() => {});
+    return { echo: args };
+  });
 }
 connection.onclose((err) => emit({ event: "closed", error: errorText(err) }));
 connection.onreconnecting((err) => emit({ event: "reconnecting", error: errorText(err) }));
