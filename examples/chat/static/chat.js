@@ -112,7 +112,11 @@ async function connect(user) {
   document.body.dataset.gateway = first.url;
   $("status").textContent = `Connected as ${user} via ${first.url}`;
   $("join-button").disabled = false;
-  showOnline(await connection.invoke("online"));
+  try {
+    showOnline(await connection.invoke("online"));
+  } catch (err) {
+    showError(err); // e.g. the example service is not running: the gateway says so at once
+  }
   document.body.dataset.state = "connected";
 }
 
