@@ -20,7 +20,9 @@ Who is online, and which rooms each connection joined, live in **this process's 
 one process of this example. (Several processes of one ``Upstream`` name share the
 connections between them, so each would see only its share; a real service would keep this
 state in Redis, e.g. a hash of user → connection count.) After a restart the service knows
-nobody until pages reconnect.
+nobody until pages reconnect. A gateway that crashes sends no disconnected events for its
+connections (the reaper removes them from Redis silently, as of this writing), so their users
+stay listed.
 
 It also serves the page (``static/``), the official ``@microsoft/signalr`` browser bundle from
 ``node_modules`` (``npm ci`` in this directory), and ``POST /token``, which mints a client
