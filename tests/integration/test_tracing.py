@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import httpx
+import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -13,7 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, format_trace_id
 
 from hubbub.sdk.client import ServiceAuth
+from hubbub.settings import Settings
 from hubbub.telemetry import traceparent_of
+from hubbub.upstream import Call, Upstream
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
@@ -96,5 +99,84 @@ async def test_one_trace_across_two_gateways_and_a_worker(deployment: Deployment
         print("\ntrace " + trace_id + "\n" + "\n".join(
             f"  {s.service:15} {s.name:45} {(s.end - s.start) / 1e6:8.2f} ms" for s in path
         ))  # fmt: skip
+    finally:
+        receiver.stop()
+
+
+async def test_an_invocation_continues_the_connections_trace_to_the_handler_and_its_sends(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The way back, one trace: connect span -> invoke (gateway) -> handle (SDK service) ->
+    the send the handler made -> worker -> delivery (gateway)."""
+    receiver = OtlpReceiver().start()
+    try:
+        otel = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        deployment.extra_env.update(otel)
+        gateway = await deployment.start_gateway(OTEL_SERVICE_NAME="hubbub-gateway")
+        deployment.start_worker(OTEL_SERVICE_NAME="hubbub-fanout")
+        for name, value in otel.items():  # the SDK service runs in this process
+            monkeypatch.setenv(name, value)
+        app = Upstream(
+            Settings(
+                redis_url=deployment.redis_url,
+                key_prefix=deployment.prefix,
+                lease_ms=2000,
+                lease_interval=0.25,
+            ),
+            name="tracer",
+        )
+        chat = app.hub("chat")
+
+        @chat.on("shout")
+        async def shout(call: Call, text: str) -> str:
+            await chat.send_to_all("shouted", [text])
+            return "ok"
+
+        async with app:
+            client = await RawClient.connect(gateway.url, token=client_token("tracy"))
+
+            async def service_seen() -> bool:
+                async with httpx.AsyncClient() as http:
+                    health = (await http.get(f"{gateway.url}/api/health")).json()
+                return bool(health["upstreamServices"])
+
+            await eventually(service_seen, timeout=10)
+            await client.send({"type": 1, "invocationId": "1", "target": "shout",
+                               "arguments": ["hey"]})  # fmt: skip
+            got = [await client.recv(), await client.recv()]
+            assert {m["type"] for m in got} == {1, 3}, got
+            app.stop()
+        await client.close()
+
+        def named(spans: list[ReceivedSpan], prefix: str) -> ReceivedSpan | None:
+            return next((s for s in spans if s.name.startswith(prefix)), None)
+
+        async def complete() -> list[ReceivedSpan] | None:
+            for span in receiver.spans:
+                if span.name == "invoke shout":
+                    spans = receiver.trace(span.trace_id)
+                    kinds = [s for s in spans if s.service == "hubbub-gateway" and s.kind == 5]
+                    if named(spans, "connect") and named(spans, "handle shout") and kinds:
+                        return spans
+            return None
+
+        spans = await eventually(complete, timeout=15)
+        by_id = {s.span_id: s for s in spans}
+        connect, invoke = named(spans, "connect chat"), named(spans, "invoke shout")
+        handle = named(spans, "handle shout")
+        assert connect and invoke and handle
+        assert invoke.parent_id == connect.span_id
+        assert handle.parent_id == invoke.span_id
+        assert handle.service == "hubbub-upstream-tracer"
+        # The handler's send: the worker's process span, then the gateway's delivery.
+        process = next(s for s in spans if s.service == "hubbub-fanout" and s.kind == 5)
+        assert process.parent_id == handle.span_id
+        delivered = [s for s in spans if s.service == "hubbub-gateway" and s.kind == 5]
+        ancestry = {by_id[d.parent_id].parent_id for d in delivered if d.parent_id in by_id}
+        assert process.span_id in ancestry, [(s.name, s.service) for s in spans]
     finally:
         receiver.stop()

@@ -35,6 +35,7 @@ from hubbub.protocol.signalr import (
 )
 from hubbub.protocol.wsframe import text_frame
 from hubbub.redis.membership import ConnectionExists, TooManyConnections, TooManyGroups
+from hubbub.telemetry import context_from, current_traceparent
 from hubbub.tokens import (
     ClientIdentity,
     TokenError,
@@ -147,6 +148,7 @@ class Session:
         "protocol",
         "stamp",
         "state",
+        "trace",
     )
 
     def __init__(
@@ -162,6 +164,9 @@ class Session:
         # Only for may_join (the user is conn.user): clients without roles share one.
         self.identity = identity if identity.roles else NO_ROLES
         self.claims = identity.claims  # for upstream entries
+        # The connection span's traceparent (tracing on): invocations without a trace of
+        # their own, and the connection events, continue it.
+        self.trace: str | None = None
         self.protocol = ServerProtocol(state.settings.max_message_size)
         self.proto: HubbubWebSocketProtocol = ws.scope["extensions"][EXTENSION]
         self.conn = LocalConnection(
@@ -195,6 +200,7 @@ class Session:
                 kind=SpanKind.SERVER,
                 attributes={"hubbub.hub": self.hub, "hubbub.connection_id": self.conn.id},
             ):
+                self.trace = current_traceparent()
                 registered = await self._register(ws)
         if registered:
             self._dispatch(self._admit(first))
@@ -265,7 +271,9 @@ class Session:
 
     async def _connection_event(self, event: Upstream, error: str | None = None) -> None:
         try:
-            await self.state.invoker.connection_event(self.conn, self.claims, event, error)
+            await self.state.invoker.connection_event(
+                self.conn, self.claims, event, error, self.trace
+            )
         except RedisError as exc:
             self.state.metrics.redis_errors.labels("upstream").inc()
             log.warning(
@@ -417,6 +425,7 @@ class Session:
             return await self._answer(inv)
         with telemetry.tracer.start_as_current_span(
             f"invoke {inv.target[:64]}",
+            context=context_from(inv.traceparent or self.trace),  # the client's, if it sent one
             kind=SpanKind.SERVER,
             attributes={"hubbub.hub": self.hub, "hubbub.connection_id": self.conn.id},
         ):

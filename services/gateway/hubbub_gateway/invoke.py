@@ -70,7 +70,12 @@ class Invoker:
     # ------------------------------------------------------------ client -> upstream
 
     async def connection_event(
-        self, conn: LocalConnection, claims: bytes, event: Event, error: str | None = None
+        self,
+        conn: LocalConnection,
+        claims: bytes,
+        event: Event,
+        error: str | None = None,
+        traceparent: str | None = None,
     ) -> None:
         """Append connected / disconnected (raises ``RedisError``)."""
         if not self.events:
@@ -84,7 +89,7 @@ class Invoker:
                 conn.user,
                 claims,
                 error=error,
-                traceparent=current_traceparent(),
+                traceparent=traceparent,
             )
         )
         self.metrics.upstream_appended.labels(event.name.lower()).inc()

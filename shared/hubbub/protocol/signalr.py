@@ -38,6 +38,8 @@ class Invocation:
     arguments: list[Any]
     invocation_id: str | None = None
     stream_ids: list[str] = field(default_factory=list)
+    # The client's trace, from the message's ``headers`` (``traceparent``), if it sent one.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +229,14 @@ def parse_message(record: bytes) -> HubMessage:
             stream_ids = []
         elif not isinstance(stream_ids, list) or not all(isinstance(s, str) for s in stream_ids):
             raise ProtocolError("property 'streamIds' must be an array of strings")
+        headers = obj.get("headers")
+        traceparent = headers.get("traceparent") if isinstance(headers, dict) else None
         return Invocation(
             target=_str(obj, "target") or "",
             arguments=_arguments(obj),
             invocation_id=_str(obj, "invocationId", required=False),
             stream_ids=stream_ids,
+            traceparent=traceparent[:128] if isinstance(traceparent, str) else None,
         )
     if kind == MessageType.STREAM_INVOCATION:
         return StreamInvocation(
