@@ -230,6 +230,14 @@ async def test_two_browsers_chat_through_the_example_service(
         assert "alice: anyone still here?" not in lines(bob, "message")
         assert "bob: games only" not in lines(alice, "message")
 
+        # A handler's HubError is the page's invoke() error, as the service worded it.
+        error = bob.execute_async_script(
+            """const done = arguments[arguments.length - 1];
+            connection.invoke("sendMessage", "lobby", "sneaky").then(
+              () => done("resolved"), (err) => done(err.message));"""
+        )
+        assert "join #lobby before you send to it" in error, error
+
         # bob closes his browser: the disconnected event reaches the service, which tells
         # everyone (system line, online list).
         bob.quit()
