@@ -16,7 +16,7 @@ import math
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -40,7 +40,8 @@ class TokenError(Exception):
 class ClientIdentity:
     user_id: str | None
     roles: frozenset[str]
-    claims: bytes = b"{}"  # the token's claims as JSON, for upstream entries
+    # The token's claims as JSON, for upstream entries (not part of who the client is).
+    claims: bytes = field(default=b"{}", compare=False)
 
     def may_join(self, group: str) -> bool:
         return JOIN_LEAVE_ROLE in self.roles or f"{JOIN_LEAVE_ROLE}.{group}" in self.roles

@@ -214,6 +214,13 @@ async def test_a_call_answered_twice_gets_one_completion(
         await eventually(lambda: _at_least(late_completions(gateway.url), 20), timeout=10)
         # ... and none reached the client: the marker's answers come after all of them.
         assert await completions_before_marker(client) == []
+
+        # Both services are done with every entry: their consumers trim the streams empty.
+        async def trimmed() -> bool:
+            keys = [KeySchema(deployment.prefix).upstream_partition(n) for n in range(PARTITIONS)]
+            return sum([await redis.xlen(key) for key in keys]) == 0
+
+        await eventually(trimmed, timeout=10)
         for app in apps:
             app.stop()
 

@@ -77,8 +77,9 @@ class Invoker:
         error: str | None = None,
         traceparent: str | None = None,
     ) -> None:
-        """Append connected / disconnected (raises ``RedisError``)."""
-        if not self.events:
+        """Append connected / disconnected (raises ``RedisError``); nothing while no service
+        is live to consume them (the stream would only grow)."""
+        if not self.events or not self.services:
             return
         await self.stream.append(
             UpstreamEntry(

@@ -128,6 +128,8 @@ class UpstreamConsumer:
         self.stopping = False
         self.recovering: set[int] = set()
         self.next_refresh = 0.0
+        self.trim_interval = settings.trim_interval
+        self.next_trim = 0.0
 
     def stop(self) -> None:
         self.stopping = True
@@ -170,6 +172,10 @@ class UpstreamConsumer:
         for n in sorted(self.recovering):
             await self._recover(n)
             self.recovering.discard(n)
+        if now >= self.next_trim:
+            self.next_trim = now + self.trim_interval
+            for n in sorted(self.leases.owned):
+                await self._trim(self.streams[n])
         owned = sorted(self.leases.owned)
         room = self.concurrency - self.in_hand
         if not owned or room <= 0:
@@ -205,6 +211,22 @@ class UpstreamConsumer:
                 self._take(stream, entries)
             if start in (b"0-0", "0-0"):
                 break
+
+    async def _trim(self, stream: str) -> None:
+        """Drop the entries every service is done with: those before the oldest entry any
+        consumer group still has pending or has not read yet. (A group whose service is gone
+        for good holds the stream at its length cap, ``HUBBUB_UPSTREAM_STREAM_MAXLEN``.)"""
+        floor: tuple[int, int] | None = None
+        for group in await self.redis.xinfo_groups(stream):
+            if group["pending"]:
+                summary = await self.redis.xpending(stream, group["name"])
+                needed = _stream_id(summary["min"])
+            else:
+                ms, seq = _stream_id(group["last-delivered-id"])
+                needed = (ms, seq + 1)
+            floor = needed if floor is None else min(floor, needed)
+        if floor is not None:
+            await self.redis.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=False)
 
     def _take(self, stream: str, entries: list[tuple[bytes, Fields]]) -> None:
         for entry_id, fields in entries:
@@ -307,6 +329,12 @@ class UpstreamConsumer:
                 log.warning("redis error answering, retrying in %.2fs: %r", backoff, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def arguments_of(entry: UpstreamEntry) -> list[Any]:

@@ -1,0 +1,265 @@
+"""The way back, measured: a client's blocking ``invoke()`` round trip through the upstream
+stream to a service and back, and its CPU cost per invocation in each process.
+
+    .venv/bin/python -m bench.upstream                     # both paths, 200 invocations/s
+    .venv/bin/python -m bench.upstream --rate 500 --seconds 20 --paths sdk
+
+Every piece is its own OS process: ``redis-server``, one gateway, one fan-out worker, and
+the service: for ``sdk`` a :class:`hubbub.upstream.Upstream` process whose ``echo`` handler
+returns its argument; for ``http`` the worker's webhook dispatcher (``HUBBUB_UPSTREAM_URL``)
+and a minimal ASGI receiver under uvicorn answering the framed Completion. The load is
+``--clients`` raw WebSocket clients in this process, invoking open-loop at ``--rate`` in
+total (invocation ``k`` is due at ``start + k / rate``); the round trip is from just before
+the Invocation is written to when its Completion is read. CPU is user+system time from
+``/proc`` over the measured phase, divided by the invocations answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import websockets
+
+from bench.procstat import cpu_seconds
+from hubbub.dev.embedded import RedisProcess, free_port
+from hubbub.dev.launcher import ChildProcess, LocalDeployment, start_process
+from hubbub.tokens import mint_token
+
+ACCESS_KEY = "bench-access-key-0123456789abcdef"
+RS = b"\x1e"
+
+
+# ---------------------------------------------------------------- the services under test
+
+
+def serve_sdk() -> None:
+    from hubbub.settings import Settings
+    from hubbub.upstream import Call, Upstream
+
+    app = Upstream(Settings(), name="bench")
+
+    @app.hub("chat").on("echo")
+    async def echo(call: Call, value: Any) -> Any:
+        return value
+
+    app.run()
+
+
+def serve_webhook(port: int) -> None:
+    import uvicorn
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        call = orjson.loads(body.rstrip(RS)) if body else {}
+        answer = b""
+        if call.get("invocationId"):
+            answer = (
+                orjson.dumps(
+                    {
+                        "type": 3,
+                        "invocationId": call["invocationId"],
+                        "result": call["arguments"][0],
+                    }
+                )
+                + RS
+            )
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": answer})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ---------------------------------------------------------------- load
+
+
+async def client(url: str, user: str) -> websockets.ClientConnection:
+    token = mint_token(ACCESS_KEY, "http://bench/client", user_id=user)
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{url}/hubs/chat/negotiate?negotiateVersion=1",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        r.raise_for_status()
+        conn_token = r.json()["connectionToken"]
+    ws_url = url.replace("http://", "ws://") + f"/hubs/chat?id={conn_token}&access_token={token}"
+    ws = await websockets.connect(ws_url, max_size=None, ping_interval=None)
+    await ws.send('{"protocol":"json","version":1}\x1e')
+    await ws.recv()
+    return ws
+
+
+async def load(
+    sockets: list[websockets.ClientConnection], rate: float, seconds: float
+) -> tuple[list[float], int]:
+    """Invoke ``echo`` open-loop; the round trips (seconds) and the errors."""
+    sent: dict[tuple[int, str], float] = {}
+    rtts: list[float] = []
+    errors = 0
+    total = int(rate * seconds)
+    done = asyncio.Event()
+
+    async def read(n: int, ws: websockets.ClientConnection) -> None:
+        nonlocal errors
+        async for frame in ws:
+            data = frame.encode() if isinstance(frame, str) else frame
+            for record in data.split(RS):
+                if not record:
+                    continue
+                message = orjson.loads(record)
+                if message.get("type") != 3:
+                    continue
+                started = sent.pop((n, message["invocationId"]), None)
+                if started is None:
+                    continue
+                if "error" in message:
+                    errors += 1
+                else:
+                    rtts.append(time.perf_counter() - started)
+                if len(rtts) + errors >= total:
+                    done.set()
+
+    readers = [asyncio.create_task(read(n, ws)) for n, ws in enumerate(sockets)]
+    start = time.perf_counter()
+    for k in range(total):
+        due = start + k / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        n = k % len(sockets)
+        call = str(k)
+        sent[(n, call)] = time.perf_counter()
+        await sockets[n].send(
+            orjson.dumps({"type": 1, "invocationId": call, "target": "echo", "arguments": [k]})
+            .decode() + "\x1e"
+        )  # fmt: skip
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), 30)
+    for task in readers:
+        task.cancel()
+    return rtts, errors + len(sent)
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(
+    path: str, rate: float, seconds: float, clients: int, workdir: Path
+) -> dict[str, Any]:
+    (workdir / f"redis-{path}").mkdir()
+    redis = RedisProcess(directory=str(workdir / f"redis-{path}"))
+    redis.start()
+    children: list[ChildProcess] = []
+    env_extra: dict[str, str] = {"HUBBUB_LOG_LEVEL": "WARNING", "HUBBUB_METRICS_PORT": "0"}
+    webhook_port = free_port()
+    if path == "http":
+        env_extra["HUBBUB_UPSTREAM_URL"] = f"http://127.0.0.1:{webhook_port}/upstream"
+    deployment = LocalDeployment(redis.url, ACCESS_KEY, workdir=workdir, settings=env_extra)
+    try:
+        gateway = await deployment.start_gateway()
+        worker = deployment.start_worker()
+        service_argv = [sys.executable, "-m", "bench.upstream"]
+        if path == "sdk":
+            service_argv.append("--serve-sdk")
+        else:
+            service_argv += ["--serve-webhook", str(webhook_port)]
+        service = start_process(
+            f"service-{path}",
+            service_argv,
+            env=deployment.environment(),
+            log=workdir / f"service-{path}.log",
+        )
+        children.append(service)
+        async with httpx.AsyncClient() as http:
+            for _ in range(200):
+                health = (await http.get(f"{gateway.url}/api/health")).json()
+                if health["upstreamServices"]:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise RuntimeError("no upstream service became live")
+        sockets = [await client(gateway.url, f"user{n}") for n in range(clients)]
+        await load(sockets, rate, 2)  # warm up (and the webhook's connection pool)
+        pids = {"gateway": gateway.pid, "worker": worker.pid, "service": service.pid,
+                "redis": redis.process.pid if redis.process else 0}  # fmt: skip
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        rtts, failed = await load(sockets, rate, seconds)
+        after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        for ws in sockets:
+            await ws.close()
+        answered = max(1, len(rtts))
+        cpu = {name: (after[name] - before[name]) / answered * 1e6 for name in pids}
+        return {
+            "path": path,
+            "rate": rate,
+            "answered": len(rtts),
+            "failed": failed,
+            "p50_ms": statistics.median(rtts) * 1000 if rtts else None,
+            "p99_ms": quantile(rtts, 0.99) * 1000 if rtts else None,
+            "cpu_us": cpu,
+        }
+    finally:
+        for child in children:
+            child.stop()
+        deployment.stop()
+        redis.stop()
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| path | rate/s | answered | failed | p50 ms | p99 ms | gateway µs | worker µs | "
+        "service µs | redis µs | total µs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        cpu = r["cpu_us"]
+        lines.append(
+            f"| {r['path']} | {r['rate']:g} | {r['answered']} | {r['failed']} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cpu['gateway']:.0f} | {cpu['worker']:.0f} | "
+            f"{cpu['service']:.0f} | {cpu['redis']:.0f} | {sum(cpu.values()):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--paths", default="sdk,http")
+    parser.add_argument("--serve-sdk", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-webhook", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_sdk:
+        return serve_sdk()
+    if args.serve_webhook:
+        return serve_webhook(args.serve_webhook)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [
+            asyncio.run(measure(path, args.rate, args.seconds, args.clients, Path(tmp)))
+            for path in args.paths.split(",")
+        ]
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
