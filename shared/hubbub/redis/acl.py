@@ -1,8 +1,9 @@
 """Least-privilege Redis ACL rules for each Hubbub role, the one home of what each may run.
 
 Gateways, fan-out workers and upstream services need different commands (only workers read
-the publish stream in a consumer group; only gateways read their inboxes), and none needs anything outside
-the deployment's key prefix, any Pub/Sub channel, or any administrative command. Commands
+the publish stream in a consumer group; only gateways read their inboxes), and none needs
+anything outside the deployment's key prefix, any Pub/Sub channel, or any administrative
+command. Commands
 run by Lua scripts are checked against the calling user too, so they are listed here.
 
 ``hubbub redis-acl gateway`` prints the rules for ``ACL SETUSER`` (see docs/security.md);
