@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
@@ -22,12 +23,18 @@ from redis.exceptions import NoPermissionError
 from hubbub.dev.embedded import RedisProcess
 from hubbub.redis.acl import Role, rules
 from hubbub.sdk.client import HubbubClient
+from hubbub.settings import Settings
+from hubbub.upstream import Call, Upstream
 from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 
 PREFIX = "acl"
-PASSWORDS: dict[Role, str] = {"gateway": "gateway-secret", "worker": "worker-secret"}
+PASSWORDS: dict[Role, str] = {
+    "gateway": "gateway-secret",
+    "worker": "worker-secret",
+    "service": "service-secret",
+}
 
 
 def user_url(server: RedisProcess, role: Role) -> str:
@@ -79,6 +86,36 @@ async def test_a_deployment_runs_under_its_least_privilege_users(
         assert alice.connection_id is not None
         joined = await alice.invoke("JoinGroup", "room")
         assert joined == {"type": 3, "invocationId": "1"}, joined
+        # The way back: an upstream service under its own user answers an invocation and
+        # sends from its handler (consumer group, leases, trimming, the publish stream).
+        service = Upstream(
+            Settings(
+                redis_url=user_url(acl_server, "service"),
+                key_prefix=PREFIX,
+                lease_ms=2000,
+                lease_interval=0.25,
+            ),
+            name="acl-service",
+        )
+
+        @service.hub("chat").on("echo")
+        async def echo(call: Call, value: int) -> int:
+            await service.hub("chat").send_to_connection(call.connection_id, "echoed", [value])
+            return value
+
+        async with service:
+
+            async def live() -> bool:
+                return bool(await admin.zcard(KeySchema(PREFIX).upstream_services))
+
+            await eventually(live, timeout=10)
+            await eventually(lambda: _sees_service(second.url), timeout=10)
+            await alice.send({"type": 1, "invocationId": "2", "target": "echo", "arguments": [5]})
+            # The handler's send, then its answer: both to this connection, in that order.
+            assert (await alice.recv())["target"] == "echoed"
+            answered = await alice.recv()
+            assert answered == {"type": 3, "invocationId": "2", "result": 5}, answered
+            service.stop()
         async with HubbubClient(first.url, ACCESS_KEY, "chat") as api:
             # Each send is awaited at the client before the next step: membership is resolved
             # when a worker routes a message, not when it is accepted.
@@ -126,7 +163,12 @@ async def test_a_deployment_runs_under_its_least_privilege_users(
             print("ACL LOG:", entry["username"], entry["reason"], entry["object"])
 
 
-@pytest.mark.parametrize("role", ["gateway", "worker"])
+async def _sees_service(url: str) -> bool:
+    async with httpx.AsyncClient() as http:
+        return bool((await http.get(f"{url}/api/health")).json()["upstreamServices"])
+
+
+@pytest.mark.parametrize("role", ["gateway", "worker", "service"])
 async def test_each_user_can_do_nothing_its_role_does_not_need(
     acl_server: RedisProcess, role: Role
 ) -> None:
@@ -151,6 +193,9 @@ async def test_each_user_can_do_nothing_its_role_does_not_need(
         ]
         if role == "gateway":  # only workers consume the publish stream
             forbidden.append(("XREADGROUP", "GROUP", "g", "c", "STREAMS", f"{PREFIX}:p", ">"))
+        elif role == "service":  # services neither read inboxes nor reap gateways
+            forbidden.append(("XREAD", "STREAMS", f"{PREFIX}:inbox:x", "0"))
+            forbidden.append(("XGROUP", "DELCONSUMER", f"{PREFIX}:p", "g", "c"))
         else:  # workers never read a gateway's inbox as a plain reader
             forbidden.append(("XREAD", "STREAMS", f"{PREFIX}:inbox:x", "0"))
             forbidden.append(("EVAL", "return 1", "0"))  # scripts only by SHA
@@ -167,7 +212,7 @@ async def test_each_user_can_do_nothing_its_role_does_not_need(
 
 
 def test_the_rules_start_from_nothing() -> None:
-    for role in ("gateway", "worker"):
+    for role in ("gateway", "worker", "service"):
         rule = rules(role, "hubbub")  # type: ignore[arg-type]
         assert rule[:4] == ["resetkeys", "~hubbub:*", "resetchannels", "-@all"]
         assert all(r.startswith("+") and "@" not in r for r in rule[4:])

@@ -16,7 +16,7 @@ import httpx
 
 from hubbub.dev.embedded import RedisProcess
 from hubbub.dev.launcher import ChildProcess, LocalDeployment, NotHealthy, ProcessExited
-from hubbub.redis.acl import rules
+from hubbub.redis.acl import COMMANDS, rules
 from hubbub.sdk.client import HubbubClient
 from hubbub.settings import Settings
 from hubbub.tokens import mint_token
@@ -206,9 +206,11 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=token)
 
     a = sub.add_parser(
-        "redis-acl", help="print the least-privilege Redis ACL rules of a gateway or a worker"
+        "redis-acl",
+        help="print the least-privilege Redis ACL rules of a gateway, a worker or an upstream "
+        "service (hubbub.upstream)",
     )
-    a.add_argument("role", choices=["gateway", "worker"])
+    a.add_argument("role", choices=list(COMMANDS))
     a.add_argument("--prefix", default=settings.key_prefix, help="default: $HUBBUB_KEY_PREFIX")
     a.set_defaults(func=redis_acl)
     return p

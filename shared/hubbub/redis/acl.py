@@ -1,8 +1,9 @@
 """Least-privilege Redis ACL rules for each Hubbub role, the one home of what each may run.
 
-Gateways and fan-out workers need different commands (only workers read the publish stream
-in a consumer group; only gateways read their inboxes), and neither needs anything outside
-the deployment's key prefix, any Pub/Sub channel, or any administrative command. Commands
+Gateways, fan-out workers and upstream services need different commands (only workers read
+the publish stream in a consumer group; only gateways read their inboxes), and none needs
+anything outside the deployment's key prefix, any Pub/Sub channel, or any administrative
+command. Commands
 run by Lua scripts are checked against the calling user too, so they are listed here.
 
 ``hubbub redis-acl gateway`` prints the rules for ``ACL SETUSER`` (see docs/security.md);
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-Role = Literal["gateway", "worker"]
+Role = Literal["gateway", "worker", "service"]
 
 # Connection set-up (redis-py and the Pipe), scripts (loaded once, then run by their SHA),
 # and the reads and writes the membership scripts make: both roles run those (workers reap).
@@ -30,15 +31,25 @@ _COMMON = (
 COMMANDS: dict[Role, tuple[str, ...]] = {
     # Publishing (with an idempotency key: EVAL of its script, see hubbub.redis.stream),
     # reading its inbox and the broadcast feed, trimming its inbox, counting live workers
-    # (readiness reports them).
+    # (readiness reports them) and live upstream services, appending what clients do
+    # upstream.
     "gateway": (*_COMMON, "eval", "xread", "xrevrange", "xtrim", "zcount"),
     # Consuming the publish partitions in a group, recovering what a dead worker held,
-    # leases, reaping dead gateways, trimming, and the lag gauges.
+    # leases, reaping dead gateways, trimming, and the lag gauges; and the webhook
+    # dispatcher's upstream consumer (as a service's below).
     "worker": (
         *_COMMON,
         "xreadgroup", "xack", "xautoclaim", "xgroup|create", "xgroup|delconsumer",
         "xinfo|groups", "xinfo|consumers", "xlen", "xtrim", "xrevrange", "zcard",
-        "zrangebyscore", "time",
+        "zrangebyscore", "time", "xpending",
+    ),
+    # An upstream service (hubbub.upstream): consuming the upstream partitions in its group
+    # under leases, trimming what every group is done with, answering through the publish
+    # stream (EVAL: sends with an idempotency key), and group changes (the scripts).
+    "service": (
+        *_COMMON,
+        "eval", "xreadgroup", "xack", "xautoclaim", "xgroup|create", "xinfo|groups",
+        "xpending", "xtrim", "zcard", "time",
     ),
 }  # fmt: skip
 
