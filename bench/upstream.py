@@ -36,6 +36,7 @@ from hubbub.dev.launcher import ChildProcess, LocalDeployment, start_process
 from hubbub.tokens import mint_token
 
 ACCESS_KEY = "bench-access-key-0123456789abcdef"
+PROFILE = False  # --profile: gateway and worker under cProfile (<workdir>/<name>.prof)
 RS = b"\x1e"
 
 
@@ -173,7 +174,9 @@ async def measure(
     webhook_port = free_port()
     if path == "http":
         env_extra["HUBBUB_UPSTREAM_URL"] = f"http://127.0.0.1:{webhook_port}/upstream"
-    deployment = LocalDeployment(redis.url, ACCESS_KEY, workdir=workdir, settings=env_extra)
+    deployment = LocalDeployment(
+        redis.url, ACCESS_KEY, workdir=workdir, settings=env_extra, profile=PROFILE
+    )
     try:
         gateway = await deployment.start_gateway()
         worker = deployment.start_worker()
@@ -246,6 +249,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--paths", default="sdk,http")
+    parser.add_argument("--profile", metavar="DIR", help="cProfile the services into DIR")
     parser.add_argument("--serve-sdk", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-webhook", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,9 +257,13 @@ def main() -> None:
         return serve_sdk()
     if args.serve_webhook:
         return serve_webhook(args.serve_webhook)
+    global PROFILE
+    PROFILE = bool(args.profile)
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.profile or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         results = [
-            asyncio.run(measure(path, args.rate, args.seconds, args.clients, Path(tmp)))
+            asyncio.run(measure(path, args.rate, args.seconds, args.clients, workdir))
             for path in args.paths.split(",")
         ]
     print(report(results))
