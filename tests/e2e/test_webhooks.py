@@ -286,6 +286,8 @@ async def test_rules_route_events_to_their_urls(
             "hubPattern": "CHAT",
             "eventPattern": "echo, Shout",
         },
+        # Also matches echo, but comes later: the first matching rule wins.
+        {"urlTemplate": f"{hook.url}/late/{{event}}", "eventPattern": "echo"},
     ]
     url = await start(
         deployment, HUBBUB_UPSTREAM_RULES=json.dumps(rules), HUBBUB_INVOCATION_TIMEOUT="2"

@@ -317,7 +317,7 @@ class Webhooks:
                     raise _TooLarge
                 chunks: list[bytes] = []
                 size = 0
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():
                     size += len(chunk)
                     if size > self.max_body:
                         raise _TooLarge
