@@ -16,10 +16,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from redis.asyncio import Redis
 
-from hubbub.wire.envelopes import CONNECTION, TARGET, TRACEPARENT
-from hubbub.wire.keys import KeySchema
 from tests.e2e.nodeclient import NodeClient, ensure_node_modules
 from tests.e2e.test_upstream import open_client, services_seen
 from tests.support.processes import ACCESS_KEY, Deployment
@@ -210,7 +207,7 @@ async def test_invoke_and_send_reach_the_webhook_and_its_answers_come_back(
 
 
 async def test_headers_signatures_and_bodies_are_azures(
-    hook: Webhook, deployment: Deployment, clients: list[NodeClient], redis: Redis
+    hook: Webhook, deployment: Deployment, clients: list[NodeClient]
 ) -> None:
     url = await start(
         deployment,
@@ -259,15 +256,13 @@ async def test_headers_signatures_and_bodies_are_azures(
         "type": 1, "invocationId": "0", "target": "whoAmI", "arguments": [7, {"k": "v"}],
     }  # fmt: skip
 
-    # traceparent continues the trace of the gateway's entry (a span of the dispatcher's).
-    schema = KeySchema(deployment.prefix)
-    entries = [e for n in range(8) for e in await redis.xrange(schema.upstream_partition(n))]
-    (tp,) = [f[TRACEPARENT].decode() for _, f in entries
-             if f[CONNECTION].decode() == conn and f.get(TARGET) == b"whoAmI"]  # fmt: skip
-    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", tp)
-    sent = invoked.headers["traceparent"]
-    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", sent)
-    assert sent.split("-")[1] == tp.split("-")[1] and sent != tp
+    # traceparent: each request a span of the dispatcher's (its own span id), continuing the
+    # trace of the gateway's entry, here the connection's trace (no client trace was sent).
+    parents = [r.headers["traceparent"].split("-") for r in (connected, invoked, closed)]
+    for version, _trace, _span, _flags in parents:
+        assert version == "00" and re.fullmatch(r"[0-9a-f]{32}", _trace), parents
+    assert len({trace for _, trace, _, _ in parents}) == 1, parents
+    assert len({span for _, _, span, _ in parents}) == 3, parents
 
 
 async def test_rules_route_events_to_their_urls(
