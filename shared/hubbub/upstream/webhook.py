@@ -254,8 +254,10 @@ class Webhooks:
             follow_redirects=False,
             transport=transport,
         )
+        self.closed = False
 
     async def aclose(self) -> None:
+        self.closed = True  # a connection event waiting to be retried gives up
         await self.http.aclose()
 
     def rule_for(self, hub: str, category: str, event: str) -> Rule | None:
@@ -387,7 +389,8 @@ class Webhooks:
                                     event_name(entry), entry.connection, reply.status)  # fmt: skip
                     return
                 outcome = f"answered {reply.status}"
-            if attempt == RETRY_ATTEMPTS or time.monotonic() + delay >= deadline:
+            last = attempt == RETRY_ATTEMPTS or time.monotonic() + delay >= deadline
+            if last or self.closed:
                 log.warning("webhook %s %s of %s %s; given up after %d attempts", entry.hub,
                             event_name(entry), entry.connection, outcome, attempt)  # fmt: skip
                 return
@@ -396,3 +399,7 @@ class Webhooks:
             self.metrics.webhook_retries.inc()
             await asyncio.sleep(delay)
             delay *= 2
+            if self.closed:
+                log.warning("webhook %s %s of %s not retried: stopping", entry.hub,
+                            event_name(entry), entry.connection)  # fmt: skip
+                return
