@@ -13,8 +13,8 @@ one server process with its Redis manager), whose handler runs inside the server
 its figures are the cost of a round trip without any scale-out hop. The load is
 ``--clients`` raw WebSocket clients in this process, invoking open-loop at ``--rate`` in
 total (invocation ``k`` is due at ``start + k / rate``), after 2 s of warm-up; the round trip
-is from just before the Invocation is written to when its Completion is read. CPU is user+system time from
-``/proc`` over the measured phase, divided by the invocations answered.
+is from just before the Invocation is written to when its Completion is read. CPU is
+user+system time from ``/proc`` over the measured phase, divided by the invocations answered.
 """
 
 from __future__ import annotations
