@@ -9,7 +9,8 @@ benchmark runs two of these, each on its own port, like Hubbub's two gateways.
 
 On connect a client joins, server side, the rooms its query string names: ``group=<g>`` joins
 room ``<g>`` and ``user=<u>`` joins room ``user:<u>`` (a per-user room, so "send to user" is an
-emit to one room). ``GET /bench/connected`` answers how many clients this process still holds
+emit to one room). The ``echo`` event answers its argument as the acknowledgement.
+``GET /bench/connected`` answers how many clients this process still holds
 (for the benchmark's leak check); every other path is Socket.IO's.
 """
 
@@ -43,6 +44,12 @@ def build_app(redis_url: str) -> Any:
             await sio.enter_room(sid, group)
         for user in query.get("user", []):
             await sio.enter_room(sid, USER_ROOM + user)
+
+    @sio.event  # type: ignore[untyped-decorator]
+    async def echo(sid: str, value: Any) -> Any:
+        """An event with an acknowledgement: the peer of a SignalR ``invoke()``
+        (bench/upstream.py)."""
+        return value
 
     async def bench_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         """``GET /bench/connected``: clients connected to this process (namespace "/")."""

@@ -204,6 +204,17 @@ async def test_errors_and_timeouts_arrive_as_errors(
         # invocations (handled in order) do not wait behind it.
         with pytest.raises(RuntimeError, match="no such room"):
             await client.invoke("boom")
+        # Counted: the gateway's outcomes and appends, the consumer's handling.
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"{deployment.gateways[0].url}/metrics")).text
+        assert 'hubbub_invocations_total{outcome="timeout"} 1.0' in metrics
+        assert 'hubbub_invocations_total{outcome="answered"} 4.0' in metrics
+        assert 'hubbub_upstream_appended_total{event="invocation"} 5.0' in metrics
+        handled = app.metrics.render().decode()
+        timeouts = 'hubbub_upstream_handled_seconds_count{event="invocation",outcome="timeout"} '
+        assert timeouts + "1.0" in handled
+        errors = 'hubbub_upstream_handled_seconds_count{event="invocation",outcome="error"} '
+        assert errors + "4.0" in handled, handled  # boom twice, crash, nope
         app.stop()
 
 
