@@ -366,8 +366,9 @@ class Session:
                 return
             if isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
-            elif isinstance(event, Completion) and self.conn.asked:
-                # The answer to a REST :invoke (client results); dropped unless asked.
+            elif isinstance(event, Completion) and self._asked(event):
+                # The answer to a REST :invoke (client results); dropped here unless asked,
+                # so Completions with made-up ids cost no task.
                 self.proto.spawn(self._answered(event))
             # CancelInvocation (nothing streams, so nothing to cancel), Ping, StreamItem, Ack,
             # Sequence: nothing to do.
@@ -405,13 +406,18 @@ class Session:
                 await self._invoke(event)
             elif isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
-            elif isinstance(event, Completion) and self.conn.asked:
+            elif isinstance(event, Completion) and self._asked(event):
                 await self._answered(event)
             elif isinstance(event, Close):
                 self.conn.error = event.error
                 self.proto.close(1000)
                 return False
         return True
+
+    def _asked(self, completion: Completion) -> bool:
+        """Whether the client was asked this question (and has not answered it yet)."""
+        asked = self.conn.asked
+        return asked is not None and completion.invocation_id in asked
 
     async def _answered(self, completion: Completion) -> None:
         try:
