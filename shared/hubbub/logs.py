@@ -23,6 +23,12 @@ REFUSALS = "hubbub.refused"
 _SECRET_QUERY = re.compile(r"(?i)\b(access_token|id)=[^&\s\"']*")
 
 
+def printable(text: str) -> str:
+    """Client-chosen text for a log line: control characters escaped, so that a newline in a
+    path or a name cannot start a forged line in the text log."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def redact(text: str) -> str:
     """Hide ``access_token`` and ``id`` query values: both let someone take a connection."""
     return _SECRET_QUERY.sub(lambda m: f"{m.group(1)}=***", text)

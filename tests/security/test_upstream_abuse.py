@@ -412,7 +412,19 @@ async def test_rest_invoke_refuses_hostile_input(gateway: Proc) -> None:
         r = await ask
         assert (r.status_code, r.json()) == (200, {"result": odd})
         await nothing_else(c, api)
+        # A newline in the path (signed or not) does not start a forged line in the log.
+        forged = "x%0A2026-01-01%2000:00:00,000%20WARNING%20forged"
+        r = await invoke(forged, {"target": "t"})
+        assert (r.status_code, r.json()["code"]) == (400, "Error.InvalidName"), r.text
+        async with httpx.AsyncClient(base_url=gateway.url) as bare:
+            r = await bare.post(f"/api/hubs/chat/connections/{forged}/:invoke", json={})
+            assert r.status_code == 401, r.text
     await c.close()
+    lines = gateway.output().splitlines()
+    assert not [line for line in lines if line.startswith("2026-01-01")], lines[-5:]
+    assert refusals(gateway, "/connections/x\\n2026-01-01 00:00:00,000 WARNING forged/") == 2
+    # Each refusal once: 5 names, a hub, 6 bodies, 1 too large, 1 unsigned, 2 forged.
+    assert refusals(gateway, "hubbub.refused: refused POST /api/hubs/") == 16
 
 
 async def test_a_thousand_concurrent_invokes_to_one_connection_are_bounded(

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from hubbub.logs import printable
 from hubbub.metrics import Metrics
 from hubbub.protocol.signalr import Completion, Invocation, encode_completion, encode_invocation
 from hubbub.protocol.wsframe import text_frame
@@ -46,8 +47,7 @@ SHOWN = 128  # characters of a client-chosen name that an error message (and its
 def shown(name: str) -> str:
     """A client-chosen name as an error message and its log line show it: at most ``SHOWN``
     characters, control characters escaped (a newline would forge a line of the text log)."""
-    name = name[:SHOWN]
-    return name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+    return printable(name[:SHOWN])
 
 
 class TooManyAsked(Exception):
