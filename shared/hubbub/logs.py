@@ -43,6 +43,18 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class Printable(logging.Filter):
+    """Every refusal line on one line: what a client chose (a request path as decoded, a
+    group name, a handshake's protocol name) may hold a newline that would otherwise start a
+    forged line in the text log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.isprintable():
+            record.msg, record.args = printable(message), ()
+        return True
+
+
 class RateLimit(logging.Filter):
     """A token bucket: lets ``rate`` records a second through, after a burst of ``burst``.
 
@@ -128,7 +140,7 @@ def configure(
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     refusals = logging.getLogger(REFUSALS)
-    refusals.filters[:] = [RateLimit(refusals_per_second, refusal_burst)]
+    refusals.filters[:] = [RateLimit(refusals_per_second, refusal_burst), Printable()]
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []

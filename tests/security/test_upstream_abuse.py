@@ -283,10 +283,10 @@ async def test_a_reused_pending_invocation_id_is_refused_and_the_original_answer
         await c.close()
 
 
-async def test_a_refusal_shows_a_bounded_and_escaped_target(gateway: Proc) -> None:
+async def test_refusals_show_client_text_bounded_and_escaped(gateway: Proc) -> None:
     """No service is live: the gateway answers at once that the method does not exist. A
     32 KB target with a newline is shown in 128 characters, escaped: one short log line, no
-    line forged in the log."""
+    line forged in the log. Nor can a group name or a handshake's protocol name forge one."""
     c = await RawClient.connect(gateway.url, token=client_token("tom"))
     forged = "x\n2026-01-01 00:00:00,000 WARNING gateway[gw1] hubbub.refused: forged"
     target = forged + "m" * (MAX_MESSAGE - 200)
@@ -299,11 +299,22 @@ async def test_a_refusal_shows_a_bounded_and_escaped_target(gateway: Proc) -> No
         "invocationId": "1",
         "error": f"Method '{shown}' does not exist on this hub.",
     }, answer
-    await probe(c, "probe")
-    lines = [line for line in gateway.output().splitlines() if "hubbub.refused" in line]
-    assert len(lines) == 2 and all(len(line) < 400 for line in lines), lines
-    assert refusals(gateway, "forged") == 1
+    # A group this client's token does not allow: the answer names it as it is, the log line
+    # escapes it.
+    assert await c.invoke("JoinGroup", forged, invocation_id="2") == {
+        "type": 3,
+        "invocationId": "2",
+        "error": f"This connection is not permitted to join or leave group '{forged}'.",
+    }
     await c.close()
+    h = await RawClient.connect(gateway.url, token=client_token("tom"), handshake=False)
+    await h.send_raw(record({"protocol": forged, "version": 1}))
+    assert await h.recv() == {"error": f"The protocol '{forged}' is not supported."}
+    await h.close()
+    lines = [line for line in gateway.output().splitlines() if "hubbub.refused" in line]
+    assert len(lines) == 3 and all(len(line) < 400 for line in lines), lines
+    assert refusals(gateway, "forged") == 3
+    assert not [line for line in gateway.output().splitlines() if line.startswith("2026-01-01")]
 
 
 # ---------------------------------------------------------------- completions never asked for

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from hubbub.logs import REFUSALS, printable
+from hubbub.logs import REFUSALS
 from hubbub.protocol.names import InvalidName
 from hubbub.redis.membership import TooManyGroups
 from hubbub.wire.messages import InvalidArguments, TooManyExcluded
@@ -48,9 +48,8 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def refusal(scope: Scope, status: int, code: str, message: str) -> JSONResponse:
     """:func:`error_response`, logged as a refusal: one WARNING line, no traceback."""
-    path = printable(str(scope.get("path")))  # decoded: %0A is a newline here
     refusals.warning(
-        "refused %s %s: %d %s: %s", scope.get("method"), path, status, code, printable(message)
+        "refused %s %s: %d %s: %s", scope.get("method"), scope.get("path"), status, code, message
     )
     return error_response(status, code, message)
 
