@@ -44,6 +44,7 @@ from hubbub.tokens import (
     verify_connection_id,
 )
 from hubbub.wire.envelopes import Event as Upstream
+from hubbub.wire.envelopes import ResultEntry
 
 from .deliver import LocalConnection
 from .errors import ApiError
@@ -366,10 +367,12 @@ class Session:
                 return
             if isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
-            elif isinstance(event, Completion) and self._asked(event):
-                # The answer to a REST :invoke (client results); dropped here unless asked,
-                # so Completions with made-up ids cost no task.
-                self.proto.spawn(self._answered(event))
+            elif isinstance(event, Completion):
+                # The answer to a REST :invoke (client results). Taken here: one never asked,
+                # or answered already, is dropped where it is parsed, with no task.
+                answer = self.state.invoker.take(self.conn, event)
+                if answer is not None:
+                    self.proto.spawn(self._forward(*answer))
             # CancelInvocation (nothing streams, so nothing to cancel), Ping, StreamItem, Ack,
             # Sequence: nothing to do.
 
@@ -406,22 +409,19 @@ class Session:
                 await self._invoke(event)
             elif isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
-            elif isinstance(event, Completion) and self._asked(event):
-                await self._answered(event)
+            elif isinstance(event, Completion):
+                answer = self.state.invoker.take(self.conn, event)
+                if answer is not None:
+                    await self._forward(*answer)
             elif isinstance(event, Close):
                 self.conn.error = event.error
                 self.proto.close(1000)
                 return False
         return True
 
-    def _asked(self, completion: Completion) -> bool:
-        """Whether the client was asked this question (and has not answered it yet)."""
-        asked = self.conn.asked
-        return asked is not None and completion.invocation_id in asked
-
-    async def _answered(self, completion: Completion) -> None:
+    async def _forward(self, gateway: str, answer: ResultEntry) -> None:
         try:
-            await self.state.invoker.answered(self.conn, completion)
+            await self.state.invoker.forward(gateway, answer)
         except RedisError as exc:
             log.warning("client result lost: %r", exc, extra={"connection_id": self.conn.id})
 

@@ -10,7 +10,8 @@ gateway answers an error itself. So the client gets exactly one Completion.
 
 Client results, the other way round: REST ``:invoke`` sends the client an Invocation with an
 id whose answer this gateway awaits (:meth:`Invoker.ask`); the gateway holding the client
-forwards the client's Completion to this one's inbox (:meth:`Invoker.answered`).
+takes the client's Completion if it was asked (:meth:`Invoker.take`) and forwards it to this
+one's inbox (:meth:`Invoker.forward`).
 """
 
 from __future__ import annotations
@@ -208,21 +209,25 @@ class Invoker:
             else:
                 del asking[connection]
 
-    async def answered(self, conn: LocalConnection, completion: Completion) -> None:
-        """The client answered a server invocation: pass the answer to the gateway that
-        waits for it, if one does (else it was never asked, or it is too late: dropped)."""
+    def take(self, conn: LocalConnection, completion: Completion) -> tuple[str, ResultEntry] | None:
+        """The client answered a server invocation: the answer, for the gateway that waits
+        for it, if the connection was asked this question and had not answered it yet (taken
+        here, synchronously, so a second answer is dropped where it is parsed); else None."""
         asked = conn.asked
         if asked is None:
-            return
+            return None
         found = asked.pop(completion.invocation_id, None)
         if found is None:
-            return
+            return None
         gateway, timer = found
         timer.cancel()
         if completion.error is not None:
             payload = orjson.dumps({"error": completion.error})
         else:
             payload = orjson.dumps({"result": completion.result})
-        entry = ResultEntry(conn.hub, conn.id, completion.invocation_id, payload)
+        return gateway, ResultEntry(conn.hub, conn.id, completion.invocation_id, payload)
+
+    async def forward(self, gateway: str, entry: ResultEntry) -> None:
+        """Pass a client's answer (:meth:`take`) to the waiting gateway's inbox."""
         inbox = self.schema.inbox(gateway)
         await self.pipe.execute("XADD", inbox, "NOMKSTREAM", *self._inbox_cap, *entry.fields())
