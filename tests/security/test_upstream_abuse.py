@@ -500,9 +500,10 @@ async def test_a_thousand_concurrent_invokes_to_one_connection_are_bounded(
 async def test_huge_arguments_at_the_rate_limit_keep_the_upstream_stream_capped(
     deployment: Deployment, gateway: Proc, redis: Redis, prefix: str
 ) -> None:
-    """The burst of the rate limit, each invocation just under the message size limit, to a
-    service that handles none of them in time (so it trims nothing): the gateway's append
-    keeps the partition at HUBBUB_UPSTREAM_STREAM_MAXLEN."""
+    """The burst of the rate limit, each invocation just under the message size limit, while
+    a second service (a consumer group) reads none of them, so consumers trim nothing: the
+    gateway's append keeps the partition at HUBBUB_UPSTREAM_STREAM_MAXLEN entries. (They
+    are counted, not weighed: see docs/security.md for what that lets Redis hold.)"""
     stream = KeySchema(prefix).upstream_partition(0)
     # A group that reads nothing: the service's consumer may not trim what it has not read,
     # so only the gateway's cap on its appends keeps the partition short.
