@@ -23,6 +23,12 @@ REFUSALS = "hubbub.refused"
 _SECRET_QUERY = re.compile(r"(?i)\b(access_token|id)=[^&\s\"']*")
 
 
+def printable(text: str) -> str:
+    """Client-chosen text for a log line: control characters escaped, so that a newline in a
+    path or a name cannot start a forged line in the text log."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
 def redact(text: str) -> str:
     """Hide ``access_token`` and ``id`` query values: both let someone take a connection."""
     return _SECRET_QUERY.sub(lambda m: f"{m.group(1)}=***", text)
@@ -34,6 +40,18 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, ()
+        return True
+
+
+class Printable(logging.Filter):
+    """Every refusal line on one line: what a client chose (a request path as decoded, a
+    group name, a handshake's protocol name) may hold a newline that would otherwise start a
+    forged line in the text log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.isprintable():
+            record.msg, record.args = printable(message), ()
         return True
 
 
@@ -122,7 +140,7 @@ def configure(
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     refusals = logging.getLogger(REFUSALS)
-    refusals.filters[:] = [RateLimit(refusals_per_second, refusal_burst)]
+    refusals.filters[:] = [RateLimit(refusals_per_second, refusal_burst), Printable()]
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []

@@ -44,6 +44,7 @@ from hubbub.tokens import (
     verify_connection_id,
 )
 from hubbub.wire.envelopes import Event as Upstream
+from hubbub.wire.envelopes import ResultEntry
 
 from .deliver import LocalConnection
 from .errors import ApiError
@@ -366,9 +367,12 @@ class Session:
                 return
             if isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
-            elif isinstance(event, Completion) and self.conn.asked:
-                # The answer to a REST :invoke (client results); dropped unless asked.
-                self.proto.spawn(self._answered(event))
+            elif isinstance(event, Completion):
+                # The answer to a REST :invoke (client results). Taken here: one never asked,
+                # or answered already, is dropped where it is parsed, with no task.
+                answer = self.state.invoker.take(self.conn, event)
+                if answer is not None:
+                    self.proto.spawn(self._forward(*answer))
             # CancelInvocation (nothing streams, so nothing to cancel), Ping, StreamItem, Ack,
             # Sequence: nothing to do.
 
@@ -405,17 +409,19 @@ class Session:
                 await self._invoke(event)
             elif isinstance(event, StreamInvocation):
                 self._refuse_stream(event)
-            elif isinstance(event, Completion) and self.conn.asked:
-                await self._answered(event)
+            elif isinstance(event, Completion):
+                answer = self.state.invoker.take(self.conn, event)
+                if answer is not None:
+                    await self._forward(*answer)
             elif isinstance(event, Close):
                 self.conn.error = event.error
                 self.proto.close(1000)
                 return False
         return True
 
-    async def _answered(self, completion: Completion) -> None:
+    async def _forward(self, gateway: str, answer: ResultEntry) -> None:
         try:
-            await self.state.invoker.answered(self.conn, completion)
+            await self.state.invoker.forward(gateway, answer)
         except RedisError as exc:
             log.warning("client result lost: %r", exc, extra={"connection_id": self.conn.id})
 

@@ -47,6 +47,7 @@ from .ingest import (
     SendEndpoint,
     check_service_token,
 )
+from .invoke import TooManyAsked
 from .state import GatewayState
 
 # Prefix -> documented in OpenAPI.
@@ -230,12 +231,21 @@ async def invoke_connection(
     state: State, hub: Hub, connection: str, body: InvokeBody
 ) -> InvokeAnswer:
     """Invoke a method on one client and answer what its handler returns (SignalR client
-    results), whichever gateway holds the connection; 504 after HUBBUB_INVOCATION_TIMEOUT."""
+    results), whichever gateway holds the connection; 504 after HUBBUB_INVOCATION_TIMEOUT,
+    429 at once while HUBBUB_MAX_PENDING_INVOCATIONS calls to it wait here already."""
     state.refuse_if_draining()
     conn = names.connection_id(connection)
     if not await state.membership.connection_exists(hub, conn):
         raise _not_found("Error.Connection.NotExisted", "connection")
-    answer = await state.invoker.ask(hub, conn, body.target, body.arguments)
+    try:
+        answer = await state.invoker.ask(hub, conn, body.target, body.arguments)
+    except TooManyAsked:
+        raise ApiError(
+            429,
+            "Error.Invocation.TooMany",
+            f"{state.settings.max_pending_invocations} invocations of this connection are "
+            "waiting for its answer already (HUBBUB_MAX_PENDING_INVOCATIONS)",
+        ) from None
     if answer is None:
         raise ApiError(
             504,
@@ -349,6 +359,7 @@ def table(settings: Settings) -> list[Endpoint]:
             response_model=InvokeAnswer,
             responses={
                 404: {"description": "No such connection"},
+                429: {"description": "HUBBUB_MAX_PENDING_INVOCATIONS already wait for it"},
                 502: {"description": "The client answered with an error"},
                 504: {"description": "No answer within HUBBUB_INVOCATION_TIMEOUT"},
             },

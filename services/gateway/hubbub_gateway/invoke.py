@@ -10,7 +10,8 @@ gateway answers an error itself. So the client gets exactly one Completion.
 
 Client results, the other way round: REST ``:invoke`` sends the client an Invocation with an
 id whose answer this gateway awaits (:meth:`Invoker.ask`); the gateway holding the client
-forwards the client's Completion to this one's inbox (:meth:`Invoker.answered`).
+takes the client's Completion if it was asked (:meth:`Invoker.take`) and forwards it to this
+one's inbox (:meth:`Invoker.forward`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from hubbub.logs import printable
 from hubbub.metrics import Metrics
 from hubbub.protocol.signalr import Completion, Invocation, encode_completion, encode_invocation
 from hubbub.protocol.wsframe import text_frame
@@ -36,6 +38,22 @@ from hubbub.wire.keys import KeySchema
 from .deliver import LocalConnection, LocalIndex
 
 log = logging.getLogger("hubbub.gateway.invoke")
+
+# An invocation id is held while its call is pending (up to HUBBUB_MAX_PENDING_INVOCATIONS
+# per connection) and travels upstream and back: clients use short counters ("0", "1", ...).
+MAX_INVOCATION_ID = 128
+SHOWN = 128  # characters of a client-chosen name that an error message (and its log line) shows
+
+
+def shown(name: str) -> str:
+    """A client-chosen name as an error message and its log line show it: at most ``SHOWN``
+    characters, control characters escaped (a newline would forge a line of the text log)."""
+    return printable(name[:SHOWN])
+
+
+class TooManyAsked(Exception):
+    """This gateway already waits for ``HUBBUB_MAX_PENDING_INVOCATIONS`` answers from the
+    connection (REST ``:invoke``): refused at once instead of timing out."""
 
 
 class Invoker:
@@ -63,6 +81,9 @@ class Invoker:
             pipe, schema, settings.upstream_partitions, settings.upstream_stream_maxlen
         )
         self._inbox_cap = ("MAXLEN", "~", settings.inbox_maxlen, "*")
+        # REST :invoke calls waiting here, per connection: at most ``max_pending`` each (the
+        # gateway holding the connection sends it no more than that either).
+        self.asking: dict[str, int] = {}
         # Upstream services live at the last heartbeat: with none, no handler exists
         # anywhere, and an invocation is answered at once instead of waiting for a timeout.
         self.services = 0
@@ -99,14 +120,16 @@ class Invoker:
         """Append ``inv`` upstream; for a blocking one, make it pending. Returns an error to
         answer at once instead (too many pending, a reused id, Redis down), else None."""
         if not self.services:
-            return f"Method '{inv.target}' does not exist on this hub."
+            return f"Method '{shown(inv.target)}' does not exist on this hub."
         call = inv.invocation_id or ""
         if call:
+            if len(call) > MAX_INVOCATION_ID:
+                return f"An invocation id may be at most {MAX_INVOCATION_ID} characters long."
             calls = conn.calls
             if calls is None:
                 calls = conn.calls = {}
             if call in calls:
-                return f"Invocation id '{call[:64]}' is already in use by a pending invocation."
+                return f"Invocation id '{shown(call)}' is already in use by a pending invocation."
             if len(calls) >= self.max_pending:
                 return (
                     f"This connection has {self.max_pending} invocations waiting for an answer, "
@@ -152,7 +175,13 @@ class Invoker:
     ) -> bytes | None:
         """Invoke ``target`` on the client and wait for its answer: ``{"result": …}`` or
         ``{"error": …}`` as JSON, or None after the timeout. Whichever gateway holds the
-        connection, the answer comes back to this one's inbox."""
+        connection, the answer comes back to this one's inbox. Raises :class:`TooManyAsked`
+        when this gateway already waits for ``max_pending`` answers from the connection."""
+        asking = self.asking
+        waiting = asking.get(connection, 0)
+        if waiting >= self.max_pending:
+            raise TooManyAsked(connection)
+        asking[connection] = waiting + 1
         call = secrets.token_urlsafe(16)
         frame = encode_invocation(target, arguments, call)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
@@ -174,22 +203,31 @@ class Invoker:
             return None
         finally:
             self.index.waiting.pop(call, None)
+            left = asking[connection] - 1
+            if left:
+                asking[connection] = left
+            else:
+                del asking[connection]
 
-    async def answered(self, conn: LocalConnection, completion: Completion) -> None:
-        """The client answered a server invocation: pass the answer to the gateway that
-        waits for it, if one does (else it was never asked, or it is too late: dropped)."""
+    def take(self, conn: LocalConnection, completion: Completion) -> tuple[str, ResultEntry] | None:
+        """The client answered a server invocation: the answer, for the gateway that waits
+        for it, if the connection was asked this question and had not answered it yet (taken
+        here, synchronously, so a second answer is dropped where it is parsed); else None."""
         asked = conn.asked
         if asked is None:
-            return
+            return None
         found = asked.pop(completion.invocation_id, None)
         if found is None:
-            return
+            return None
         gateway, timer = found
         timer.cancel()
         if completion.error is not None:
             payload = orjson.dumps({"error": completion.error})
         else:
             payload = orjson.dumps({"result": completion.result})
-        entry = ResultEntry(conn.hub, conn.id, completion.invocation_id, payload)
+        return gateway, ResultEntry(conn.hub, conn.id, completion.invocation_id, payload)
+
+    async def forward(self, gateway: str, entry: ResultEntry) -> None:
+        """Pass a client's answer (:meth:`take`) to the waiting gateway's inbox."""
         inbox = self.schema.inbox(gateway)
         await self.pipe.execute("XADD", inbox, "NOMKSTREAM", *self._inbox_cap, *entry.fields())
