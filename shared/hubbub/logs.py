@@ -145,3 +145,4 @@ def configure(
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # the root's level, whatever uvicorn set before

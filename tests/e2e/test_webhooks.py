@@ -116,8 +116,15 @@ async def hook() -> AsyncIterator[Webhook]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)  # bound and listening before the server runs: no wait for it to start
     receiver.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    # log_config / log_level None: this process's logging is left alone (uvicorn's own
+    # configuration would change the uvicorn loggers for every later test).
     config = uvicorn.Config(
-        receiver, lifespan="off", log_level="warning", timeout_graceful_shutdown=2
+        receiver,
+        lifespan="off",
+        log_config=None,
+        log_level=None,
+        access_log=False,
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -1,7 +1,8 @@
 """Upstream consumers as separate processes (:mod:`tests.support.upstream_service`): one
 connection's invocations are handled in order under three consumers; a consumer SIGKILLed
 mid-stream loses no invocation (its pending entries are reclaimed); and a blocking
-invocation answered twice still gets exactly one Completion."""
+invocation answered twice still gets exactly one Completion. The first two with a raw client
+(exact records on the wire: one Completion per id) and with the official JS client."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from hubbub.dev.launcher import ChildProcess, start_process
 from hubbub.settings import Settings
 from hubbub.upstream import Call, Upstream
 from hubbub.wire.keys import KeySchema
+from tests.e2e.nodeclient import NodeClient, ensure_node_modules
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 
@@ -242,3 +244,87 @@ def _settings(deployment: Deployment) -> Settings:
 async def _gateway_sees(url: str, n: int) -> bool:
     async with httpx.AsyncClient() as http:
         return bool((await http.get(f"{url}/api/health")).json()["upstreamServices"] >= n)
+
+
+# ---------------------------------------------------------------- the official JS client
+
+
+@pytest.fixture(scope="module")
+def _js_installed() -> None:
+    ensure_node_modules()
+
+
+@pytest.fixture
+async def js(_js_installed: None) -> AsyncIterator[list[NodeClient]]:
+    opened: list[NodeClient] = []
+    yield opened
+    for client in opened:
+        await client.aclose()
+
+
+async def open_js(url: str, user: str) -> NodeClient:
+    client = NodeClient()
+    await client.start(f"{url}/hubs/chat", client_token(user))
+    await client.wait_connected()
+    return client
+
+
+async def test_js_clients_sends_arrive_in_order_under_three_consumers(
+    deployment: Deployment, redis: Redis, services: list[ChildProcess], js: list[NodeClient]
+) -> None:
+    gateway = await deployment.start_gateway()
+    for _ in range(3):
+        start_service(deployment, services, delay=0.003)
+    await settled(redis, deployment.prefix, 3)
+    for n in range(3):
+        js.append(await open_js(gateway.url, f"js{n}"))
+    await eventually(lambda: _gateway_sees(gateway.url, 1), timeout=10)
+    count = 150
+
+    async def send_all(client: NodeClient) -> None:
+        for i in range(count):
+            await client.send("record", i)
+
+    await asyncio.gather(*(send_all(c) for c in js))
+
+    async def all_handled() -> bool:
+        lists = [await seen(redis, deployment.prefix, c.connection_id) for c in js]
+        return all(len(got) >= count for got in lists)
+
+    await eventually(all_handled, timeout=30)
+    for client in js:
+        assert await seen(redis, deployment.prefix, client.connection_id) == list(range(count))
+
+
+async def test_js_clients_invocations_survive_a_sigkilled_consumer(
+    deployment: Deployment, redis: Redis, services: list[ChildProcess], js: list[NodeClient]
+) -> None:
+    deployment.extra_env["HUBBUB_INVOCATION_TIMEOUT"] = "20"
+    gateway = await deployment.start_gateway()
+    deployment.start_worker()
+    victim = start_service(deployment, services, delay=0.05)
+    start_service(deployment, services, delay=0.05)
+    await settled(redis, deployment.prefix, 2)
+    for n in range(4):
+        js.append(await open_js(gateway.url, f"jk{n}"))
+    await eventually(lambda: _gateway_sees(gateway.url, 1), timeout=10)
+    count = 30
+    total = len(js) * count
+    done = 0
+    quarter = asyncio.Event()
+
+    async def call(client: NodeClient, i: int) -> Any:
+        nonlocal done
+        result = await client.invoke("record", i, timeout=30)
+        done += 1
+        if done >= total // 4:
+            quarter.set()
+        return result
+
+    calls = [asyncio.ensure_future(call(c, i)) for c in js for i in range(count)]
+    await asyncio.wait_for(quarter.wait(), 30)
+    victim.kill()  # SIGKILL with a quarter answered: the rest in hand, pending or unread
+    results = await asyncio.wait_for(asyncio.gather(*calls), 60)
+    assert results == [i for _ in js for i in range(count)]  # each invoke() its own value
+    for client in js:
+        assert set(await seen(redis, deployment.prefix, client.connection_id)) == set(range(count))

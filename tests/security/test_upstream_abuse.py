@@ -91,9 +91,15 @@ class Service:
 
 @asynccontextmanager
 async def running_service(
-    deployment: Deployment, gateway: Proc, handler_timeout: float = TIMEOUT
+    deployment: Deployment,
+    gateway: Proc,
+    handler_timeout: float = TIMEOUT,
+    concurrency: int = 256,
+    burst: int = 1000,
 ) -> AsyncIterator[Service]:
-    """``handler_timeout``: the SDK cancels a handler after it (its HUBBUB_INVOCATION_TIMEOUT)."""
+    """``handler_timeout``: the SDK cancels a handler after it (its HUBBUB_INVOCATION_TIMEOUT);
+    ``concurrency``: connections in hand at once; ``burst``: invocations queued per connection
+    (its HUBBUB_INVOCATION_BURST)."""
     seen = Service()
     settings = Settings(
         redis_url=deployment.redis_url,
@@ -103,8 +109,9 @@ async def running_service(
         lease_interval=0.25,
         upstream_partitions=1,
         invocation_timeout=handler_timeout,
+        invocation_burst=burst,
     )
-    app = Upstream(settings, name="abuse-service")
+    app = Upstream(settings, name="abuse-service", concurrency=concurrency)
     chat = app.hub("chat")
 
     @chat.on("echo")
@@ -595,3 +602,37 @@ async def test_claims_reach_the_service_and_nothing_else_can_be_forged(
         assert entry[b"ci"] == forged["invocationId"].encode()
         assert entry[b"a"] == b'["x"]'
         await c.close()
+
+
+async def test_one_clients_slow_calls_do_not_stall_the_service_for_others(
+    deployment: Deployment, gateway: Proc
+) -> None:
+    """A client floods a slow handler: it holds one of the service's slots (not all of them),
+    its queue is capped (the excess shed, a blocking one answered 'busy' at once), and
+    another client's call is answered meanwhile."""
+    busy = "The service is busy with this connection's earlier invocations."
+    async with running_service(deployment, gateway, concurrency=2, burst=3) as seen:
+        flooder = await RawClient.connect(gateway.url, token=client_token("flood"))
+        other = await RawClient.connect(gateway.url, token=client_token("other"))
+        try:
+            for _ in range(10):  # fire-and-forget, to a handler that waits for its gate
+                await flooder.send_raw(invocation(None, "hold", "a"))
+            # A blocking call behind them finds the queue full (1 running + 2 queued): it is
+            # answered at once, after the 10 were taken (one connection's entries in order).
+            await flooder.send_raw(invocation("p", "echo", "probe"))
+            (shed,) = await completions(flooder, 1, timeout=TIMEOUT)
+            assert shed == {"type": 3, "invocationId": "p", "error": busy}, shed
+            started = time.monotonic()
+            answer = await other.invoke("echo", "still here", invocation_id="o1")
+            assert answer.get("result") == {"args": ["still here"]}, answer
+            assert time.monotonic() - started < TIMEOUT
+
+            seen.gate("a").set()
+            await seen.wait(lambda: len(seen.named("hold")) == 3)
+            await flooder.send_raw(invocation("m1", "echo", "marker"))
+            (marker,) = await completions(flooder, 1)
+            assert marker["invocationId"] == "m1" and "result" in marker, marker
+            assert len(seen.named("hold")) == 3  # the other 7 were shed, never handled
+        finally:
+            await flooder.close()
+            await other.close()

@@ -340,10 +340,11 @@ class TestRateLimit:
         saved = refused.filters[:], logging.getLogger().handlers[:]
         try:
             logs.configure("info", "gateway", refusals_per_second=1, refusal_burst=5)
-            (limit,) = refused.filters
+            limit, printable = refused.filters
             assert isinstance(limit, logs.RateLimit) and limit.burst == 5 and limit.rate == 1
+            assert isinstance(printable, logs.Printable)  # after the limit: only lines kept
             logs.configure("info", "gateway")  # again: replaced, not stacked
-            assert len(refused.filters) == 1
+            assert len(refused.filters) == 2
         finally:
             refused.filters[:], logging.getLogger().handlers[:] = saved
 

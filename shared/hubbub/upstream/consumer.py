@@ -45,7 +45,7 @@ from hubbub.redis.resp import streams_reply
 from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
 from hubbub.telemetry import context_from, span
-from hubbub.wire.envelopes import Fields, Kind, MessageEntry, UpstreamEntry
+from hubbub.wire.envelopes import Event, Fields, Kind, MessageEntry, UpstreamEntry
 from hubbub.wire.keys import KeySchema
 
 log = logging.getLogger("hubbub.upstream")
@@ -76,8 +76,15 @@ class _Item:
 
 class UpstreamConsumer:
     """One consumer of the consumer group ``group``: run it with :meth:`run`, stop it with
-    :meth:`stop`. At most ``concurrency`` entries are in hand at once (read, not yet
-    acknowledged); reading waits below that."""
+    :meth:`stop`.
+
+    Fair to connections: ``concurrency`` bounds the *connections* with entries in hand (each
+    has one handler running, the rest of its entries queued behind it), so one client whose
+    handler is slow holds one slot, not all of them. A connection's queue holds at most
+    ``HUBBUB_INVOCATION_BURST`` invocations (what a client may send at once); beyond it an
+    invocation is shed (a blocking one answered with an error at once). All queues together
+    hold at most ``16 * concurrency`` entries; reading waits below both bounds. A blocking
+    invocation whose caller has already had its timeout error is not handled at all."""
 
     def __init__(
         self,
@@ -122,7 +129,9 @@ class UpstreamConsumer:
         )
         # Entries in hand, per connection, in stream order; a task drains each queue.
         self.queues: dict[str, deque[_Item]] = {}
-        self.in_hand = 0
+        self.in_hand = 0  # entries read and not yet done with, all connections
+        self.max_in_hand = 16 * concurrency
+        self.per_connection = settings.invocation_burst
         self.room = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
@@ -177,7 +186,7 @@ class UpstreamConsumer:
             for n in sorted(self.leases.owned):
                 await self._trim(self.streams[n])
         owned = sorted(self.leases.owned)
-        room = self.concurrency - self.in_hand
+        room = min(self.concurrency - len(self.queues), self.max_in_hand - self.in_hand)
         if not owned or room <= 0:
             self.room.clear()
             with contextlib.suppress(TimeoutError):
@@ -240,10 +249,14 @@ class UpstreamConsumer:
                 continue
             item = _Item(stream, entry_id, entry)
             queue = self.queues.get(entry.connection)
-            self.in_hand += 1
             if queue is not None:
+                if len(queue) >= self.per_connection and entry.event is Event.INVOCATION:
+                    self._spawn(self._shed(item))
+                    continue
+                self.in_hand += 1
                 queue.append(item)
                 continue
+            self.in_hand += 1
             self.queues[entry.connection] = queue = deque((item,))
             self._spawn(self._drain(entry.connection, queue))
 
@@ -261,10 +274,37 @@ class UpstreamConsumer:
                 self.room.set()
         finally:
             del self.queues[connection]
+            self.room.set()  # a connection's slot is free
+
+    async def _shed(self, item: _Item) -> None:
+        """An invocation beyond its connection's queue: answered at once, not handled."""
+        entry = item.entry
+        log.warning(
+            "upstream %s: connection %s has %d invocations waiting; one shed",
+            self.group,
+            entry.connection,
+            self.per_connection,
+        )
+        self.metrics.upstream_handled.labels("invocation", "shed").observe(0)
+        if entry.call:
+            busy = Answer(error="The service is busy with this connection's earlier invocations.")
+            await self._retrying(lambda: self._answer(entry, busy))
+        await self._retrying(lambda: self._ack(item.stream, item.entry_id))
+
+    def _expired(self, item: _Item) -> bool:
+        """A blocking call whose caller has had its timeout error (by the entry's age)."""
+        if not item.entry.call:
+            return False
+        appended_ms = _stream_id(item.entry_id)[0]
+        return time.time() * 1000 - appended_ms > self.handler_timeout * 1000
 
     async def _handle(self, item: _Item) -> None:
         entry = item.entry
         label = entry.event.name.lower()
+        if self._expired(item):
+            self.metrics.upstream_handled.labels(label, "expired").observe(0)
+            await self._retrying(lambda: self._ack(item.stream, item.entry_id))
+            return
         started = time.perf_counter()
         outcome = "ok"
         with span(
