@@ -5,6 +5,7 @@ and REST ``:invoke`` gets a client's own answer (client results), across two gat
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -301,3 +302,20 @@ async def test_group_invocations_go_upstream_too_when_configured(
             await api.send_to_group("den", "message", ["in the den"])
         assert (await client.next_event("message"))["args"] == ["in the den"]
         app.stop()
+
+
+async def test_a_crashed_gateways_connections_get_their_disconnected_events(
+    cluster: Deployment, service: Recorder, clients: list[NodeClient]
+) -> None:
+    """Nobody else would tell the services: the worker that reaps the dead gateway does."""
+    client = await open_client(f"{cluster.gateways[0].url}/hubs/chat", "hank")
+    clients.append(client)
+    conn = client.connection_id
+    await service.wait(lambda: any(e.connection_id == conn for _, e in service.events))
+    cluster.gateways[0].signal(signal.SIGKILL)
+    await service.wait(
+        lambda: any(k == "disconnected" and e.connection_id == conn for k, e in service.events),
+        timeout=20,
+    )
+    gone = next(e for k, e in service.events if k == "disconnected" and e.connection_id == conn)
+    assert (gone.user_id, gone.error) == ("hank", "The gateway holding the connection stopped.")

@@ -1,6 +1,9 @@
 """Reap: remove the connections of gateways whose heartbeat expired.
 
 Any worker may find a dead gateway; a short per-gateway lock makes one of them do the work.
+Each connection removed gets its disconnected event upstream (while a service is live), as
+its gateway would have appended it: a service's presence list must not keep the users of a
+gateway that crashed.
 """
 
 from __future__ import annotations
@@ -11,20 +14,27 @@ import time
 from redis.asyncio import Redis
 
 from hubbub.redis.membership import Membership
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.upstream import UpstreamStream
 from hubbub.settings import Settings
+from hubbub.wire.envelopes import Event, UpstreamEntry
 from hubbub.wire.keys import KeySchema
 
 log = logging.getLogger("hubbub.fanout")
 
 LOCK_SECONDS = 60  # longer than reaping any gateway takes; the lock is deleted when done
+GATEWAY_LOST = "The gateway holding the connection stopped."
 
 
 class Reaper:
-    def __init__(self, settings: Settings, *, redis: Redis, name: str) -> None:
+    def __init__(self, settings: Settings, *, redis: Redis, pipe: Pipe, name: str) -> None:
         self.redis = redis
         self.name = name
         self.schema = KeySchema(settings.key_prefix)
         self.membership = Membership(redis, self.schema)
+        self.upstream = UpstreamStream(
+            pipe, self.schema, settings.upstream_partitions, settings.upstream_stream_maxlen
+        )
 
     async def reap(self) -> None:
         """Remove the connections of gateways whose heartbeat has expired."""
@@ -35,5 +45,19 @@ class Reaper:
             if not await self.redis.set(lock, self.name, nx=True, ex=LOCK_SECONDS):
                 continue
             removed = await self.membership.reap_gateway(gateway)
+            if removed and await self.redis.zcount(
+                self.schema.upstream_services, time.time(), "+inf"
+            ):
+                for r in removed:
+                    await self.upstream.append(
+                        UpstreamEntry(
+                            Event.DISCONNECTED,
+                            r.hub,
+                            r.connection,
+                            gateway,
+                            r.user,
+                            error=GATEWAY_LOST,
+                        )
+                    )
             await self.redis.delete(lock)
-            log.info("reaped gateway %s: %d connections removed", gateway, removed)
+            log.info("reaped gateway %s: %d connections removed", gateway, len(removed))

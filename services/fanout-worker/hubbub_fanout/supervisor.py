@@ -94,7 +94,7 @@ class Supervisor:
         )
         self.recovery = Recovery(settings, redis=redis, router=router, name=name)
         self.consumer = Consumer(settings, pipe=pipe, router=router, name=name)
-        reaper = Reaper(settings, redis=redis, name=name)
+        reaper = Reaper(settings, redis=redis, pipe=pipe, name=name)
         gauges = Gauges(settings, redis=redis, metrics=metrics)
         consumer, leases = self.consumer, self.leases
         self.schedule = Schedule(

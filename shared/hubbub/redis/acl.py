@@ -41,7 +41,7 @@ COMMANDS: dict[Role, tuple[str, ...]] = {
         *_COMMON,
         "xreadgroup", "xack", "xautoclaim", "xgroup|create", "xgroup|delconsumer",
         "xinfo|groups", "xinfo|consumers", "xlen", "xtrim", "xrevrange", "zcard",
-        "zrangebyscore", "time", "xpending",
+        "zrangebyscore", "time", "xpending", "zcount",
     ),
     # An upstream service (hubbub.upstream): consuming the upstream partitions in its group
     # under leases, trimming what every group is done with, answering through the publish

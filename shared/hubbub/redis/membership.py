@@ -272,6 +272,15 @@ class TooManyGroups(Exception):
         self.limit = limit
 
 
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """A connection removed with its dead gateway."""
+
+    hub: str
+    connection: str
+    user: str | None
+
+
 class Membership:
     """Membership operations of one deployment, each one atomic in Redis.
 
@@ -461,18 +470,24 @@ class Membership:
 
     # ------------------------------------------------------------ gateway liveness
 
-    async def reap_gateway(self, gateway: str) -> int:
-        """Remove every connection a dead gateway held; returns how many were removed."""
-        removed = 0
+    async def reap_gateway(self, gateway: str) -> list[Reaped]:
+        """Remove every connection a dead gateway held; returns those removed (for their
+        disconnected events: nobody else will tell the services they are gone)."""
+        removed: list[Reaped] = []
         hubs_key = self.schema.gateway_hubs(gateway)
         for raw_hub in await self.redis.smembers(hubs_key):
             hub = raw_hub.decode() if isinstance(raw_hub, bytes) else raw_hub
             hk = self.schema.hub(hub)
             for raw_conn in await self.redis.smembers(hk.gateway_connections(gateway)):
                 conn = raw_conn.decode() if isinstance(raw_conn, bytes) else raw_conn
+                user = await self.redis.hget(hk.connection(conn), k.CONNECTION_USER)
                 if await self.unregister(hub, conn):
-                    removed += 1
+                    removed.append(Reaped(hub, conn, _text(user) if user else None))
             await self.redis.delete(hk.gateway_connections(gateway))
         await self.redis.delete(hubs_key, self.schema.inbox(gateway))
         await self.redis.zrem(self.schema.gateways, gateway)
         return removed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
