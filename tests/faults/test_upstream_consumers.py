@@ -7,7 +7,9 @@ invocation answered twice still gets exactly one Completion. The first two with 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,9 +18,14 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from hubbub.dev.embedded import RedisProcess
 from hubbub.dev.launcher import ChildProcess, start_process
+from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.redis.pipe import Pipe
+from hubbub.redis.upstream import UpstreamStream
 from hubbub.settings import Settings
 from hubbub.upstream import Call, Upstream
+from hubbub.wire.envelopes import Event, UpstreamEntry
 from hubbub.wire.keys import KeySchema
 from tests.e2e.nodeclient import NodeClient, ensure_node_modules
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
@@ -328,3 +335,87 @@ async def test_js_clients_invocations_survive_a_sigkilled_consumer(
     assert results == [i for _ in js for i in range(count)]  # each invoke() its own value
     for client in js:
         assert set(await seen(redis, deployment.prefix, client.connection_id)) == set(range(count))
+
+
+async def test_a_redis_error_does_not_make_a_consumer_handle_what_it_holds_twice(
+    volatile_redis: RedisProcess,
+) -> None:
+    """After a Redis error a consumer reclaims its own pending entries (a read batch may have
+    been lost); those it is still handling must not be queued and handled again."""
+    settings = Settings(
+        redis_url=volatile_redis.url,
+        key_prefix="blip",
+        lease_ms=2000,
+        lease_interval=0.25,
+        redis_timeout=0.5,
+        upstream_partitions=1,
+    )
+    app = Upstream(settings, name="blip")
+    handled: list[str] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.hub("chat").on("slow")
+    async def slow(call: Call, tag: str) -> str:
+        handled.append(tag)
+        started.set()
+        await release.wait()
+        return tag
+
+    reclaimed = asyncio.Event()
+
+    class Reclaims(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "pending entries" in record.getMessage():
+                reclaimed.set()
+
+    watcher = Reclaims()
+    upstream_log = logging.getLogger("hubbub.upstream")
+    level = upstream_log.level
+    upstream_log.setLevel(logging.INFO)
+    upstream_log.addHandler(watcher)
+    admin = Redis.from_url(volatile_redis.url)
+    pipe = Pipe(RedisEndpoint.from_settings(settings, "blip-writer"))
+    try:
+        async with app:
+            stream = UpstreamStream(pipe, KeySchema("blip"), 1, 1000)
+            await stream.append(
+                UpstreamEntry(
+                    Event.INVOCATION,
+                    "chat",
+                    "conn-a",
+                    "gw",
+                    "al",
+                    target="slow",
+                    arguments=b'["one"]',
+                )
+            )
+            await asyncio.wait_for(started.wait(), 10)
+            assert volatile_redis.process is not None
+            volatile_redis.process.send_signal(signal.SIGSTOP)  # the consumer's calls time out
+            try:
+                errors = app.metrics.redis_errors.labels("upstream")
+
+                async def failed() -> bool:
+                    return bool(errors._value.get() > 0)
+
+                await eventually(failed, timeout=10)
+            finally:
+                volatile_redis.process.send_signal(signal.SIGCONT)
+            consumer = app._consumer
+            assert consumer is not None
+            await asyncio.wait_for(reclaimed.wait(), 10)  # its own pending entry, claimed again
+            release.set()
+            key = KeySchema("blip").upstream_partition(0)
+
+            async def settled() -> bool:
+                pending = (await admin.xpending(key, "blip"))["pending"]
+                return pending == 0 and consumer.in_hand == 0
+
+            await eventually(settled, timeout=10)
+            assert handled == ["one"]
+            app.stop()
+    finally:
+        upstream_log.removeHandler(watcher)
+        upstream_log.setLevel(level)
+        await pipe.aclose()
+        await admin.aclose()

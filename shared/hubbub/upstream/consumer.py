@@ -130,6 +130,9 @@ class UpstreamConsumer:
         # Entries in hand, per connection, in stream order; a task drains each queue.
         self.queues: dict[str, deque[_Item]] = {}
         self.in_hand = 0  # entries read and not yet done with, all connections
+        # Their ids: recovery after a Redis error claims our own pending entries again, and
+        # those already in hand must not be handled twice.
+        self.held: set[tuple[str, bytes]] = set()
         self.max_in_hand = 16 * concurrency
         self.per_connection = settings.invocation_burst
         self.room = asyncio.Event()
@@ -247,6 +250,9 @@ class UpstreamConsumer:
                 log.error("dropping malformed upstream entry %r", entry_id)
                 self._spawn(self._ack(stream, entry_id))
                 continue
+            if (stream, entry_id) in self.held:
+                continue  # in hand already (reclaimed by our own recovery)
+            self.held.add((stream, entry_id))
             item = _Item(stream, entry_id, entry)
             queue = self.queues.get(entry.connection)
             if queue is not None:
@@ -268,7 +274,9 @@ class UpstreamConsumer:
     async def _drain(self, connection: str, queue: deque[_Item]) -> None:
         try:
             while queue:
-                await self._handle(queue[0])
+                item = queue[0]
+                await self._handle(item)
+                self.held.discard((item.stream, item.entry_id))
                 queue.popleft()
                 self.in_hand -= 1
                 self.room.set()
@@ -290,6 +298,7 @@ class UpstreamConsumer:
             busy = Answer(error="The service is busy with this connection's earlier invocations.")
             await self._retrying(lambda: self._answer(entry, busy))
         await self._retrying(lambda: self._ack(item.stream, item.entry_id))
+        self.held.discard((item.stream, item.entry_id))
 
     def _expired(self, item: _Item) -> bool:
         """A blocking call whose caller has had its timeout error (by the entry's age)."""
