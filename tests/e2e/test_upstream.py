@@ -90,6 +90,15 @@ async def service(cluster: Deployment) -> AsyncIterator[Recorder]:
         await seen.add(call)
         await chat.send_to_group(room, "message", [call.user_id, text])
 
+    @chat.on("announce")
+    async def announce(call: Call, text: str) -> str:
+        key = f"{call.connection_id}:{call.invocation_id}"
+        for _ in range(2):  # as a handler run twice (at least once) would: sent once
+            await chat.send_to_connection(
+                call.connection_id, "message", [text], idempotency_key=key
+            )
+        return "done"
+
     @chat.on("join")
     async def join(call: Call, room: str) -> bool:
         return await chat.add_connection_to_group(room, call.connection_id)
@@ -155,7 +164,11 @@ async def test_invoke_returns_the_handlers_value_and_send_reaches_it(
     await alice.send("sendMessage", "room1", "hello")
     for client in (alice, bob):
         assert (await client.next_event("message"))["args"] == ["alice", "hello"]
-    sent = service.calls[-1]
+    # A send repeated with the call's idempotency key arrives once; the answer comes after it.
+    assert await alice.invoke("announce", "once") == "done"
+    assert (await alice.next_event("message"))["args"] == ["once"]
+    assert alice._claim(lambda e: e.get("event") == "message") is None
+    sent = [c for c in service.calls if c.method == "sendMessage"][-1]
     assert (sent.method, sent.invocation_id, sent.arguments) == (
         "sendMessage", None, ["room1", "hello"],
     )  # fmt: skip

@@ -119,23 +119,57 @@ class Hub:
     def _publisher(self) -> Publisher:
         return self.app._publisher(self.name)
 
+    # ``idempotency_key``: a handler run twice for one invocation (at least once) sends once
+    # if it passes a key derived from the call, e.g. f"{call.connection_id}:{call.invocation_id}".
+
     async def send_to_all(
-        self, method: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()
+        self,
+        method: str,
+        arguments: Sequence[Any] = (),
+        excluded: Sequence[str] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._publisher().send_to_all(method, arguments, excluded)
+        return await self._publisher().send_to_all(
+            method, arguments, excluded, idempotency_key=idempotency_key
+        )
 
     async def send_to_group(
-        self, group: str, method: str, arguments: Sequence[Any] = (), excluded: Sequence[str] = ()
+        self,
+        group: str,
+        method: str,
+        arguments: Sequence[Any] = (),
+        excluded: Sequence[str] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._publisher().send_to_group(group, method, arguments, excluded)
+        return await self._publisher().send_to_group(
+            group, method, arguments, excluded, idempotency_key=idempotency_key
+        )
 
-    async def send_to_user(self, user: str, method: str, arguments: Sequence[Any] = ()) -> str:
-        return await self._publisher().send_to_user(user, method, arguments)
+    async def send_to_user(
+        self,
+        user: str,
+        method: str,
+        arguments: Sequence[Any] = (),
+        *,
+        idempotency_key: str | None = None,
+    ) -> str:
+        return await self._publisher().send_to_user(
+            user, method, arguments, idempotency_key=idempotency_key
+        )
 
     async def send_to_connection(
-        self, connection: str, method: str, arguments: Sequence[Any] = ()
+        self,
+        connection: str,
+        method: str,
+        arguments: Sequence[Any] = (),
+        *,
+        idempotency_key: str | None = None,
     ) -> str:
-        return await self._publisher().send_to_connection(connection, method, arguments)
+        return await self._publisher().send_to_connection(
+            connection, method, arguments, idempotency_key=idempotency_key
+        )
 
     async def add_connection_to_group(self, group: str, connection: str) -> bool:
         """False if the connection does not exist (any more)."""
