@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
+import aiohttp
 import orjson
 from opentelemetry.trace import SpanKind, Tracer
 
@@ -56,6 +56,9 @@ RETRY_ATTEMPTS = 5  # attempts at most (the first one included)
 # A connection event's attempts end this much before the consumer's handler timeout
 # (HUBBUB_INVOCATION_TIMEOUT), so the last one is not cancelled half-way.
 DEADLINE_MARGIN = 0.9
+# Idle pooled connections are dropped after this long: below the 5 s keep-alive timeout of
+# uvicorn and others, so a request is not sent on one the server is closing just then.
+KEEPALIVE = 4.0
 
 _PLACEHOLDER = re.compile(r"\{(hub|category|event)\}")
 _RULE_KEYS = {
@@ -235,7 +238,6 @@ class Webhooks:
         metrics: Metrics | None = None,
         tracer: Tracer | None = None,
         max_connections: int = 100,
-        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.rules = parse_rules(settings)
         self.keys = settings.access_keys
@@ -246,19 +248,28 @@ class Webhooks:
         self.timeout = min(settings.upstream_timeout, settings.invocation_timeout)
         self.deadline = settings.invocation_timeout * DEADLINE_MARGIN
         self.max_body = settings.max_message_size
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(self.timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            follow_redirects=False,
-            transport=transport,
-        )
+        self.max_connections = max_connections
+        # Made in the running loop at the first request (this may be constructed outside one).
+        self._http: aiohttp.ClientSession | None = None
         self.closed = False
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self.closed:
+            raise RuntimeError("Webhooks is closed")
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE
+                ),
+                # Each request is bounded by asyncio.timeout in _post; this is a backstop.
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._http
 
     async def aclose(self) -> None:
         self.closed = True  # a connection event waiting to be retried gives up
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.close()
 
     def rule_for(self, hub: str, category: str, event: str) -> Rule | None:
         return next((rule for rule in self.rules if rule.matches(hub, category, event)), None)
@@ -283,54 +294,53 @@ class Webhooks:
             await self._deliver(entry, url, headers, body)
             return None
 
-    def _headers(self, entry: UpstreamEntry, category: str, event: str) -> dict[bytes, bytes]:
-        # Values as UTF-8 bytes: Azure sends user ids, claims and events as UTF-8 too.
+    def _headers(self, entry: UpstreamEntry, category: str, event: str) -> dict[str, str]:
+        # aiohttp writes header values as UTF-8 (str, not bytes): Azure sends user ids, claims
+        # and events as UTF-8 too.
         headers = {
-            b"Content-Type": b"application/json",
-            b"X-ASRS-Hub": entry.hub.encode(),
-            b"X-ASRS-Category": category.encode(),
-            b"X-ASRS-Event": _CONTROL.sub(" ", event).encode(),
-            b"X-ASRS-Connection-Id": entry.connection.encode(),
-            b"X-ASRS-Signature": signature(self.keys, entry.connection).encode(),
+            "Content-Type": "application/json",
+            "X-ASRS-Hub": entry.hub,
+            "X-ASRS-Category": category,
+            "X-ASRS-Event": _CONTROL.sub(" ", event),
+            "X-ASRS-Connection-Id": entry.connection,
+            "X-ASRS-Signature": signature(self.keys, entry.connection),
         }
         if entry.user:
-            headers[b"X-ASRS-User-Id"] = _CONTROL.sub(" ", entry.user).encode()
+            headers["X-ASRS-User-Id"] = _CONTROL.sub(" ", entry.user)
         claims = claims_header(entry.claims)
         if claims:
-            headers[b"X-ASRS-User-Claims"] = claims.encode()
+            headers["X-ASRS-User-Claims"] = claims
         traceparent = current_traceparent() or entry.traceparent
         if traceparent:
-            headers[b"traceparent"] = traceparent.encode()
+            headers["traceparent"] = traceparent
         return headers
 
-    async def _post(
-        self, url: str, headers: dict[bytes, bytes], body: bytes, within: float
-    ) -> _Reply:
-        """One request; the answer's body read up to ``max_body`` bytes (raises ``_TooLarge``,
-        ``httpx.TimeoutException``, ``httpx.HTTPError``)."""
+    async def _post(self, url: str, headers: dict[str, str], body: bytes, within: float) -> _Reply:
+        """One request; the answer's body (decoded, if compressed) read up to ``max_body``
+        bytes (raises ``_TooLarge``, ``TimeoutError``, ``aiohttp.ClientError``)."""
+        http = self._session()
         async with asyncio.timeout(within):
-            request = self.http.build_request(
-                "POST", url, headers=headers, content=body, timeout=within
-            )
-            response = await self.http.send(request, stream=True)
+            response = await http.post(url, headers=headers, data=body, allow_redirects=False)
             try:
-                declared = response.headers.get("content-length")
+                declared = response.headers.get("Content-Length")
                 if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                     raise _TooLarge
                 chunks: list[bytes] = []
                 size = 0
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.content.iter_chunked(65536):
                     size += len(chunk)
                     if size > self.max_body:
                         raise _TooLarge
                     chunks.append(chunk)
-            finally:
-                await response.aclose()
-        self.metrics.webhook_responses.labels(str(response.status_code)).inc()
-        return _Reply(response.status_code, b"".join(chunks))
+            except BaseException:
+                response.close()  # its body not read to the end: the connection is not reused
+                raise
+            response.release()
+        self.metrics.webhook_responses.labels(str(response.status)).inc()
+        return _Reply(response.status, b"".join(chunks))
 
     async def _invoke(
-        self, entry: UpstreamEntry, url: str, headers: dict[bytes, bytes], body: bytes
+        self, entry: UpstreamEntry, url: str, headers: dict[str, str], body: bytes
     ) -> Answer | None:
         """An invocation: one attempt; a blocking one gets the webhook's answer or an error."""
         try:
@@ -338,12 +348,12 @@ class Webhooks:
         except _TooLarge:
             self.metrics.webhook_responses.labels("error").inc()
             return self._failed(entry, "the upstream's answer is larger than the message limit")
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:  # asyncio.timeout's, or aiohttp's ServerTimeoutError
             self.metrics.webhook_responses.labels("timeout").inc()
             log.warning("webhook %s %r: no answer within %g s", entry.hub, event_name(entry),
                         self.timeout)  # fmt: skip
             return self._failed(entry, f"the upstream did not answer within {self.timeout:g} s")
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             self.metrics.webhook_responses.labels("error").inc()
             log.warning("webhook %s %r unreachable: %s", entry.hub, event_name(entry),
                         type(exc).__name__)  # fmt: skip
@@ -360,7 +370,7 @@ class Webhooks:
         return Answer(error=f"Invocation failed: {why}.") if entry.call else None
 
     async def _deliver(
-        self, entry: UpstreamEntry, url: str, headers: dict[bytes, bytes], body: bytes
+        self, entry: UpstreamEntry, url: str, headers: dict[str, str], body: bytes
     ) -> None:
         """A connection event: retried with backoff on connect errors, timeouts, 429 and 5xx,
         at most :data:`RETRY_ATTEMPTS` times and until the deadline; then given up (logged)."""
@@ -376,10 +386,10 @@ class Webhooks:
             except _TooLarge:
                 self.metrics.webhook_responses.labels("error").inc()
                 return  # it answered: the event was delivered
-            except (TimeoutError, httpx.TimeoutException):
+            except TimeoutError:  # asyncio.timeout's, or aiohttp's ServerTimeoutError
                 self.metrics.webhook_responses.labels("timeout").inc()
                 outcome = "timed out"
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 self.metrics.webhook_responses.labels("error").inc()
                 outcome = f"failed ({type(exc).__name__})"
             else:
