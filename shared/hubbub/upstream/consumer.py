@@ -230,8 +230,8 @@ class UpstreamConsumer:
         for good holds the stream at its length cap, ``HUBBUB_UPSTREAM_STREAM_MAXLEN``.)"""
         floor: tuple[int, int] | None = None
         for group in await self.redis.xinfo_groups(stream):
-            if group["pending"]:
-                summary = await self.redis.xpending(stream, group["name"])
+            summary = await self.redis.xpending(stream, group["name"]) if group["pending"] else None
+            if summary and summary["min"] is not None:  # (all acknowledged meanwhile: None)
                 needed = _stream_id(summary["min"])
             else:
                 ms, seq = _stream_id(group["last-delivered-id"])
