@@ -337,3 +337,22 @@ def test_fanout_modes() -> None:
     assert parse_mode(["--upstream-only"], configured) == "upstream"
     with pytest.raises(SystemExit):
         parse_mode(["--upstream-only"], Settings())
+
+
+async def test_cookies_a_webhook_sets_are_not_sent_with_the_next_request() -> None:
+    """One client serves every user's requests: no cookie carries over between them."""
+
+    async def set_cookie(n: int, request: Received) -> bytes | None:
+        return response(200, COMPLETION, "Set-Cookie: session=alice-secret; Path=/")
+
+    async with serving(set_cookie) as server:
+        # A host name, not an address: aiohttp's default jar keeps no cookie of an IP address.
+        url = server.url.replace("127.0.0.1", "localhost")
+        hooks = Webhooks(Settings(upstream_url=url))
+        try:
+            for call in ("1", "2"):
+                assert await hooks(invocation(call)) == Answer(result="x")
+        finally:
+            await hooks.aclose()
+    assert len(server.requests) == 2
+    assert b"cookie:" not in server.requests[1].head.lower()

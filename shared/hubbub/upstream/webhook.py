@@ -263,6 +263,9 @@ class Webhooks:
                 ),
                 # Each request is bounded by asyncio.timeout in _post; this is a backstop.
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
+                # One client serves every user: a cookie a webhook sets for one connection's
+                # request must not travel with the next user's.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._http
 
