@@ -34,7 +34,7 @@ from tests.e2e.browser import (
     headless_chromium,
     wait_for,
 )
-from tests.support.processes import Deployment, eventually
+from tests.support.processes import Deployment
 
 pytestmark = pytest.mark.e2e
 
@@ -96,20 +96,11 @@ async def chat(deployment: Deployment, tmp_path: Path) -> AsyncIterator[ChatServ
         await service.wait_healthy(30.0, path="/healthz")
         # A gateway sends invocations upstream only once its heartbeat has seen a live service
         # (before that it answers them at once with an error): wait until every gateway has.
-        await eventually(lambda: upstream_seen(deployment), timeout=15)
+        await deployment.upstream_services_seen()
         yield ChatService(service, origin)
     finally:
         service.stop()
         print(f"----- chat service -----\n{service.output()[-6000:]}")
-
-
-async def upstream_seen(deployment: Deployment) -> bool:
-    async with httpx.AsyncClient() as http:
-        for gateway in deployment.gateways:
-            health = (await http.get(f"{gateway.url}/api/health")).json()
-            if health["upstreamServices"] < 1:
-                return False
-    return True
 
 
 @pytest.fixture

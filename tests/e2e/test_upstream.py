@@ -13,10 +13,9 @@ import httpx
 import pytest
 
 from hubbub.sdk.client import HubbubClient
-from hubbub.settings import Settings
 from hubbub.upstream import Call, ConnectionEvent, HubError, Upstream
 from tests.e2e.nodeclient import NodeClient, ensure_node_modules
-from tests.support.processes import ACCESS_KEY, Deployment, eventually
+from tests.support.processes import ACCESS_KEY, Deployment
 from tests.support.rawclient import client_token
 
 pytestmark = pytest.mark.e2e
@@ -25,31 +24,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="session", autouse=True)
 def _js_installed() -> None:
     ensure_node_modules()
-
-
-def sdk_settings(deployment: Deployment, **overrides: Any) -> Settings:
-    return Settings(
-        redis_url=deployment.redis_url,
-        key_prefix=deployment.prefix,
-        access_key=ACCESS_KEY,
-        lease_ms=2000,
-        lease_interval=0.25,
-        **overrides,
-    )
-
-
-async def services_seen(deployment: Deployment, n: int = 1) -> None:
-    """Every gateway's heartbeat has seen ``n`` live upstream services."""
-
-    async def seen() -> bool:
-        async with httpx.AsyncClient() as http:
-            for gw in deployment.gateways:
-                body = (await http.get(f"{gw.url}/api/health")).json()
-                if body["upstreamServices"] < n:
-                    return False
-        return True
-
-    await eventually(seen, timeout=15)
 
 
 class Recorder:
@@ -77,7 +51,7 @@ class Recorder:
 async def service(cluster: Deployment) -> AsyncIterator[Recorder]:
     """A chat service on the SDK, in this process, consuming the cluster's upstream stream."""
     seen = Recorder()
-    app = Upstream(sdk_settings(cluster), name="chat-service")
+    app = Upstream(cluster.service_settings(), name="chat-service")
     chat = app.hub("chat")
 
     @chat.on("echo")
@@ -124,7 +98,7 @@ async def service(cluster: Deployment) -> AsyncIterator[Recorder]:
         await seen.add(("disconnected", event))
 
     async with app:
-        await services_seen(cluster)
+        await cluster.upstream_services_seen()
         yield seen
 
 
@@ -180,7 +154,7 @@ async def test_errors_and_timeouts_arrive_as_errors(
     deployment.extra_env["HUBBUB_INVOCATION_TIMEOUT"] = "1.5"
     await deployment.start_gateway()
     deployment.start_worker()
-    app = Upstream(sdk_settings(deployment, invocation_timeout=1.5), name="errors")
+    app = Upstream(deployment.service_settings(invocation_timeout=1.5), name="errors")
     chat = app.hub("chat")
 
     @chat.on("boom")
@@ -203,7 +177,7 @@ async def test_errors_and_timeouts_arrive_as_errors(
         await client.invoke("boom", timeout=1.0)
 
     async with app:
-        await services_seen(deployment)
+        await deployment.upstream_services_seen()
         with pytest.raises(RuntimeError, match="no such room"):
             await client.invoke("boom")
         with pytest.raises(RuntimeError) as crashed:
@@ -292,7 +266,7 @@ async def test_group_invocations_go_upstream_too_when_configured(
     await deployment.start_gateway()
     deployment.start_worker()
     seen = Recorder()
-    app = Upstream(sdk_settings(deployment), name="groups")
+    app = Upstream(deployment.service_settings(), name="groups")
 
     @app.hub("chat").on("JoinGroup")
     async def joined(call: Call, group: str) -> str:
@@ -300,7 +274,7 @@ async def test_group_invocations_go_upstream_too_when_configured(
         return "ignored: the gateway answers JoinGroup itself"
 
     async with app:
-        await services_seen(deployment)
+        await deployment.upstream_services_seen()
         client = NodeClient()
         token = client_token("gus", roles=["hubbub.joinLeaveGroup"])
         await client.start(f"{deployment.gateways[0].url}/hubs/chat", token, on=("message",))

@@ -28,7 +28,7 @@ from hubbub.upstream import Call, Upstream
 from hubbub.wire.envelopes import Event, UpstreamEntry
 from hubbub.wire.keys import KeySchema
 from tests.e2e.nodeclient import NodeClient, ensure_node_modules
-from tests.support.processes import ACCESS_KEY, Deployment, eventually
+from tests.support.processes import Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
 
 PARTITIONS = 8  # the default HUBBUB_UPSTREAM_PARTITIONS
@@ -98,7 +98,7 @@ async def test_one_connections_invocations_stay_in_order_under_three_consumers(
     await settled(redis, deployment.prefix, 3)
     for n in range(6):
         clients.append(await RawClient.connect(gateway.url, token=client_token(f"u{n}")))
-    await eventually(lambda: _gateway_sees(gateway.url, 1), timeout=10)
+    await deployment.upstream_services_seen(1)
     count = 300
     for client in clients:  # non-blocking invocations, sent as fast as the socket takes them
         for i in range(count):
@@ -127,7 +127,7 @@ async def test_sigkilled_consumer_loses_no_invocation(
     await settled(redis, deployment.prefix, 2)
     for n in range(8):
         clients.append(await RawClient.connect(gateway.url, token=client_token(f"k{n}")))
-    await eventually(lambda: _gateway_sees(gateway.url, 1), timeout=10)
+    await deployment.upstream_services_seen(1)
     count = 40
     for client in clients:  # every call in flight at once: many are in hand at the kill
         for i in range(count):
@@ -197,7 +197,7 @@ async def test_a_call_answered_twice_gets_one_completion(
     deployment.start_worker()
     apps = []
     for name in ("first", "second"):
-        app = Upstream(_settings(deployment), name=name, consumer_name=f"{name}-1")
+        app = Upstream(deployment.service_settings(), name=name, consumer_name=f"{name}-1")
 
         @app.hub("chat").on("record")
         async def record(call: Call, value: int) -> int:
@@ -207,7 +207,7 @@ async def test_a_call_answered_twice_gets_one_completion(
     async with apps[0], apps[1]:
         client = await RawClient.connect(gateway.url, token=client_token("twice"))
         clients.append(client)
-        await eventually(lambda: _gateway_sees(gateway.url, 2), timeout=10)
+        await deployment.upstream_services_seen(2)
         for i in range(20):
             await client.send(
                 {"type": 1, "invocationId": str(i), "target": "record", "arguments": [i]}
@@ -236,21 +236,6 @@ async def test_a_call_answered_twice_gets_one_completion(
 
 async def _at_least(count: Any, n: int) -> bool:
     return int(await count) >= n
-
-
-def _settings(deployment: Deployment) -> Settings:
-    return Settings(
-        redis_url=deployment.redis_url,
-        key_prefix=deployment.prefix,
-        access_key=ACCESS_KEY,
-        lease_ms=2000,
-        lease_interval=0.25,
-    )
-
-
-async def _gateway_sees(url: str, n: int) -> bool:
-    async with httpx.AsyncClient() as http:
-        return bool((await http.get(f"{url}/api/health")).json()["upstreamServices"] >= n)
 
 
 # ---------------------------------------------------------------- the official JS client
@@ -285,7 +270,7 @@ async def test_js_clients_sends_arrive_in_order_under_three_consumers(
     await settled(redis, deployment.prefix, 3)
     for n in range(3):
         js.append(await open_js(gateway.url, f"js{n}"))
-    await eventually(lambda: _gateway_sees(gateway.url, 1), timeout=10)
+    await deployment.upstream_services_seen(1)
     count = 150
 
     async def send_all(client: NodeClient) -> None:
@@ -314,7 +299,7 @@ async def test_js_clients_invocations_survive_a_sigkilled_consumer(
     await settled(redis, deployment.prefix, 2)
     for n in range(4):
         js.append(await open_js(gateway.url, f"jk{n}"))
-    await eventually(lambda: _gateway_sees(gateway.url, 1), timeout=10)
+    await deployment.upstream_services_seen(1)
     count = 30
     total = len(js) * count
     done = 0

@@ -14,7 +14,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, format_trace_id
 
 from hubbub.sdk.client import ServiceAuth
-from hubbub.settings import Settings
 from hubbub.telemetry import traceparent_of
 from hubbub.upstream import Call, Upstream
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
@@ -121,12 +120,7 @@ async def test_an_invocation_continues_the_connections_trace_to_the_handler_and_
         for name, value in otel.items():  # the SDK service runs in this process
             monkeypatch.setenv(name, value)
         app = Upstream(
-            Settings(
-                redis_url=deployment.redis_url,
-                key_prefix=deployment.prefix,
-                lease_ms=2000,
-                lease_interval=0.25,
-            ),
+            deployment.service_settings(),
             name="tracer",
         )
         chat = app.hub("chat")
@@ -138,13 +132,7 @@ async def test_an_invocation_continues_the_connections_trace_to_the_handler_and_
 
         async with app:
             client = await RawClient.connect(gateway.url, token=client_token("tracy"))
-
-            async def service_seen() -> bool:
-                async with httpx.AsyncClient() as http:
-                    health = (await http.get(f"{gateway.url}/api/health")).json()
-                return bool(health["upstreamServices"])
-
-            await eventually(service_seen, timeout=10)
+            await deployment.upstream_services_seen()
             await client.send({"type": 1, "invocationId": "1", "target": "shout",
                                "arguments": ["hey"]})  # fmt: skip
             got = [await client.recv(), await client.recv()]

@@ -15,7 +15,6 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
@@ -23,7 +22,6 @@ from redis.exceptions import NoPermissionError
 from hubbub.dev.embedded import RedisProcess
 from hubbub.redis.acl import Role, rules
 from hubbub.sdk.client import HubbubClient
-from hubbub.settings import Settings
 from hubbub.upstream import Call, Upstream
 from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
@@ -89,12 +87,7 @@ async def test_a_deployment_runs_under_its_least_privilege_users(
         # The way back: an upstream service under its own user answers an invocation and
         # sends from its handler (consumer group, leases, trimming, the publish stream).
         service = Upstream(
-            Settings(
-                redis_url=user_url(acl_server, "service"),
-                key_prefix=PREFIX,
-                lease_ms=2000,
-                lease_interval=0.25,
-            ),
+            deployment.service_settings(redis_url=user_url(acl_server, "service")),
             name="acl-service",
         )
 
@@ -104,12 +97,7 @@ async def test_a_deployment_runs_under_its_least_privilege_users(
             return value
 
         async with service:
-
-            async def live() -> bool:
-                return bool(await admin.zcard(KeySchema(PREFIX).upstream_services))
-
-            await eventually(live, timeout=10)
-            await eventually(lambda: _sees_service(second.url), timeout=10)
+            await deployment.upstream_services_seen()
             await alice.send({"type": 1, "invocationId": "2", "target": "echo", "arguments": [5]})
             # The handler's send, then its answer: both to this connection, in that order.
             assert (await alice.recv())["target"] == "echoed"
@@ -161,11 +149,6 @@ async def test_a_deployment_runs_under_its_least_privilege_users(
         print(deployment.logs())
         for entry in await admin.acl_log():
             print("ACL LOG:", entry["username"], entry["reason"], entry["object"])
-
-
-async def _sees_service(url: str) -> bool:
-    async with httpx.AsyncClient() as http:
-        return bool((await http.get(f"{url}/api/health")).json()["upstreamServices"])
 
 
 @pytest.mark.parametrize("role", ["gateway", "worker", "service"])

@@ -25,7 +25,6 @@ import pytest
 from redis.asyncio import Redis
 
 from hubbub.sdk.client import HubbubClient, ServiceAuth
-from hubbub.settings import Settings
 from hubbub.upstream import Call, Upstream
 from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, Proc, eventually
@@ -92,7 +91,6 @@ class Service:
 @asynccontextmanager
 async def running_service(
     deployment: Deployment,
-    gateway: Proc,
     handler_timeout: float = TIMEOUT,
     concurrency: int = 256,
     burst: int = 1000,
@@ -101,12 +99,7 @@ async def running_service(
     ``concurrency``: connections in hand at once; ``burst``: invocations queued per connection
     (its HUBBUB_INVOCATION_BURST)."""
     seen = Service()
-    settings = Settings(
-        redis_url=deployment.redis_url,
-        key_prefix=deployment.prefix,
-        access_key=ACCESS_KEY,
-        lease_ms=2000,
-        lease_interval=0.25,
+    settings = deployment.service_settings(
         upstream_partitions=1,
         invocation_timeout=handler_timeout,
         invocation_burst=burst,
@@ -131,13 +124,7 @@ async def running_service(
         return key
 
     async with app:
-
-        async def live() -> bool:
-            async with httpx.AsyncClient() as http:
-                body = (await http.get(f"{gateway.url}/api/health")).json()
-            return bool(body["upstreamServices"] >= 1)
-
-        await eventually(live, timeout=15)
+        await deployment.upstream_services_seen()
         yield seen
 
 
@@ -214,7 +201,7 @@ async def test_pending_invocations_per_connection_are_bounded_and_freed_by_the_t
     once (not appended, so it costs no memory or Redis), and after the timeout the slots are
     free again."""
     # The SDK cancels each stuck handler soon, so the connection's later calls are handled.
-    async with running_service(deployment, gateway, handler_timeout=0.3) as service:
+    async with running_service(deployment, handler_timeout=0.3) as service:
         c = await RawClient.connect(gateway.url, token=client_token("pat"))
         # An id is held while its call is pending: a long one is refused, and takes no slot.
         long_id = "i" * (MAX_MESSAGE - 100)
@@ -262,7 +249,7 @@ async def test_pending_invocations_per_connection_are_bounded_and_freed_by_the_t
 async def test_a_reused_pending_invocation_id_is_refused_and_the_original_answered_once(
     deployment: Deployment, gateway: Proc
 ) -> None:
-    async with running_service(deployment, gateway) as service:
+    async with running_service(deployment) as service:
         c = await RawClient.connect(gateway.url, token=client_token("rey"))
         await c.send_raw(invocation("dup", "hold", "first"))
         await service.wait(lambda: len(service.named("hold")) == 1)
@@ -515,7 +502,7 @@ async def test_huge_arguments_at_the_rate_limit_keep_the_upstream_stream_capped(
     # A group that reads nothing: the service's consumer may not trim what it has not read,
     # so only the gateway's cap on its appends keeps the partition short.
     await redis.xgroup_create(stream, "audit", id="0", mkstream=True)
-    async with running_service(deployment, gateway):
+    async with running_service(deployment):
         c = await RawClient.connect(gateway.url, token=client_token("hugo"))
         first = invocation(None, "nohandler", "")
         big = invocation(None, "nohandler", "x" * (MAX_MESSAGE - len(first)))
@@ -558,7 +545,7 @@ async def test_claims_reach_the_service_and_nothing_else_can_be_forged(
         "tenant": {"id": 7, "name": "acme"},
     }
     token = jwt.encode(claims, ACCESS_KEY.encode(), algorithm="HS256")
-    async with running_service(deployment, gateway) as service:
+    async with running_service(deployment) as service:
         c = await RawClient.connect(gateway.url, token=token)
         conn = c.connection_id
         assert conn is not None
@@ -611,7 +598,7 @@ async def test_one_clients_slow_calls_do_not_stall_the_service_for_others(
     its queue is capped (the excess shed, a blocking one answered 'busy' at once), and
     another client's call is answered meanwhile."""
     busy = "The service is busy with this connection's earlier invocations."
-    async with running_service(deployment, gateway, concurrency=2, burst=3) as seen:
+    async with running_service(deployment, concurrency=2, burst=3) as seen:
         flooder = await RawClient.connect(gateway.url, token=client_token("flood"))
         other = await RawClient.connect(gateway.url, token=client_token("other"))
         try:

@@ -7,8 +7,12 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from hubbub.dev.launcher import ChildProcess, LocalDeployment
+from hubbub.settings import Settings
 
 ACCESS_KEY = "test-access-key-0123456789abcdef"
 
@@ -50,6 +54,34 @@ class Deployment(LocalDeployment):
 
     def env(self, **overrides: str) -> dict[str, str]:
         return self.environment(**overrides)
+
+    def service_settings(self, **overrides: Any) -> Settings:
+        """Settings of an upstream service (:mod:`hubbub.upstream`) run in the test process:
+        this deployment's Redis, prefix and key, and the children's short leases."""
+        values: dict[str, Any] = {
+            "redis_url": self.redis_url,
+            "key_prefix": self.prefix,
+            "access_key": ACCESS_KEY,
+            "lease_ms": 2000,
+            "lease_interval": 0.25,
+        }
+        return Settings(**{**values, **overrides})
+
+    async def upstream_services_seen(self, n: int = 1, timeout: float = 15.0) -> None:
+        """Wait until every gateway's heartbeat has seen ``n`` live upstream services (until
+        then a gateway answers invocations itself: "does not exist")."""
+
+        async def seen() -> bool:
+            async with httpx.AsyncClient() as http:
+                for gateway in self.gateways:
+                    if gateway.returncode is not None:
+                        continue
+                    health = (await http.get(f"{gateway.url}/api/health")).json()
+                    if health["upstreamServices"] < n:
+                        return False
+            return True
+
+        await eventually(seen, timeout=timeout)
 
 
 async def wait_healthy(proc: Proc, timeout: float = 20.0) -> None:
