@@ -163,8 +163,11 @@ class UpstreamConsumer:
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     self.recovering |= self.leases.owned
         finally:
-            if self.tasks:
-                await asyncio.wait(set(self.tasks), timeout=10)
+            if self.tasks:  # what is in hand gets a moment to finish; the rest is redelivered
+                _, unfinished = await asyncio.wait(set(self.tasks), timeout=10)
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.gather(*unfinished, return_exceptions=True)
             with contextlib.suppress(RedisError):
                 await self.leases.release_all()
             await self.redis.aclose()
