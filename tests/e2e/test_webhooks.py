@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from tests.e2e.nodeclient import NodeClient, ensure_node_modules
-from tests.e2e.test_upstream import open_client, services_seen
+from tests.e2e.test_upstream import open_client
 from tests.support.processes import ACCESS_KEY, Deployment
 from tests.support.rawclient import client_token
 
@@ -148,7 +148,7 @@ async def start(deployment: Deployment, **env: str) -> str:
     deployment.extra_env.update(env)
     await deployment.start_gateway()
     deployment.start_worker()
-    await services_seen(deployment)
+    await deployment.upstream_services_seen()
     return f"{deployment.gateways[0].url}/hubs/chat"
 
 
