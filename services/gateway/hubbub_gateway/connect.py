@@ -30,7 +30,6 @@ from hubbub.protocol.signalr import (
     ProtocolError,
     ServerProtocol,
     StreamInvocation,
-    encode_completion,
     encode_handshake_error,
 )
 from hubbub.protocol.wsframe import text_frame
@@ -225,6 +224,8 @@ class Session:
                 await self._refuse(ws, head.error)
                 return None
             assert isinstance(head, HandshakeAccepted)
+            # Before the connection is indexed: everything written to it is in its protocol.
+            self.conn.codec = self.protocol.codec
             return rest
 
     async def _refuse(self, ws: WebSocket, error: str, logged: bool = False) -> None:
@@ -400,7 +401,8 @@ class Session:
 
     def _refuse_stream(self, event: StreamInvocation) -> None:
         error = "Streaming invocations are not supported."
-        self.conn.send(text_frame(encode_completion(event.invocation_id, error=error)))
+        codec = self.conn.codec
+        self.conn.send(codec.frame(codec.completion(event.invocation_id, error=error)))
 
     async def _handle(self, events: list[Event]) -> bool:
         """False once the client sent Close."""
@@ -454,7 +456,8 @@ class Session:
                 "invocation refused: %s", result_error, extra={"connection_id": self.conn.id}
             )
         if inv.invocation_id is not None:
-            self.conn.send(text_frame(encode_completion(inv.invocation_id, error=result_error)))
+            codec = self.conn.codec
+            self.conn.send(codec.frame(codec.completion(inv.invocation_id, error=result_error)))
 
     async def _upstream(self, inv: Invocation) -> str | None:
         """Append the invocation upstream; an error to answer at once, or None."""

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from opentelemetry.trace import SpanKind, Tracer
 
 from hubbub.metrics import Metrics
-from hubbub.protocol.signalr import PING_RECORD, encode_close
+from hubbub.protocol.codec import JSON, MESSAGEPACK, HubCodec
+from hubbub.protocol.signalr import ProtocolError
 from hubbub.protocol.wsframe import text_frame
 from hubbub.telemetry import (
     BODY_SIZE,
@@ -31,7 +32,6 @@ from hubbub.wire.envelopes import ControlEntry, Entry, Kind, MessageEntry, Op, R
 
 log = logging.getLogger("hubbub.gateway.deliver")
 
-PING_FRAME = text_frame(PING_RECORD)
 OVERFLOW_REASON = "Send buffer overflow: the client did not read its messages fast enough."
 NO_GROUPS: frozenset[str] = frozenset()
 # An ``excluded`` tuple longer than this is turned into a set once per delivery, so a delivery
@@ -63,6 +63,7 @@ class LocalConnection:
         "asked",
         "calls",
         "closing",
+        "codec",
         "error",
         "groups",
         "hub",
@@ -98,6 +99,8 @@ class LocalConnection:
         self.calls: dict[str, asyncio.TimerHandle] | None = None
         self.asked: dict[str, tuple[str, asyncio.TimerHandle]] | None = None
         self.error: str | None = None  # why it was closed, for the disconnected event
+        # The hub protocol it negotiated: every record written to it is in this codec.
+        self.codec: HubCodec = JSON
 
     def settle(self, call: str) -> bool:
         """Whether ``call`` was pending (it is not any more): only its first answer goes out."""
@@ -146,7 +149,8 @@ class LocalConnection:
         self.closing = True
         self.error = error
         socket = self.socket
-        socket.write_frames(text_frame(encode_close(error, allow_reconnect)))  # past any bound
+        codec = self.codec
+        socket.write_frames(codec.frame(codec.close(error, allow_reconnect)))  # past any bound
         socket.close(1000)
 
     async def closed(self) -> None:
@@ -380,7 +384,13 @@ class LocalIndex:
             return 0
         else:
             self.metrics.invocation_outcomes.labels("answered").inc()
-        frame = text_frame(delivery.frame)
+        if conn.codec is JSON:
+            frame = text_frame(delivery.frame)
+        else:
+            found = self._transcoded(delivery)
+            if found is None:
+                return 0
+            frame = found
         batch = self._batch
         if batch is None:
             conn.send(frame)
@@ -397,6 +407,9 @@ class LocalIndex:
         if not recipients:
             return 0
         frame = text_frame(delivery.frame)
+        # Its MessagePack frame, made for the first MessagePack recipient and only then:
+        # encoded once per protocol on this gateway, whatever the number of recipients.
+        binary: bytes | None = None
         excluded: Collection[str] = delivery.excluded
         if len(excluded) > EXCLUDED_AS_SET:
             excluded = frozenset(excluded)
@@ -406,16 +419,34 @@ class LocalIndex:
         for conn in tuple(recipients):
             if excluded and conn.id in excluded:
                 continue
+            out = frame
+            if conn.codec is not JSON:
+                if binary is None:
+                    binary = self._transcoded(delivery) or b""
+                if not binary:
+                    continue
+                out = binary
             if batch is None:
-                conn.send(frame)
+                conn.send(out)
             elif (frames := batch.get(conn)) is None:
-                batch[conn] = [frame]
+                batch[conn] = [out]
             else:
-                frames.append(frame)
+                frames.append(out)
             written += 1
         self.delivered += written
         self.metrics.deliveries.inc(written)
         return written
+
+    def _transcoded(self, delivery: MessageEntry) -> bytes | None:
+        """The delivery as a MessagePack frame; None (and a drop counted) if its JSON cannot
+        be transcoded, which a record from :func:`hubbub.wire.messages.build_message` or an
+        upstream service's Completion always can."""
+        try:
+            return MESSAGEPACK.frame(MESSAGEPACK.from_json(delivery.frame))
+        except ProtocolError as exc:
+            log.warning("delivery %r not transcoded: %s", delivery.message_id, exc)
+            self.metrics.drops.labels("not_transcoded").inc()
+            return None
 
     def _deliver_traced(self, delivery: MessageEntry) -> None:
         assert self.tracer is not None
@@ -457,7 +488,7 @@ class LocalIndex:
                 continue
             conn.idle_send_ticks += 1
             if conn.idle_send_ticks >= keepalive_ticks:
-                conn.send(PING_FRAME)
+                conn.send(conn.codec.ping_frame)
 
 
 def _discard(index: dict[Any, set[LocalConnection]], key: object, conn: LocalConnection) -> None:

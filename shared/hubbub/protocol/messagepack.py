@@ -68,9 +68,7 @@ def encode_invocation(
     target: str, arguments: list[Any] | tuple[Any, ...], invocation_id: str | None = None
 ) -> bytes:
     """An Invocation; with ``invocation_id`` the client answers with a Completion."""
-    return _record(
-        [MessageType.INVOCATION, _NO_HEADERS, invocation_id, target, list(arguments)]
-    )
+    return _record([MessageType.INVOCATION, _NO_HEADERS, invocation_id, target, list(arguments)])
 
 
 def encode_completion(invocation_id: str, result: Any = None, error: str | None = None) -> bytes:
