@@ -55,11 +55,11 @@ class TestEncoding:
         assert mp.PING_RECORD == bytes([0x02, 0x91, 0x06])
 
     def test_invocation_without_id(self) -> None:
-        body = bytes([0x95, 0x01, 0x80, 0xC0, 0xA6]) + b"Target" + bytes([0x91, 0x2A])
+        body = bytes([0x96, 0x01, 0x80, 0xC0, 0xA6]) + b"Target" + bytes([0x91, 0x2A, 0x90])
         assert mp.encode_invocation("Target", [42]) == bytes([len(body)]) + body
 
     def test_invocation_with_id(self) -> None:
-        body = bytes([0x95, 0x01, 0x80, 0xA3]) + b"xyz" + bytes([0xA1]) + b"T" + bytes([0x90])
+        body = bytes([0x96, 0x01, 0x80, 0xA3]) + b"xyz" + bytes([0xA1]) + b"T" + bytes([0x90, 0x90])
         assert mp.encode_invocation("T", [], "xyz") == bytes([len(body)]) + body
 
     def test_completions(self) -> None:
@@ -118,6 +118,9 @@ class TestParse:
         assert parse(1, {}, None, "S", [], [], "more") == Invocation("S", [])
         assert parse(8, 3, None) == Ack(3)
 
+    def test_nil_headers_are_no_headers(self) -> None:
+        assert parse(1, None, "1", "S", []) == Invocation("S", [], "1")
+
     def test_binary_and_non_str_keys_in_arguments_parse(self) -> None:
         # The gateway refuses them upstream (JSON cannot carry them); parsing is not the place.
         assert parse(1, {}, None, "S", [b"\x00", {1: 2}]) == Invocation("S", [b"\x00", {1: 2}])
@@ -132,6 +135,7 @@ class TestParse:
             ["1"],
             [1, {}, None, "S"],  # too short
             [1, [], None, "S", []],  # headers not a map
+            [1, 0, None, "S", []],
             [1, {1: "x"}, None, "S", []],  # non-str header key
             [1, {"a": 1}, None, "S", []],  # non-str header value
             [1, {}, 5, "S", []],  # id not a string

@@ -39,6 +39,7 @@ VOID_RESULT = 2
 NON_VOID_RESULT = 3
 
 _NO_HEADERS: dict[str, str] = {}
+_NO_IDS: list[str] = []
 
 
 def prefix(n: int) -> bytes:
@@ -67,8 +68,11 @@ PING_RECORD = _record([MessageType.PING])
 def encode_invocation(
     target: str, arguments: list[Any] | tuple[Any, ...], invocation_id: str | None = None
 ) -> bytes:
-    """An Invocation; with ``invocation_id`` the client answers with a Completion."""
-    return _record([MessageType.INVOCATION, _NO_HEADERS, invocation_id, target, list(arguments)])
+    """An Invocation; with ``invocation_id`` the client answers with a Completion. Six items,
+    stream ids empty, as ASP.NET Core writes it (signalrcore reads the sixth unconditionally)."""
+    return _record(
+        [MessageType.INVOCATION, _NO_HEADERS, invocation_id, target, list(arguments), _NO_IDS]
+    )
 
 
 def encode_completion(invocation_id: str, result: Any = None, error: str | None = None) -> bytes:
@@ -118,7 +122,7 @@ def from_json(record: bytes) -> bytes:
             raise ProtocolError("an Invocation needs a string target and an arguments array")
         if call is not None and not isinstance(call, str):
             raise ProtocolError("property 'invocationId' must be a string")
-        return _record([MessageType.INVOCATION, _NO_HEADERS, call, target, args])
+        return _record([MessageType.INVOCATION, _NO_HEADERS, call, target, args, _NO_IDS])
     if kind == MessageType.COMPLETION:
         call, error = obj.get("invocationId"), obj.get("error")
         if not isinstance(call, str):
@@ -214,6 +218,8 @@ def _unpack(record: bytes) -> Any:
 
 
 def _headers(value: Any) -> dict[str, str]:
+    if value is None:  # lenient: some clients write nil for no headers
+        return _NO_HEADERS
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
