@@ -10,15 +10,19 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import msgpack
 import pytest
 from signalrcore.hub_connection_builder import HubConnectionBuilder
 from signalrcore.protocol.messagepack_protocol import MessagePackHubProtocol
 
+from hubbub.protocol import messagepack as mp
+from hubbub.protocol.codec import MESSAGEPACK
+from hubbub.protocol.signalr import Invocation
 from hubbub.sdk.client import HubbubClient
 from hubbub.upstream import Call, Upstream
 from tests.e2e.nodeclient import NodeClient, ensure_node_modules
 from tests.support.processes import ACCESS_KEY, Deployment
-from tests.support.rawclient import client_token
+from tests.support.rawclient import RawClient, client_token
 
 pytestmark = pytest.mark.e2e
 
@@ -240,3 +244,30 @@ async def test_client_results_from_a_msgpack_client(
         )
         assert failed.status_code == 502, failed.text
         assert "the client refuses" in failed.json()["message"]
+
+
+async def test_wire_bytes(cluster: Deployment, api: HubbubClient) -> None:
+    """On the wire: the handshake answer is JSON text; what follows is binary MessagePack,
+    records sent in the same frame as the handshake are read, and a delivery is the
+    transcoded record, byte for byte."""
+    raw = await RawClient.connect(
+        cluster.gateways[1].url, token=client_token("wire", roles=JOIN), handshake=False
+    )
+    try:
+        # As the JS client writes it: five items, no stream ids.
+        body = msgpack.packb([1, {}, "1", "JoinGroup", ["wire"]])
+        join = mp.prefix(len(body)) + body
+        await raw.ws.send(b'{"protocol":"messagepack","version":1}\x1e' + join)
+        assert await raw.ws.recv() == "{}\x1e"  # text
+        completion = await asyncio.wait_for(raw.ws.recv(), 10)
+        assert completion == mp.encode_completion("1")  # binary, void
+        await api.send_to_group("wire", "newMessage", ["hi", 1])
+        while True:
+            frame = await asyncio.wait_for(raw.ws.recv(), 10)
+            assert isinstance(frame, bytes)
+            if frame != mp.PING_RECORD:
+                break
+        assert frame == mp.encode_invocation("newMessage", ["hi", 1])
+        assert MESSAGEPACK.parse(frame[1:]) == Invocation("newMessage", ["hi", 1])
+    finally:
+        await raw.close()
