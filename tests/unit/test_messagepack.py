@@ -352,6 +352,8 @@ def test_from_json_is_the_same_message(record: bytes) -> None:
         b'{"type":3,"invocationId":1}\x1e',
         b'{"type":7,"allowReconnect":1}\x1e',
         b'{"type":8,"sequenceId":"1"}\x1e',
+        b'{"type":true,"target":"T","arguments":[]}\x1e',
+        b'{"type":6.0}\x1e',
     ],
 )
 def test_from_json_refuses_what_it_cannot_carry(record: bytes) -> None:

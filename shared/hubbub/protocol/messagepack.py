@@ -44,6 +44,8 @@ _NO_IDS: list[str] = []
 
 def prefix(n: int) -> bytes:
     """The varint length prefix of an ``n``-byte record."""
+    if n < 0x80:
+        return _SHORT[n]
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -55,6 +57,12 @@ def prefix(n: int) -> bytes:
             return bytes(out)
 
 
+_SHORT = tuple(bytes((n,)) for n in range(0x80))
+# Plain ints, not MessageType members, in what is packed: msgpack packs an exact int on its
+# fast path and an int subclass on a slow one (from_json is on the delivery path).
+_INVOCATION, _COMPLETION, _PING, _CLOSE = 1, 3, 6, 7
+
+
 def _record(message: list[Any]) -> bytes:
     body: bytes = msgpack.packb(message, use_bin_type=True)
     return prefix(len(body)) + body
@@ -62,7 +70,7 @@ def _record(message: list[Any]) -> bytes:
 
 # ---------------------------------------------------------------- encoding (server -> client)
 
-PING_RECORD = _record([MessageType.PING])
+PING_RECORD = _record([_PING])
 
 
 def encode_invocation(
@@ -70,33 +78,29 @@ def encode_invocation(
 ) -> bytes:
     """An Invocation; with ``invocation_id`` the client answers with a Completion. Six items,
     stream ids empty, as ASP.NET Core writes it (signalrcore reads the sixth unconditionally)."""
-    return _record(
-        [MessageType.INVOCATION, _NO_HEADERS, invocation_id, target, list(arguments), _NO_IDS]
-    )
+    return _record([_INVOCATION, _NO_HEADERS, invocation_id, target, list(arguments), _NO_IDS])
 
 
 def encode_completion(invocation_id: str, result: Any = None, error: str | None = None) -> bytes:
     """A Completion: an error, a result, or void when both are None (as in the JSON codec)."""
     if error is not None:
-        return _record([MessageType.COMPLETION, _NO_HEADERS, invocation_id, ERROR_RESULT, error])
+        return _record([_COMPLETION, _NO_HEADERS, invocation_id, ERROR_RESULT, error])
     if result is not None:
-        return _record(
-            [MessageType.COMPLETION, _NO_HEADERS, invocation_id, NON_VOID_RESULT, result]
-        )
-    return _record([MessageType.COMPLETION, _NO_HEADERS, invocation_id, VOID_RESULT])
+        return _record([_COMPLETION, _NO_HEADERS, invocation_id, NON_VOID_RESULT, result])
+    return _record([_COMPLETION, _NO_HEADERS, invocation_id, VOID_RESULT])
 
 
 def encode_close(error: str | None = None, allow_reconnect: bool = False) -> bytes:
     """A Close with all three items, as ASP.NET Core writes it."""
-    return _record([MessageType.CLOSE, error, allow_reconnect])
+    return _record([_CLOSE, error, allow_reconnect])
 
 
 def encode_ack(sequence_id: int) -> bytes:
-    return _record([MessageType.ACK, sequence_id])
+    return _record([8, sequence_id])
 
 
 def encode_sequence(sequence_id: int) -> bytes:
-    return _record([MessageType.SEQUENCE, sequence_id])
+    return _record([9, sequence_id])
 
 
 def from_json(record: bytes) -> bytes:
@@ -115,35 +119,35 @@ def from_json(record: bytes) -> bytes:
     if not isinstance(obj, dict):
         raise ProtocolError("message must be a JSON object")
     kind = obj.get("type")
-    if kind == MessageType.INVOCATION:
+    if type(kind) is not int:  # not a bool, nor 1.0
+        raise ProtocolError("message is missing an integer 'type'")
+    if kind == 1:
         target, call = obj.get("target"), obj.get("invocationId")
         args = obj.get("arguments", [])
         if not isinstance(target, str) or not isinstance(args, list):
             raise ProtocolError("an Invocation needs a string target and an arguments array")
         if call is not None and not isinstance(call, str):
             raise ProtocolError("property 'invocationId' must be a string")
-        return _record([MessageType.INVOCATION, _NO_HEADERS, call, target, args, _NO_IDS])
-    if kind == MessageType.COMPLETION:
+        return _record([_INVOCATION, _NO_HEADERS, call, target, args, _NO_IDS])
+    if kind == 3:
         call, error = obj.get("invocationId"), obj.get("error")
         if not isinstance(call, str):
             raise ProtocolError("property 'invocationId' must be a string")
         if error is not None:
             if not isinstance(error, str):
                 raise ProtocolError("property 'error' must be a string")
-            return _record([MessageType.COMPLETION, _NO_HEADERS, call, ERROR_RESULT, error])
+            return _record([_COMPLETION, _NO_HEADERS, call, ERROR_RESULT, error])
         if "result" in obj:
-            return _record(
-                [MessageType.COMPLETION, _NO_HEADERS, call, NON_VOID_RESULT, obj["result"]]
-            )
-        return _record([MessageType.COMPLETION, _NO_HEADERS, call, VOID_RESULT])
-    if kind == MessageType.PING:
+            return _record([_COMPLETION, _NO_HEADERS, call, NON_VOID_RESULT, obj["result"]])
+        return _record([_COMPLETION, _NO_HEADERS, call, VOID_RESULT])
+    if kind == 6:
         return PING_RECORD
-    if kind == MessageType.CLOSE:
+    if kind == 7:
         error, allow = obj.get("error"), obj.get("allowReconnect", False)
         if (error is not None and not isinstance(error, str)) or not isinstance(allow, bool):
             raise ProtocolError("a Close needs a string error and a boolean allowReconnect")
         return encode_close(error, allow)
-    if kind in (MessageType.ACK, MessageType.SEQUENCE):
+    if kind in (8, 9):
         seq = obj.get("sequenceId")
         if not isinstance(seq, int) or isinstance(seq, bool):
             raise ProtocolError("property 'sequenceId' must be an integer")
