@@ -113,6 +113,24 @@ class TestParse:
         assert parse(8, 3) == Ack(3)
         assert parse(9, 4) == Sequence(4)
 
+    def test_the_specs_examples(self) -> None:
+        # HubProtocol.md, "MessagePack Headers Encoding", "Ack", "Sequence", "Close" examples.
+        spec = "96 01 82 a1 78 a1 79 a1 7a a1 7a a3 78 79 7a a6 6d 65 74 68 6f 64 91 2a 90"
+        assert mp.parse_message(bytes.fromhex(spec)) == Invocation("method", [42], "xyz", [], None)
+        assert mp.parse_message(bytes.fromhex("92 08 cc 24")) == Ack(36)
+        assert mp.parse_message(bytes.fromhex("92 09 cc 13")) == Sequence(19)
+        assert mp.parse_message(bytes.fromhex("93 07 a3 78 79 7a c3")) == Close("xyz", True)
+        assert mp.parse_message(bytes.fromhex("92 07 a3 78 79 7a")) == Close("xyz")
+        assert mp.encode_close("xyz", True)[1:] == bytes.fromhex("93 07 a3 78 79 7a c3")
+        # "Ping is always exactly encoded as 0x91 0x06"
+        assert mp.PING_RECORD[1:] == bytes.fromhex("91 06")
+        # The VarInt examples.
+        assert mp.prefix(0x35) == b"\x35" and mp.prefix(5248) == b"\x80\x29"
+        assert mp.VarintRecordBuffer(1 << 20).feed(b"\x0bHello\nWorld\x02\x01\x02") == [
+            b"Hello\nWorld",
+            b"\x01\x02",
+        ]
+
     def test_trailing_items_ignored(self) -> None:
         assert parse(6, "extra", 1) == Ping()
         assert parse(1, {}, None, "S", [], [], "more") == Invocation("S", [])
