@@ -38,8 +38,7 @@ ERROR_RESULT = 1
 VOID_RESULT = 2
 NON_VOID_RESULT = 3
 
-_NO_HEADERS: dict[str, str] = {}
-_NO_IDS: list[str] = []
+_NO_IDS = ()  # stream ids: packed as an empty array; a tuple, so nothing shared can change
 
 
 def prefix(n: int) -> bytes:
@@ -78,16 +77,16 @@ def encode_invocation(
 ) -> bytes:
     """An Invocation; with ``invocation_id`` the client answers with a Completion. Six items,
     stream ids empty, as ASP.NET Core writes it (signalrcore reads the sixth unconditionally)."""
-    return _record([_INVOCATION, _NO_HEADERS, invocation_id, target, list(arguments), _NO_IDS])
+    return _record([_INVOCATION, {}, invocation_id, target, list(arguments), _NO_IDS])
 
 
 def encode_completion(invocation_id: str, result: Any = None, error: str | None = None) -> bytes:
     """A Completion: an error, a result, or void when both are None (as in the JSON codec)."""
     if error is not None:
-        return _record([_COMPLETION, _NO_HEADERS, invocation_id, ERROR_RESULT, error])
+        return _record([_COMPLETION, {}, invocation_id, ERROR_RESULT, error])
     if result is not None:
-        return _record([_COMPLETION, _NO_HEADERS, invocation_id, NON_VOID_RESULT, result])
-    return _record([_COMPLETION, _NO_HEADERS, invocation_id, VOID_RESULT])
+        return _record([_COMPLETION, {}, invocation_id, NON_VOID_RESULT, result])
+    return _record([_COMPLETION, {}, invocation_id, VOID_RESULT])
 
 
 def encode_close(error: str | None = None, allow_reconnect: bool = False) -> bytes:
@@ -128,7 +127,7 @@ def from_json(record: bytes) -> bytes:
             raise ProtocolError("an Invocation needs a string target and an arguments array")
         if call is not None and not isinstance(call, str):
             raise ProtocolError("property 'invocationId' must be a string")
-        return _record([_INVOCATION, _NO_HEADERS, call, target, args, _NO_IDS])
+        return _record([_INVOCATION, {}, call, target, args, _NO_IDS])
     if kind == 3:
         call, error = obj.get("invocationId"), obj.get("error")
         if not isinstance(call, str):
@@ -136,10 +135,10 @@ def from_json(record: bytes) -> bytes:
         if error is not None:
             if not isinstance(error, str):
                 raise ProtocolError("property 'error' must be a string")
-            return _record([_COMPLETION, _NO_HEADERS, call, ERROR_RESULT, error])
+            return _record([_COMPLETION, {}, call, ERROR_RESULT, error])
         if "result" in obj:
-            return _record([_COMPLETION, _NO_HEADERS, call, NON_VOID_RESULT, obj["result"]])
-        return _record([_COMPLETION, _NO_HEADERS, call, VOID_RESULT])
+            return _record([_COMPLETION, {}, call, NON_VOID_RESULT, obj["result"]])
+        return _record([_COMPLETION, {}, call, VOID_RESULT])
     if kind == 6:
         return PING_RECORD
     if kind == 7:
@@ -223,7 +222,7 @@ def _unpack(record: bytes) -> Any:
 
 def _headers(value: Any) -> dict[str, str]:
     if value is None:  # lenient: some clients write nil for no headers
-        return _NO_HEADERS
+        return {}
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
