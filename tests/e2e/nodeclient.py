@@ -79,6 +79,7 @@ class NodeClient:
         transport_header: bool = False,
         query_token: bool = False,
         answer: Iterable[str] = (),
+        stateful: bool = False,
     ) -> None:
         """Spawn the client; it connects on its own, so await ``wait_connected()`` next.
 
@@ -104,6 +105,8 @@ class NodeClient:
             args.append("--query-token")
         if answer:  # handlers returning {"echo": args} (client results); "fail", "hang"
             args += ["--answer", ",".join(answer)]
+        if stateful:  # withStatefulReconnect()
+            args.append("--stateful")
         self.process = await asyncio.create_subprocess_exec(
             shutil.which("node") or "node",
             *args,

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Set
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import SpanKind, Tracer
 
@@ -28,6 +28,9 @@ from hubbub.telemetry import (
     context_from,
 )
 from hubbub.wire.envelopes import ControlEntry, Entry, Kind, MessageEntry, Op, ResultEntry
+
+if TYPE_CHECKING:
+    from .resume import Journal, Resume
 
 log = logging.getLogger("hubbub.gateway.deliver")
 
@@ -72,6 +75,7 @@ class LocalConnection:
         "max_buffer",
         "overflowed",
         "pending",
+        "resume",
         "socket",
         "user",
     )
@@ -98,6 +102,21 @@ class LocalConnection:
         self.calls: dict[str, asyncio.TimerHandle] | None = None
         self.asked: dict[str, tuple[str, asyncio.TimerHandle]] | None = None
         self.error: str | None = None  # why it was closed, for the disconnected event
+        # Stateful reconnect (:mod:`.resume`): counted messages are numbered and journaled.
+        self.resume: Resume | None = None
+
+    def frame(self, record: bytes) -> bytes:
+        """A JSON hub record as the WebSocket frame this client reads."""
+        return text_frame(record)
+
+    def send_record(self, record: bytes, journal: Journal | None) -> None:
+        """A counted message the gateway itself answers (a Completion): journaled first on a
+        resumable connection."""
+        if self.resume is not None and journal is not None:
+            journal.add(self, record)
+            journal.kick()
+        else:
+            self.send(self.frame(record))
 
     def settle(self, call: str) -> bool:
         """Whether ``call`` was pending (it is not any more): only its first answer goes out."""
@@ -210,6 +229,8 @@ class LocalIndex:
         self.waiting: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
         # While an inbox read's entries are handled: the frames for each socket, written as one.
         self._batch: dict[LocalConnection, list[bytes]] | None = None
+        # Resumable connections' messages go through it (set by the gateway).
+        self.journal: Journal | None = None
 
     # ------------------------------------------------------------ membership
 
@@ -328,6 +349,9 @@ class LocalIndex:
                 self._batch = {}
             for conn in list(self._local(entry.hub, entry.connections)):
                 conn.close(entry.reason or None)
+        elif op is Op.RELEASE and self.journal is not None:
+            for conn in list(self._local(entry.hub, entry.connections)):
+                self.journal.release(conn)
 
     def _deliver(self, delivery: MessageEntry) -> None:
         epoch = delivery.epoch
@@ -375,19 +399,22 @@ class LocalIndex:
                 self.invocation_timeout, asked.pop, call, None
             )
             asked[call] = (delivery.reply_to, timer)
-        elif not conn.settle(call):
+        elif not conn.settle(call) and not (conn.resume is not None and conn.resume.adopted):
             self.metrics.drops.labels("late_completion").inc()
             return 0
         else:
             self.metrics.invocation_outcomes.labels("answered").inc()
+        self.delivered += 1
+        self.metrics.deliveries.inc()
+        if conn.resume is not None and self.journal is not None:
+            self.journal.add(conn, delivery.frame, delivery.message_id)
+            return 1
         frame = text_frame(delivery.frame)
         batch = self._batch
         if batch is None:
             conn.send(frame)
         else:
             batch.setdefault(conn, []).append(frame)
-        self.delivered += 1
-        self.metrics.deliveries.inc()
         return 1
 
     def _write(self, delivery: MessageEntry) -> int:
@@ -406,7 +433,9 @@ class LocalIndex:
         for conn in tuple(recipients):
             if excluded and conn.id in excluded:
                 continue
-            if batch is None:
+            if conn.resume is not None and self.journal is not None:
+                self.journal.add(conn, delivery.frame, delivery.message_id)
+            elif batch is None:
                 conn.send(frame)
             elif (frames := batch.get(conn)) is None:
                 batch[conn] = [frame]
@@ -451,6 +480,8 @@ class LocalIndex:
     def tick(self, keepalive_ticks: int, timeout_ticks: int) -> None:
         """Called once a second: Ping idle connections, close silent ones."""
         for conn in tuple(self.connections.values()):
+            if conn.resume is not None and conn.resume.detached:
+                continue  # no socket: its window timer ends it
             conn.idle_recv_ticks += 1
             if conn.idle_recv_ticks > timeout_ticks:
                 conn.close("Server timeout elapsed without receiving a message from the client.")
