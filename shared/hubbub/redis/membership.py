@@ -154,12 +154,13 @@ return gw
 _CLAIM = (
     _HELPERS
     + """
+local out = {}
 local gone = redis.call('GET', KEYS[4])
-if gone then return {'gone', gone} end
+if gone then table.insert(out, 'gone'); table.insert(out, gone); return out end
 local info = redis.call('HMGET', KEYS[1], GW, USER, RP, SQ, RX, IC, FC)
 local old, user = info[1], info[2]
-if not old then return {'new'} end
-if not info[3] or user ~= ARGV[3] then return {'busy'} end
+if not old then table.insert(out, 'new'); return out end
+if not info[3] or user ~= ARGV[3] then table.insert(out, 'busy'); return out end
 local conn, gw = ARGV[1], ARGV[2]
 local groups = redis.call('SMEMBERS', KEYS[2])
 if old ~= gw then
@@ -177,8 +178,11 @@ if old ~= gw then
   redis.call('SADD', KEYS[5] .. gw, conn)
   redis.call('HSET', KEYS[1], GW, gw)
 end
-return {'ok', old, info[3], info[4] or '1', info[5] or '0', info[6] or '', info[7] or '',
-        groups, redis.call('XRANGE', KEYS[3], '-', '+')}
+table.insert(out, 'ok'); table.insert(out, old); table.insert(out, info[3])
+table.insert(out, info[4] or '1'); table.insert(out, info[5] or '0')
+table.insert(out, info[6] or ''); table.insert(out, info[7] or '')
+table.insert(out, groups); table.insert(out, redis.call('XRANGE', KEYS[3], '-', '+'))
+return out
 """
 )
 
