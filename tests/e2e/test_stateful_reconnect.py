@@ -177,3 +177,54 @@ async def test_drained_gateway_hands_its_clients_over(
             assert state["state"] == "Connected" and state["connectionId"] == conn_id
             assert await _holder(redis, prefix, conn_id) == f"{prefix}-{staying.name}"
             assert await api.connection_exists(conn_id)
+
+
+@pytest.fixture
+async def tight(deployment: Deployment) -> Deployment:
+    """A 2 s window and a 4 KiB buffer: past them, the client cannot resume."""
+    for _ in range(2):
+        await deployment.start_gateway(
+            HUBBUB_RECONNECT_WINDOW="2", HUBBUB_RECONNECT_BUFFER_BYTES="4096"
+        )
+    deployment.start_worker()
+    return deployment
+
+
+async def _fresh_connection_works(tight: Deployment, api: HubbubClient, user: str) -> None:
+    async with NodeClient() as fresh:
+        await fresh.start(f"{tight.gateways[0].url}/hubs/chat", client_token(user), stateful=True)
+        await fresh.wait_connected()
+        await api.send_to_user(user, "newMessage", ["fresh", 0])
+        assert (await fresh.next_event("message", timeout=10))["args"] == ["fresh", 0]
+
+
+async def test_past_the_window_the_client_is_refused_and_a_new_connection_works(
+    tight: Deployment, proxy: Proxy
+) -> None:
+    proxy.backends = [tight.gateways[1].port or 0]
+    async with HubbubClient(tight.gateways[0].url, ACCESS_KEY, "chat") as api:
+        async with await _stateful_client(proxy, api, "dee") as client:
+            conn_id = client.connection_id
+            assert conn_id
+            await proxy.cut(4.0)  # longer than the 2 s window: its re-attach waits meanwhile
+            closed = await client.next_event("closed", timeout=15)
+            assert closed["error"], closed  # the re-attach was refused at the upgrade
+            assert not await api.connection_exists(conn_id)
+        await _fresh_connection_works(tight, api, "dee")
+
+
+async def test_past_the_buffer_the_client_gets_the_documented_close(
+    tight: Deployment, proxy: Proxy
+) -> None:
+    proxy.backends = [tight.gateways[1].port or 0]
+    async with HubbubClient(tight.gateways[0].url, ACCESS_KEY, "chat") as api:
+        async with await _stateful_client(proxy, api, "eve") as client:
+            conn_id = client.connection_id
+            assert conn_id
+            # 10 KB at once: more than 4 KiB waits for the client's Ack (it acks once a second).
+            await api.send_to_user("eve", "newMessage", ["big", "x" * 10_000])
+            closed = await client.next_event("closed", timeout=15)
+            assert "cannot resume" in (closed["error"] or ""), closed
+            assert "HUBBUB_RECONNECT_BUFFER_BYTES" in closed["error"]
+            assert not await api.connection_exists(conn_id)
+        await _fresh_connection_works(tight, api, "eve")

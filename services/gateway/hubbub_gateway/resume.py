@@ -73,6 +73,7 @@ class Resume:
         "timer",
         "trimmed",
         "unsent",
+        "unsent_bytes",
     )
 
     def __init__(self, protocol: str, next_seq: int = 1, received: int = 0) -> None:
@@ -83,6 +84,7 @@ class Resume:
         self.sent_bytes = 0
         # Numbered, waiting for the journal: (seq, message id, record).
         self.unsent: list[tuple[int, bytes, bytes]] = []
+        self.unsent_bytes = 0
         self.acked = next_seq - 1  # the client's last Ack
         self.trimmed = self.acked  # what the resume stream was trimmed to
         # The client's messages: the id the next one has, and the last one handled.
@@ -172,13 +174,19 @@ class Journal:
         assert resume is not None
         if resume.released:
             return
+        if resume.sent_bytes + resume.unsent_bytes > self.buffer_max:
+            return  # it cannot resume: being closed or ended (below, or by the flush)
+        resume.unsent_bytes += len(record)
         if resume.held is not None:
             resume.held.append((message_id, record))
-            return
-        seq = resume.next_seq
-        resume.next_seq = seq + 1
-        resume.unsent.append((seq, message_id, record))
-        self.dirty[conn] = None
+        else:
+            seq = resume.next_seq
+            resume.next_seq = seq + 1
+            resume.unsent.append((seq, message_id, record))
+            self.dirty[conn] = None
+        if resume.sent_bytes + resume.unsent_bytes > self.buffer_max:
+            # Bounded while Redis is away too (nothing journaled: nothing moves to ``sent``).
+            self._cannot_resume(conn)
 
     def touch(self, conn: LocalConnection) -> None:
         """Store ``conn``'s position (next sequence id, inbox and feed) with the next flush."""
@@ -243,19 +251,25 @@ class Journal:
         for seq, _, record in unsent:
             resume.sent.append((seq, record))
             resume.sent_bytes += len(record)
+            resume.unsent_bytes -= len(record)
             frames.append(conn.frame(record))
-        if resume.sent_bytes > self.buffer_max:
-            self.metrics.drops.labels("resume_overflow").inc()
-            log.warning(
-                "connection cannot resume: reconnect buffer full", extra={"connection_id": conn.id}
-            )
-            if resume.detached and resume.expire is not None:
-                resume.expire(OVERFLOW)
-            else:
-                conn.close(OVERFLOW, allow_reconnect=True)
-            return
-        if frames and not resume.detached:
+        if frames and not resume.detached and not conn.closing:
             conn.send(b"".join(frames))
+
+    def _cannot_resume(self, conn: LocalConnection) -> None:
+        """More than the buffer waits for the client's Ack: closed with why (allowReconnect:
+        a new connection), or, detached, ended (a re-attach is refused with why)."""
+        resume = conn.resume
+        assert resume is not None
+        self.metrics.drops.labels("resume_overflow").inc()
+        log.warning(
+            "connection cannot resume: reconnect buffer full", extra={"connection_id": conn.id}
+        )
+        if resume.detached:
+            if resume.expire is not None:
+                resume.expire(OVERFLOW)
+        else:
+            conn.close(OVERFLOW, allow_reconnect=True)
 
     def release(self, conn: LocalConnection) -> None:
         """Another gateway holds ``conn`` now: let it go here, silently."""
@@ -369,6 +383,7 @@ class Journal:
                 if isinstance(entry, MessageEntry) and addressed_to(entry, conn):
                     found.append((entry.message_id, entry.frame))
         held, resume.held = resume.held, None
+        resume.unsent_bytes = 0  # re-counted as they are numbered
         self.metrics.resumed_messages.inc(len(found))
         for message_id, record in (*found, *held):
             if message_id:
