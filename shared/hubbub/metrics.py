@@ -68,6 +68,15 @@ class Metrics:
         self.webhook_retries = Counter(
             "hubbub_webhook_retries", "Webhook requests retried (connection events)", registry=r
         )
+        self.resumes = Counter(
+            "hubbub_resumes", "Stateful reconnect: transports dropped (detached), re-attaches "
+            "here (resumed), adoptions from another gateway (adopted), refusals (refused), "
+            "connections that could not resume (ended)", ["event"], registry=r,
+        )  # fmt: skip
+        self.resumed_messages = Counter(
+            "hubbub_resumed_messages", "Messages resent at a re-attach, or read back from "
+            "another gateway's inbox at an adoption", registry=r,
+        )  # fmt: skip
         self.stage = Histogram(
             "hubbub_stage_seconds", "Time spent per stage of a message's path", ["stage"],
             buckets=STAGE_BUCKETS, registry=r,

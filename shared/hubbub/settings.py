@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     drain_timeout: float = 10.0
     # Seconds a version 1 connection token (negotiate → upgrade) stays valid.
     connection_token_ttl: float = 300.0
+    # Stateful reconnect (clients' withStatefulReconnect()): seconds a connection whose
+    # transport dropped without a Close stays registered (id, user, groups) and keeps
+    # numbering and storing its messages for a re-attach on any gateway; 0 turns it off
+    # (negotiate does not offer it). What a client has not acknowledged is stored in Redis up
+    # to reconnect_buffer_bytes per connection; past it, the connection cannot resume: it is
+    # closed (Close with a reason, allowReconnect) or, detached, ended.
+    reconnect_window: float = Field(default=30.0, ge=0)
+    reconnect_buffer_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     # Per-connection limits (what one client may cost everyone else).
     # Groups one connection may be in: joins beyond it are refused (Redis memory, and the

@@ -333,11 +333,48 @@ def _token_mac(key: str, connection_id: str, expires: str) -> str:
     return _b64(hmac.new(key.encode(), message, hashlib.sha256).digest()[:_TOKEN_MAC_BYTES])
 
 
-def connection_token(key: str, connection_id: str, ttl: float, now: float | None = None) -> str:
+def connection_token(
+    key: str, connection_id: str, ttl: float, now: float | None = None, *, resumable: bool = False
+) -> str:
     """The version 1 connection token: the id, its expiry (``ttl`` seconds from now) and their
-    MAC. URL-safe: the JS client appends it to the WebSocket URL without encoding."""
+    MAC. URL-safe: the JS client appends it to the WebSocket URL without encoding.
+
+    ``resumable``: the client negotiated stateful reconnect; the mark (``r`` after the
+    expiry) is under the MAC, so it says so to whichever gateway the client reaches."""
     expires = str(math.ceil((time.time() if now is None else now) + ttl))
+    if resumable:
+        expires += "r"
     return f"{connection_id}.{expires}.{_token_mac(key, connection_id, expires)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionToken:
+    """What a verified connection token says."""
+
+    connection_id: str
+    resumable: bool  # negotiated with stateful reconnect
+    expired: bool  # too late for a new connection; a resumable one may still re-attach
+
+
+def read_connection_token(
+    token: str, keys: tuple[str, ...], hub: str, user: str | None, now: float | None = None
+) -> ConnectionToken:
+    """A token this deployment signed for ``user`` on ``hub``, expired or not. Raises
+    :class:`TokenError` (the message is safe to show) if it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3 or not token.isascii():
+        raise TokenError("invalid connection token")
+    connection_id, expires, mac = parts
+    digits = expires.removesuffix("r")
+    if not digits.isdigit() or len(digits) > 12:
+        raise TokenError("invalid connection token")
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(_token_mac(key, connection_id, expires).encode(), mac.encode())
+    if not ok or not verify_connection_id(connection_id, keys, hub, user, in_token=True):
+        raise TokenError("invalid connection token")
+    expired = int(digits) < (time.time() if now is None else now)
+    return ConnectionToken(connection_id, digits != expires, expired)
 
 
 def open_connection_token(
@@ -345,17 +382,7 @@ def open_connection_token(
 ) -> str:
     """The connection id inside a token this deployment signed for ``user`` on ``hub``, if
     it has not expired. Raises :class:`TokenError` (the message is safe to show)."""
-    parts = token.split(".")
-    if len(parts) != 3 or not token.isascii():
-        raise TokenError("invalid connection token")
-    connection_id, expires, mac = parts
-    if not expires.isdigit() or len(expires) > 12:
-        raise TokenError("invalid connection token")
-    ok = False
-    for key in keys:
-        ok |= hmac.compare_digest(_token_mac(key, connection_id, expires).encode(), mac.encode())
-    if not ok or not verify_connection_id(connection_id, keys, hub, user, in_token=True):
-        raise TokenError("invalid connection token")
-    if int(expires) < (time.time() if now is None else now):
+    opened = read_connection_token(token, keys, hub, user, now)
+    if opened.expired:
         raise TokenError("connection token has expired")
-    return connection_id
+    return opened.connection_id

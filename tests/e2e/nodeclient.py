@@ -80,6 +80,7 @@ class NodeClient:
         query_token: bool = False,
         answer: Iterable[str] = (),
         msgpack: bool = False,
+        stateful: bool = False,
     ) -> None:
         """Spawn the client; it connects on its own, so await ``wait_connected()`` next.
 
@@ -108,6 +109,8 @@ class NodeClient:
             args += ["--answer", ",".join(answer)]
         if msgpack:
             args.append("--msgpack")
+        if stateful:  # withStatefulReconnect()
+            args.append("--stateful")
         self.process = await asyncio.create_subprocess_exec(
             shutil.which("node") or "node",
             *args,

@@ -71,6 +71,8 @@ PER_HUB: list[Callable[[HubKeys, str], str]] = [
     HubKeys.user_gateways,
     HubKeys.user_groups,
     HubKeys.gateway_connections,
+    HubKeys.resume,
+    HubKeys.resume_gone,
 ]
 
 # Names a client or REST caller may choose; group and user names are free text.

@@ -464,8 +464,11 @@ class TestServerProtocol:
         with pytest.raises(ProtocolError):
             proto.receive(b"x" * 17)
 
-    def test_version_two_refused(self) -> None:
+    def test_version_two_accepted_three_refused(self) -> None:
+        # Version 2 adds Ack and Sequence (stateful reconnect).
         [event] = ServerProtocol(1024).receive(b'{"protocol":"messagepack","version":2}\x1e')
+        assert isinstance(event, HandshakeAccepted)
+        [event] = ServerProtocol(1024).receive(b'{"protocol":"messagepack","version":3}\x1e')
         assert isinstance(event, HandshakeRejected)
 
     @settings(max_examples=300, deadline=None)

@@ -448,9 +448,9 @@ class TestServerProtocol:
 
     def test_wrong_version_rejected(self) -> None:
         proto = ServerProtocol(1024)
-        [event] = proto.receive(frame({"protocol": "json", "version": 2}))
+        [event] = proto.receive(frame({"protocol": "json", "version": 3}))
         assert isinstance(event, HandshakeRejected)
-        assert "version 2" in event.error
+        assert "version 3" in event.error
         assert proto.phase is Phase.CLOSED
 
     @pytest.mark.parametrize("data", [b"garbage" + RS, b"[]" + RS, frame({"protocol": "json"})])

@@ -21,6 +21,7 @@ from hubbub.tokens import (
     mint_token,
     new_connection_id,
     open_connection_token,
+    read_connection_token,
     rest_target,
     verify_client_token,
     verify_connection_id,
@@ -575,6 +576,27 @@ class TestConnectionToken:
     )
     def test_malformed_refused_not_crashing(self, token: str) -> None:
         with pytest.raises(TokenError, match="invalid"):
+            open_connection_token(token, KEYS, "chat", "alice")
+
+    def test_resumable_mark_is_signed(self) -> None:
+        conn = self.conn()
+        plain = connection_token(PRIMARY, conn, 60)
+        resumable = connection_token(PRIMARY, conn, 60, resumable=True)
+        assert read_connection_token(resumable, KEYS, "chat", "alice").resumable
+        assert not read_connection_token(plain, KEYS, "chat", "alice").resumable
+        _, expires, mac = plain.split(".")
+        with pytest.raises(TokenError, match="invalid"):  # the mark cannot be added
+            read_connection_token(f"{conn}.{expires}r.{mac}", KEYS, "chat", "alice")
+        _, expires, mac = resumable.split(".")
+        with pytest.raises(TokenError, match="invalid"):  # nor removed
+            read_connection_token(f"{conn}.{expires[:-1]}.{mac}", KEYS, "chat", "alice")
+
+    def test_expired_token_still_names_its_connection_for_a_reattach(self) -> None:
+        conn = self.conn()
+        token = connection_token(PRIMARY, conn, 60, now=time.time() - 120, resumable=True)
+        opened = read_connection_token(token, KEYS, "chat", "alice")
+        assert opened.expired and opened.resumable and opened.connection_id == conn
+        with pytest.raises(TokenError, match="expired"):
             open_connection_token(token, KEYS, "chat", "alice")
 
     def test_tampered_refused(self) -> None:

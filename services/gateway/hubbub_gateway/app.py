@@ -26,12 +26,13 @@ from hubbub.tokens import ServiceTokenVerifier
 from hubbub.wire.keys import KeySchema
 
 from . import connect, endpoints, errors, negotiate
-from .deliver import LocalIndex
+from .deliver import LocalConnection, LocalIndex
 from .health import Health
 from .inbox import InboxReader
 from .invoke import Invoker
 from .middleware import body_limit, cors
 from .reconcile import Reconciler
+from .resume import Journal
 from .state import GatewayState
 
 log = logging.getLogger("hubbub.gateway")
@@ -72,6 +73,13 @@ async def _ticker(state: GatewayState) -> None:
     while True:
         await asyncio.sleep(1.0)
         state.index.tick(keepalive, timeout)
+        journal = state.index.journal
+        if journal is not None:
+            try:
+                await journal.tick(tuple(state.index.connections.values()))
+            except RedisError as exc:
+                state.metrics.redis_errors.labels("resume").inc()
+                log.warning("acknowledgements not stored: %r", exc)
 
 
 class GatewayApp(FastAPI):
@@ -134,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 schema,
                 settings.max_groups_per_connection,
                 settings.max_connections_per_user,
+                settings.connection_token_ttl,
             ),
             publish=publish,
             index=index,
@@ -153,6 +162,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, redis=redis, pipe=inbox_pipe, index=state.index, health=state.health
         )
         await reader.start_positions()
+        index.journal = Journal(
+            redis,
+            state.membership,
+            settings.gateway_id,
+            metrics,
+            settings.reconnect_buffer_bytes,
+            settings.reconnect_window,
+            reader.inbox,
+            reader.feed,
+            index,
+        )
+        index.journal.positions = reader.positions
         tasks = [
             asyncio.create_task(reader.run(), name="inbox"),
             asyncio.create_task(_heartbeat(state, reader), name="heartbeat"),
@@ -222,17 +243,33 @@ async def drain(state: GatewayState, deadline: float) -> None:
     """Refuse new clients and ask every connected one to reconnect (to another gateway).
 
     Close carries ``allowReconnect`` and no ``error``: the JS client then reconnects with
-    a new connection id, and pysignalr does not raise.
+    a new connection id, and pysignalr does not raise. A resumable connection instead loses
+    its transport without a Close, so its client re-attaches elsewhere and keeps its id, its
+    groups and every message: the gateway goes on journaling for it until another gateway
+    adopts it (or the deadline).
     """
     state.draining = True
     connections = tuple(state.index.connections.values())
+    resumable = [c for c in connections if c.resume is not None and not c.resume.released]
     for conn in connections:
-        conn.close(allow_reconnect=True)
+        if conn.resume is not None and not conn.resume.released:
+            conn.socket.close(1012)  # service restart, and no SignalR Close: re-attach
+        else:
+            conn.close(allow_reconnect=True)
+    waits = [c.closed() for c in connections]
+    if resumable and state.index.journal is not None:
+        waits.append(_handed_over(state.index.journal, resumable))
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(
-            asyncio.gather(*(c.closed() for c in connections), return_exceptions=True), deadline
-        )
-    log.info("drained %d connections", len(connections))
+        await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), deadline)
+    handed = sum(1 for c in resumable if c.resume is not None and c.resume.released)
+    log.info("drained %d connections (%d resumed elsewhere)", len(connections), handed)
+
+
+async def _handed_over(journal: Journal, connections: list[LocalConnection]) -> None:
+    """Until every resumable connection was adopted by another gateway (or has ended)."""
+    while any(c.resume is not None and not c.resume.released for c in connections):
+        journal.changed.clear()
+        await journal.changed.wait()
 
 
 async def _shutdown(state: GatewayState, tasks: list[asyncio.Task[None]]) -> None:

@@ -18,8 +18,10 @@ from redis.exceptions import RedisError
 
 from hubbub.logs import REFUSALS
 from hubbub.protocol import names
+from hubbub.protocol.codec import CODECS
 from hubbub.protocol.signalr import (
     HANDSHAKE_OK,
+    Ack,
     Close,
     Completion,
     Event,
@@ -28,18 +30,27 @@ from hubbub.protocol.signalr import (
     Invocation,
     Phase,
     ProtocolError,
+    Sequence,
     ServerProtocol,
     StreamInvocation,
+    counted,
+    encode_completion,
     encode_handshake_error,
 )
 from hubbub.protocol.wsframe import text_frame
-from hubbub.redis.membership import ConnectionExists, TooManyConnections, TooManyGroups
+from hubbub.redis.membership import (
+    ENDED,
+    ConnectionExists,
+    NotResumable,
+    TooManyConnections,
+    TooManyGroups,
+)
 from hubbub.telemetry import context_from, current_traceparent
 from hubbub.tokens import (
     ClientIdentity,
     TokenError,
     new_connection_id,
-    open_connection_token,
+    read_connection_token,
     verify_connection_id,
 )
 from hubbub.wire.envelopes import Event as Upstream
@@ -49,6 +60,7 @@ from .deliver import LocalConnection
 from .errors import ApiError
 from .middleware import origin_allowed
 from .negotiate import admit_client
+from .resume import WINDOW_PASSED, Resume
 from .state import GatewayState
 from .transport import EXTENSION, HubbubWebSocketProtocol, payload
 
@@ -101,13 +113,22 @@ async def hub_socket(ws: WebSocket, hub: str) -> None:
     # (see hubbub.tokens), so nobody else can take over a connection id.
     raw_id = ws.query_params.get("id")
     keys, user = settings.access_keys, identity.user_id
+    resumable = False
     if raw_id is None:  # skipNegotiation
         conn_id = new_connection_id(settings.access_key, hub, user)
     elif "." in raw_id:  # v1: a connection token, with an expiry
         try:
-            conn_id = open_connection_token(raw_id, keys, hub, user)
+            token = read_connection_token(raw_id, keys, hub, user)
         except TokenError as exc:
             return await _deny(ws, 404, "Error.Connection.NotExisted", str(exc))
+        conn_id = token.connection_id
+        resumable = token.resumable and settings.reconnect_window > 0
+        if resumable and await _resume(state, ws, hub, conn_id, identity, token.expired):
+            return  # re-attached, or refused
+        if token.expired:
+            return await _deny(
+                ws, 404, "Error.Connection.NotExisted", "connection token has expired"
+            )
     elif verify_connection_id(raw_id, keys, hub, user):
         # v0 clients send the id itself; pysignalr reconnects with its old one: a fresh session.
         conn_id = raw_id
@@ -119,9 +140,149 @@ async def hub_socket(ws: WebSocket, hub: str) -> None:
         return await _deny(ws, 409, "Error.Connection.Exists", "connection id already in use")
     try:
         await ws.accept()
-        await Session(state, ws, hub, conn_id, identity).run(ws)
+        session = Session(state, ws, hub, conn_id, identity)
+        if resumable:
+            session.conn.resume = Resume("json")
+            session.conn.resume.held = []  # until registered: the journal is fenced on it
+        await session.run(ws)
     finally:
         state.index.release(conn_id)
+
+
+async def _resume(
+    state: GatewayState,
+    ws: WebSocket,
+    hub: str,
+    conn_id: str,
+    identity: ClientIdentity,
+    expired: bool,
+) -> bool:
+    """A resumable connection token: re-attach the connection here, adopt it from another
+    gateway, or refuse (all True); False for a first connect (no such connection yet).
+
+    A re-attach that cannot succeed is refused at the upgrade, with why: the official client
+    then starts a new connection."""
+    journal = state.index.journal
+    assert journal is not None
+    conn = state.index.connections.get(conn_id)
+    if conn is not None:
+        resume = conn.resume
+        if resume is None or resume.released or resume.held is not None or conn.hub != hub:
+            await _deny(ws, 409, "Error.Connection.Exists", "connection id already in use")
+            return True
+        await ws.accept()
+        old = conn.socket
+        conn.socket = ws.scope["extensions"][EXTENSION]
+        if not resume.detached:  # the client saw its transport drop before we did
+            resume.detached = True
+            old.close(1000)
+        await Session(state, ws, hub, conn_id, identity, resumed=conn).run(ws)
+        return True
+    if not state.index.reserve(conn_id):
+        await _deny(ws, 409, "Error.Connection.Exists", "connection id already in use")
+        return True
+    try:
+        adopted = await _adopt(state, ws, hub, conn_id, identity)
+        if adopted is None:
+            if expired:
+                await _deny(ws, 404, "Error.Connection.NotResumable", "the connection ended")
+                return True
+            return False
+        if isinstance(adopted, str):
+            state.metrics.resumes.labels("refused").inc()
+            await _deny(ws, 404, "Error.Connection.NotResumable", adopted)
+            return True
+        await ws.accept()
+        await Session(state, ws, hub, conn_id, identity, resumed=adopted).run(ws)
+        return True
+    finally:
+        state.index.release(conn_id)
+
+
+async def _adopt(
+    state: GatewayState, ws: WebSocket, hub: str, conn_id: str, identity: ClientIdentity
+) -> LocalConnection | str | None:
+    """Take a resumable connection over from the gateway that held it: the connection (its
+    socket not accepted yet), why it cannot resume, or None if it does not exist."""
+    settings, index, journal = state.settings, state.index, state.index.journal
+    assert journal is not None
+    hk = state.schema.hub(hub)
+    conn = LocalConnection(
+        conn_id, hub, identity.user_id, ws.scope["extensions"][EXTENSION], settings.send_buffer_max
+    )
+    conn.pending = None
+    resume = conn.resume = Resume("json")
+    resume.held = []  # deliveries from now on wait, unnumbered, until the read-back is done
+    resume.detached = True  # nothing is written before the socket is accepted
+    resume.adopted = True
+    try:
+        # In the index (with its groups as they are now) before it moves here, so nothing
+        # routed here after the move is missed.
+        raw = await state.redis.smembers(hk.connection_groups(conn_id))
+        groups = {g.decode() if isinstance(g, bytes) else g for g in raw}
+        index.add(conn)
+        for group in groups:
+            index.join(hub, group, (conn_id,))
+        claimed = await state.membership.claim(hub, conn_id, settings.gateway_id, conn.user)
+    except NotResumable as exc:
+        index.remove(conn)
+        return str(exc)
+    except ConnectionExists:
+        index.remove(conn)
+        return "The connection id is in use by a connection that cannot resume."
+    except RedisError as exc:
+        index.remove(conn)
+        log.warning("re-attach failed: %r", exc, extra={"connection_id": conn_id})
+        return "The server is temporarily unavailable."
+    if claimed is None:
+        index.remove(conn)
+        return None
+    for group in groups - set(claimed.groups):
+        index.leave(hub, group, (conn_id,))
+    for group in claimed.groups:
+        index.join(hub, group, (conn_id,))
+    codec = CODECS.get(claimed.protocol)
+    if codec is None:  # stored by a gateway of a later version
+        index.remove(conn)
+        return f"This gateway does not speak the connection's protocol ({claimed.protocol})."
+    resume.protocol = claimed.protocol
+    conn.codec = codec
+    resume.next_seq = claimed.next_seq
+    resume.received = resume.received_told = claimed.received
+    resume.expect = claimed.received + 1
+    resume.acked = resume.trimmed = (
+        claimed.entries[0][0] - 1 if claimed.entries else claimed.next_seq - 1
+    )
+    for seq, _, record in claimed.entries:
+        resume.sent.append((seq, record))
+        resume.sent_bytes += len(record)
+    known = {m for _, m, _ in claimed.entries if m}
+    previous = claimed.previous
+    try:
+        if previous != settings.gateway_id:
+            await state.membership.release(hub, conn_id, previous)
+        complete = await journal.read_back(
+            conn, state.schema.inbox(previous).encode(), (claimed.inbox_at, claimed.feed_at), known
+        )
+    except RedisError as exc:
+        log.warning("re-attach read-back failed: %r", exc, extra={"connection_id": conn_id})
+        complete = False
+    if not complete:
+        resume.released = True  # ended below, as a connection that cannot resume
+        index.remove(conn)
+        await _end_quietly(state, hub, conn_id, "Too much was missed to resume.")
+        return "Too much was missed to resume."
+    state.metrics.resumes.labels("adopted").inc()
+    state.metrics.connections.labels(state.metrics.hub_label(hub)).inc()
+    log.info("connection adopted from gateway %s", previous, extra={"connection_id": conn_id})
+    return conn
+
+
+async def _end_quietly(state: GatewayState, hub: str, conn_id: str, why: str) -> None:
+    try:
+        await state.membership.unregister(hub, conn_id, why)
+    except RedisError as exc:
+        log.warning("could not end connection: %r", exc, extra={"connection_id": conn_id})
 
 
 class Session:
@@ -146,6 +307,8 @@ class Session:
         "identity",
         "proto",
         "protocol",
+        "resumed",
+        "said_close",
         "stamp",
         "state",
         "trace",
@@ -158,6 +321,7 @@ class Session:
         hub: str,
         conn_id: str,
         identity: ClientIdentity,
+        resumed: LocalConnection | None = None,
     ) -> None:
         self.state = state
         self.hub = hub
@@ -167,14 +331,24 @@ class Session:
         # The connection span's traceparent (tracing on): invocations without a trace of
         # their own, and the connection events, continue it.
         self.trace: str | None = None
-        self.protocol = ServerProtocol(state.settings.max_message_size)
         self.proto: HubbubWebSocketProtocol = ws.scope["extensions"][EXTENSION]
-        self.conn = LocalConnection(
-            conn_id, hub, identity.user_id, self.proto, state.settings.send_buffer_max
-        )
+        self.resumed = resumed is not None
+        if resumed is None:
+            self.protocol = ServerProtocol(state.settings.max_message_size)
+            self.conn = LocalConnection(
+                conn_id, hub, identity.user_id, self.proto, state.settings.send_buffer_max
+            )
+        else:  # a re-attach (stateful reconnect): no handshake, the connection goes on
+            assert resumed.resume is not None
+            resumed.socket = self.proto
+            self.protocol = ServerProtocol.resumed(
+                state.settings.max_message_size, resumed.resume.protocol
+            )
+            self.conn = resumed
         # While a task handles messages, those that arrive meanwhile wait here (else None).
         self.backlog: list[bytes] | None = None
         self.gone = False  # the socket is closed (or closing): unregister, once
+        self.said_close = False  # the client sent Close: a resumable connection ends too
         # Invocation rate limit: a token bucket of ``invocation_burst`` tokens refilled at
         # ``max_invocations_per_second``; ``allowance`` tokens were left at ``stamp``
         # (monotonic seconds). The two settings are read when a client invokes, not kept here.
@@ -182,6 +356,13 @@ class Session:
         self.stamp = time.monotonic()
 
     async def run(self, ws: WebSocket) -> None:
+        if self.resumed:
+            journal = self.state.index.journal
+            assert journal is not None
+            journal.reattach(self.conn)
+            journal.kick()
+            self.proto.detach(self)
+            return
         try:
             first = await asyncio.wait_for(
                 self._handshake(ws), self.state.settings.handshake_timeout
@@ -226,6 +407,8 @@ class Session:
             assert isinstance(head, HandshakeAccepted)
             # Before the connection is indexed: everything written to it is in its protocol.
             self.conn.codec = self.protocol.codec
+            if self.conn.resume is not None:  # stored: a gateway that adopts it speaks it too
+                self.conn.resume.protocol = self.protocol.codec.name
             return rest
 
     async def _refuse(self, ws: WebSocket, error: str, logged: bool = False) -> None:
@@ -243,7 +426,11 @@ class Session:
         state.index.add(conn)
         try:
             registration = await state.membership.register(
-                self.hub, conn.id, state.settings.gateway_id, conn.user
+                self.hub,
+                conn.id,
+                state.settings.gateway_id,
+                conn.user,
+                conn.resume.protocol if conn.resume is not None else None,
             )
         except (ConnectionExists, TooManyConnections, RedisError) as exc:
             state.index.remove(conn)
@@ -265,6 +452,9 @@ class Session:
         for group in registration.groups:
             state.index.join(self.hub, group, (conn.id,))
         conn.start(HANDSHAKE_OK_FRAME)
+        resume, journal = conn.resume, state.index.journal
+        if resume is not None and journal is not None:
+            journal.unhold(conn)  # numbered now, and its position stored
         state.metrics.connections.labels(state.metrics.hub_label(self.hub)).inc()
         log.debug("connection open", extra={"connection_id": conn.id, "hub": self.hub})
         # Before any invocation of this connection: the upstream stream keeps their order.
@@ -310,7 +500,42 @@ class Session:
             return
         self.gone = True
         if self.backlog is None:
-            self.proto.spawn(self._unregister())
+            self._finish()
+
+    def _finish(self) -> None:
+        """The socket is gone: unregister; or, a resumable connection whose transport dropped
+        without a Close either way, wait for its client to re-attach (on any gateway)."""
+        conn = self.conn
+        if conn.socket is not self.proto:
+            return  # re-attached on a new socket meanwhile
+        resume, journal = conn.resume, self.state.index.journal
+        if resume is not None and resume.released:
+            return  # resumed on another gateway
+        if (
+            resume is not None
+            and journal is not None
+            and resume.held is None
+            and not conn.closing
+            and not self.said_close
+        ):
+            log.debug("transport dropped: detached", extra={"connection_id": conn.id})
+            journal.detach(conn, self._expire)
+            return
+        self.proto.spawn(self._unregister())
+
+    def _expire(self, why: str = WINDOW_PASSED) -> None:
+        """The window passed (or the buffer overflowed) with the connection detached."""
+        resume = self.conn.resume
+        if (
+            resume is None
+            or resume.released
+            or not resume.detached
+            or self.conn.socket is not self.proto
+        ):
+            return
+        self.state.metrics.resumes.labels("ended").inc()
+        self.conn.error = why
+        self.proto.spawn(self._unregister())
 
     def _parse(self, data: bytes) -> list[Event]:
         try:
@@ -329,6 +554,8 @@ class Session:
         StreamItems, Acks and Sequences are free: dropped where they are parsed, with no
         write, no task and no Redis call, they cost what reading their bytes costs.
         """
+        if self.conn.resume is not None:
+            events = self._sequenced(events)
         cost = 0
         for event in events:
             if isinstance(event, (Invocation, StreamInvocation)):
@@ -336,6 +563,29 @@ class Session:
         if cost and not self._spend(cost):
             return []
         return events
+
+    def _sequenced(self, events: list[Event]) -> list[Event]:
+        """Stateful reconnect: Acks and Sequences taken here; a counted message the client
+        resends after a re-attach, handled already, is dropped."""
+        conn, journal = self.conn, self.state.index.journal
+        resume = conn.resume
+        assert resume is not None and journal is not None
+        kept: list[Event] = []
+        for event in events:
+            if isinstance(event, Ack):
+                journal.acked(conn, event.sequence_id)
+            elif isinstance(event, Sequence):
+                if event.sequence_id > resume.received + 1:
+                    reason = "Sequence ID greater than amount of messages we've received."
+                    refusals.warning(
+                        "closing connection: %s", reason, extra={"connection_id": conn.id}
+                    )
+                    conn.close(reason)
+                    return []
+                resume.expect = event.sequence_id
+            elif not counted(event) or resume.counted():
+                kept.append(event)
+        return kept
 
     def _spend(self, cost: int) -> bool:
         """Take ``cost`` tokens from the bucket; False (and the connection closed) if it
@@ -395,14 +645,15 @@ class Session:
         finally:
             self.backlog = None
         if self.gone:
-            await self._unregister()
+            self._finish()
         else:
             self.proto.resume_reading()
 
     def _refuse_stream(self, event: StreamInvocation) -> None:
         error = "Streaming invocations are not supported."
-        codec = self.conn.codec
-        self.conn.send(codec.frame(codec.completion(event.invocation_id, error=error)))
+        self.conn.send_record(
+            encode_completion(event.invocation_id, error=error), self.state.index.journal
+        )
 
     async def _handle(self, events: list[Event]) -> bool:
         """False once the client sent Close."""
@@ -417,6 +668,7 @@ class Session:
                     await self._forward(*answer)
             elif isinstance(event, Close):
                 self.conn.error = event.error
+                self.said_close = True
                 self.proto.close(1000)
                 return False
         return True
@@ -456,8 +708,9 @@ class Session:
                 "invocation refused: %s", result_error, extra={"connection_id": self.conn.id}
             )
         if inv.invocation_id is not None:
-            codec = self.conn.codec
-            self.conn.send(codec.frame(codec.completion(inv.invocation_id, error=result_error)))
+            self.conn.send_record(
+                encode_completion(inv.invocation_id, error=result_error), self.state.index.journal
+            )
 
     async def _upstream(self, inv: Invocation) -> str | None:
         """Append the invocation upstream; an error to answer at once, or None."""
@@ -499,6 +752,12 @@ class Session:
 
     async def _unregister(self) -> None:
         conn = self.conn
+        if conn.resume is not None:
+            if conn.resume.timer is not None:
+                conn.resume.timer.cancel()
+            conn.resume.released = True  # nothing more is journaled
+            if self.state.index.journal is not None:
+                self.state.index.journal.changed.set()
         self.state.index.remove(conn)
         conn.forget_calls()
         metrics = self.state.metrics
@@ -506,7 +765,7 @@ class Session:
         if conn.overflowed:
             metrics.drops.labels("slow_consumer").inc()
         try:
-            await self.state.membership.unregister(self.hub, conn.id)
+            await self.state.membership.unregister(self.hub, conn.id, conn.error or ENDED)
         except RedisError as exc:
             metrics.redis_errors.labels("unregister").inc()
             log.warning(

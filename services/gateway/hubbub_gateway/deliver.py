@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Set
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry.trace import SpanKind, Tracer
 
@@ -29,6 +29,9 @@ from hubbub.telemetry import (
     context_from,
 )
 from hubbub.wire.envelopes import ControlEntry, Entry, Kind, MessageEntry, Op, ResultEntry
+
+if TYPE_CHECKING:
+    from .resume import Journal, Resume
 
 log = logging.getLogger("hubbub.gateway.deliver")
 
@@ -73,6 +76,7 @@ class LocalConnection:
         "max_buffer",
         "overflowed",
         "pending",
+        "resume",
         "socket",
         "user",
     )
@@ -101,6 +105,29 @@ class LocalConnection:
         self.error: str | None = None  # why it was closed, for the disconnected event
         # The hub protocol it negotiated: every record written to it is in this codec.
         self.codec: HubCodec = JSON
+        # Stateful reconnect (:mod:`.resume`): counted messages are numbered and journaled.
+        self.resume: Resume | None = None
+
+    def frame(self, record: bytes) -> bytes:
+        """A JSON hub record as the WebSocket frame this client reads (b"" if its protocol
+        cannot carry it, which never happens for the records Hubbub makes)."""
+        codec = self.codec
+        if codec is JSON:
+            return text_frame(record)
+        try:
+            return codec.frame(codec.from_json(record))
+        except ProtocolError as exc:
+            log.warning("record not transcoded for %s: %s", self.id, exc)
+            return b""
+
+    def send_record(self, record: bytes, journal: Journal | None) -> None:
+        """A counted message the gateway itself answers (a JSON Completion): journaled first
+        on a resumable connection; in the connection's protocol."""
+        if self.resume is not None and journal is not None:
+            journal.add(self, record)
+            journal.kick()
+        elif frame := self.frame(record):
+            self.send(frame)
 
     def settle(self, call: str) -> bool:
         """Whether ``call`` was pending (it is not any more): only its first answer goes out."""
@@ -214,6 +241,8 @@ class LocalIndex:
         self.waiting: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
         # While an inbox read's entries are handled: the frames for each socket, written as one.
         self._batch: dict[LocalConnection, list[bytes]] | None = None
+        # Resumable connections' messages go through it (set by the gateway).
+        self.journal: Journal | None = None
 
     # ------------------------------------------------------------ membership
 
@@ -332,6 +361,9 @@ class LocalIndex:
                 self._batch = {}
             for conn in list(self._local(entry.hub, entry.connections)):
                 conn.close(entry.reason or None)
+        elif op is Op.RELEASE and self.journal is not None:
+            for conn in list(self._local(entry.hub, entry.connections)):
+                self.journal.release(conn)
 
     def _deliver(self, delivery: MessageEntry) -> None:
         epoch = delivery.epoch
@@ -379,11 +411,16 @@ class LocalIndex:
                 self.invocation_timeout, asked.pop, call, None
             )
             asked[call] = (delivery.reply_to, timer)
-        elif not conn.settle(call):
+        elif not conn.settle(call) and not (conn.resume is not None and conn.resume.adopted):
             self.metrics.drops.labels("late_completion").inc()
             return 0
         else:
             self.metrics.invocation_outcomes.labels("answered").inc()
+        if conn.resume is not None and self.journal is not None:
+            self.journal.add(conn, delivery.frame, delivery.message_id)
+            self.delivered += 1
+            self.metrics.deliveries.inc()
+            return 1
         if conn.codec is JSON:
             frame = text_frame(delivery.frame)
         else:
@@ -420,6 +457,11 @@ class LocalIndex:
             if excluded and conn.id in excluded:
                 continue
             out = frame
+            if conn.resume is not None and self.journal is not None:
+                # Journaled as JSON; written in its protocol once stored (``resume.py``).
+                self.journal.add(conn, delivery.frame, delivery.message_id)
+                written += 1
+                continue
             if conn.codec is not JSON:
                 if binary is None:
                     binary = self._transcoded(delivery) or b""
@@ -482,6 +524,8 @@ class LocalIndex:
     def tick(self, keepalive_ticks: int, timeout_ticks: int) -> None:
         """Called once a second: Ping idle connections, close silent ones."""
         for conn in tuple(self.connections.values()):
+            if conn.resume is not None and conn.resume.detached:
+                continue  # no socket: its window timer ends it
             conn.idle_recv_ticks += 1
             if conn.idle_recv_ticks > timeout_ticks:
                 conn.close("Server timeout elapsed without receiving a message from the client.")

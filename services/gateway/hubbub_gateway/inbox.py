@@ -95,6 +95,11 @@ class InboxReader:
                     self.index.handle_many(deliveries)
                 except Exception:
                     log.exception("delivery of %d inbox entries failed", len(deliveries))
+                journal = self.index.journal
+                if journal is not None and journal.dirty:
+                    # Resumable connections' messages: in Redis before on the socket, and
+                    # before the next read, so the stored positions say what is journaled.
+                    await journal.flush()
             if response:
                 self.index.metrics.stage.labels("deliver").observe(time.perf_counter() - started)
 

@@ -25,7 +25,7 @@ import orjson
 
 from hubbub.logs import printable
 from hubbub.metrics import Metrics
-from hubbub.protocol.signalr import Completion, Invocation, encode_invocation
+from hubbub.protocol.signalr import Completion, Invocation, encode_completion, encode_invocation
 from hubbub.redis.pipe import Pipe
 from hubbub.redis.stream import PublishStream
 from hubbub.redis.upstream import UpstreamStream
@@ -173,8 +173,7 @@ class Invoker:
             return
         self.metrics.invocation_outcomes.labels("timeout").inc()
         error = f"No answer within {self.timeout:g} seconds (HUBBUB_INVOCATION_TIMEOUT)."
-        codec = conn.codec
-        conn.send(codec.frame(codec.completion(call, error=error)))
+        conn.send_record(encode_completion(call, error=error), self.index.journal)
 
     # ------------------------------------------------------------ client results
 

@@ -79,8 +79,20 @@ async def negotiate(request: Request, hub: str, negotiateVersion: int = 0) -> JS
         "negotiateVersion": 1 if v1 else 0,
         "availableTransports": TRANSPORTS,
     }
+    # Stateful reconnect, when the client asks (withStatefulReconnect()) and it is on: the
+    # token says so, signed, to whichever gateway the client re-attaches to.
+    stateful = (
+        v1
+        and request.query_params.get("useStatefulReconnect") == "true"
+        and settings.reconnect_window > 0
+    )
+    if stateful:
+        body["useStatefulReconnect"] = True
     if v1:
         body["connectionToken"] = connection_token(
-            settings.access_key, connection_id, settings.connection_token_ttl
+            settings.access_key,
+            connection_id,
+            settings.connection_token_ttl,
+            resumable=stateful,
         )
     return JSONResponse(body)

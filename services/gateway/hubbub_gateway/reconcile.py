@@ -91,7 +91,11 @@ class Reconciler:
         state = self.state
         try:
             registration = await state.membership.register(
-                conn.hub, conn.id, state.settings.gateway_id, conn.user
+                conn.hub,
+                conn.id,
+                state.settings.gateway_id,
+                conn.user,
+                conn.resume.protocol if conn.resume is not None else None,
             )
         except ConnectionExists:  # registered meanwhile
             return False

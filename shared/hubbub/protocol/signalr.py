@@ -143,6 +143,24 @@ def encode_close(error: str | None = None, allow_reconnect: bool = False) -> byt
     return orjson.dumps(msg) + RS
 
 
+def encode_ack(sequence_id: int) -> bytes:
+    """Stateful reconnect: the client's messages up to ``sequence_id`` were received."""
+    return b'{"type":8,"sequenceId":%d}' % sequence_id + RS
+
+
+def encode_sequence(sequence_id: int) -> bytes:
+    """Stateful reconnect, after a re-attach: the next counted message has ``sequence_id``."""
+    return b'{"type":9,"sequenceId":%d}' % sequence_id + RS
+
+
+def counted(message: object) -> bool:
+    """Whether stateful reconnect numbers ``message`` (the spec: Invocation, StreamItem,
+    Completion, StreamInvocation, CancelInvocation; not Ping, Close, Ack or Sequence)."""
+    return isinstance(
+        message, (Invocation, StreamItem, Completion, StreamInvocation, CancelInvocation)
+    )
+
+
 def encode_handshake_error(error: str) -> bytes:
     return orjson.dumps({"error": error}) + RS
 
@@ -303,7 +321,8 @@ class ServerProtocol:
     A rejected handshake comes back as an event so the caller can answer it before closing.
     """
 
-    SUPPORTED: ClassVar[dict[str, int]] = {"json": 1, "messagepack": 1}
+    # Version 2 adds Ack and Sequence (stateful reconnect); clients send the version they speak.
+    SUPPORTED: ClassVar[dict[str, int]] = {"json": 2, "messagepack": 2}
 
     __slots__ = ("_head", "_records", "codec", "max_message_size", "phase", "protocol")
 
@@ -318,6 +337,18 @@ class ServerProtocol:
         # The negotiated codec (JSON until the handshake says otherwise): it reads what the
         # client sends after the handshake, and the gateway writes to the client with it.
         self.codec = JSON
+
+    @classmethod
+    def resumed(cls, max_message_size: int, protocol: str) -> ServerProtocol:
+        """A re-attached connection (stateful reconnect): open already, no handshake."""
+        from .codec import CODECS
+
+        opened = cls(max_message_size)
+        opened.phase = Phase.OPEN
+        opened.protocol = protocol
+        opened.codec = CODECS[protocol]
+        opened._records = opened.codec.reader(max_message_size)
+        return opened
 
     def receive(self, data: bytes) -> list[Event]:
         if self.phase is Phase.CLOSED:

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from hubbub.settings import DEFAULT_MAX_GROUPS_PER_CONNECTION
 from hubbub.wire import keys as k
@@ -29,6 +30,8 @@ from hubbub.wire.keys import HubKeys, KeySchema
 # share the hub's hash slot. Helper arguments are KEYS indexes, documented per script.
 _HELPERS = f"""
 local GW, USER = '{k.CONNECTION_GATEWAY}', '{k.CONNECTION_USER}'
+local RP, SQ, RX = '{k.CONNECTION_PROTOCOL}', '{k.CONNECTION_NEXT_SEQ}', '{k.CONNECTION_RECEIVED}'
+local IC, FC = '{k.CONNECTION_INBOX_AT}', '{k.CONNECTION_FEED_AT}'
 local function join(conn, gw, group, cg, gc, gg, max)
   if redis.call('SISMEMBER', cg, group) == 0 and redis.call('SCARD', cg) >= max then
     return false
@@ -60,7 +63,8 @@ end
 
 # KEYS: connection, its groups, gateway's connections, user's connections, user's gateways,
 # user's groups, gc prefix, gg prefix. ARGV: conn, gw, user ('' = anonymous), now, max groups,
-# max connections of the user (0 = no limit).
+# max connections of the user (0 = no limit), hub protocol of a resumable connection ('' = not
+# resumable).
 # Returns false if the connection id is live, 0 (and changes nothing) if the user has max
 # connections already, else the groups it joined through its user (at most max groups: the
 # user's other bindings skip this connection).
@@ -75,6 +79,7 @@ if user ~= '' and max_user_connections > 0
   return 0
 end
 redis.call('HSET', KEYS[1], GW, gw, USER, user)
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], RP, ARGV[7], SQ, 1, RX, 0) end
 redis.call('SADD', KEYS[3], conn)
 local joined = {}
 if user ~= '' then
@@ -91,17 +96,23 @@ return joined
 """
 )
 
-# KEYS: connection, its groups, gwc prefix, uc prefix, ug prefix, gc prefix, gg prefix.
-# ARGV: conn, n. Returns the gateway that held it, or false; or 1 when it was in more than n
+# KEYS: connection, its groups, gwc prefix, uc prefix, ug prefix, gc prefix, gg prefix, its
+# resume stream, its resume tombstone.
+# ARGV: conn, n, why it ended, seconds to remember that (a resumable connection).
+# Returns the gateway that held it, or false; or 1 when it was in more than n
 # groups: n of them were left, nothing else changed, and the caller calls again.
 _UNREGISTER = (
     _HELPERS
     + """
 local conn, n = ARGV[1], tonumber(ARGV[2])
-local info = redis.call('HMGET', KEYS[1], GW, USER)
+local info = redis.call('HMGET', KEYS[1], GW, USER, RP)
 local gw, user = info[1], info[2]
 if not gw then return false end
 if leave_chunk(conn, gw, KEYS[2], KEYS[6], KEYS[7], n) then return 1 end
+if info[3] then
+  redis.call('DEL', KEYS[8])
+  redis.call('SET', KEYS[9], ARGV[3], 'EX', ARGV[4])
+end
 if user and user ~= '' then
   redis.call('SREM', KEYS[4] .. user, conn)
   local ug = KEYS[5] .. user
@@ -129,6 +140,65 @@ else
   leave(conn, gw, group, KEYS[2], KEYS[3], KEYS[4])
 end
 return gw
+"""
+)
+
+# KEYS: connection, its groups, its resume stream, its resume tombstone, gwc prefix,
+# ug prefix, gg prefix. ARGV: conn, the claiming gateway, the user ('' = anonymous).
+# A re-attach of a resumable connection: moves it (its user's and its groups' gateway counts,
+# the gateway's set) to the claiming gateway, so deliveries go there from now on, and returns
+# what the new holder needs, all read in the same atomic step as the move:
+# {'ok', old gateway, protocol, next seq, received, inbox at, feed at, {groups}, {entries}};
+# or {'new'} (no such connection: a first connect), {'gone', why} (it ended), {'busy'} (a
+# connection that is not resumable holds the id).
+_CLAIM = (
+    _HELPERS
+    + """
+local out = {}
+local gone = redis.call('GET', KEYS[4])
+if gone then table.insert(out, 'gone'); table.insert(out, gone); return out end
+local info = redis.call('HMGET', KEYS[1], GW, USER, RP, SQ, RX, IC, FC)
+local old, user = info[1], info[2]
+if not old then table.insert(out, 'new'); return out end
+if not info[3] or user ~= ARGV[3] then table.insert(out, 'busy'); return out end
+local conn, gw = ARGV[1], ARGV[2]
+local groups = redis.call('SMEMBERS', KEYS[2])
+if old ~= gw then
+  for _, group in ipairs(groups) do
+    local gg = KEYS[7] .. group
+    if redis.call('HINCRBY', gg, old, -1) <= 0 then redis.call('HDEL', gg, old) end
+    redis.call('HINCRBY', gg, gw, 1)
+  end
+  if user ~= '' then
+    local ug = KEYS[6] .. user
+    if redis.call('HINCRBY', ug, old, -1) <= 0 then redis.call('HDEL', ug, old) end
+    redis.call('HINCRBY', ug, gw, 1)
+  end
+  redis.call('SREM', KEYS[5] .. old, conn)
+  redis.call('SADD', KEYS[5] .. gw, conn)
+  redis.call('HSET', KEYS[1], GW, gw)
+end
+table.insert(out, 'ok'); table.insert(out, old); table.insert(out, info[3])
+table.insert(out, info[4] or '1'); table.insert(out, info[5] or '0')
+table.insert(out, info[6] or ''); table.insert(out, info[7] or '')
+table.insert(out, groups); table.insert(out, redis.call('XRANGE', KEYS[3], '-', '+'))
+return out
+"""
+)
+
+# KEYS: connection, its resume stream. ARGV: gateway, next seq, inbox at, feed at, then
+# (seq, message id, JSON record) per message. Appends the messages to the resume stream, only
+# while the connection is this gateway's (fencing: once another gateway claimed it, this one's
+# appends are refused and it lets the connection go). Returns 1, or 0 when refused.
+_JOURNAL = (
+    _HELPERS
+    + """
+if redis.call('HGET', KEYS[1], GW) ~= ARGV[1] then return 0 end
+for i = 5, #ARGV, 3 do
+  redis.call('XADD', KEYS[2], '0-' .. ARGV[i], 'm', ARGV[i + 1], 'r', ARGV[i + 2])
+end
+redis.call('HSET', KEYS[1], SQ, ARGV[2], IC, ARGV[3], FC, ARGV[4])
+return 1
 """
 )
 
@@ -272,6 +342,28 @@ class TooManyGroups(Exception):
         self.limit = limit
 
 
+class NotResumable(Exception):
+    """A re-attach of a resumable connection that has ended; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A resumable connection this gateway now holds, as its previous holder left it."""
+
+    previous: str  # the gateway that held it (this one, for a re-attach here)
+    protocol: str
+    next_seq: int
+    received: int
+    inbox_at: bytes  # the previous holder's inbox position up to which ``entries`` has all
+    feed_at: bytes  # the same for the broadcast feed
+    groups: tuple[str, ...]
+    entries: list[tuple[int, bytes, bytes]]  # (sequence id, message id, JSON record)
+
+
+# Why a resumable connection ended, for a re-attach that comes later.
+ENDED = "The connection ended."
+
+
 @dataclass(frozen=True, slots=True)
 class Reaped:
     """A connection removed with its dead gateway."""
@@ -294,11 +386,17 @@ class Membership:
         schema: KeySchema,
         max_groups: int = DEFAULT_MAX_GROUPS_PER_CONNECTION,
         max_user_connections: int = 0,
+        resume_memory: float = 300.0,
     ) -> None:
         self.redis = redis
         self.schema = schema
         self.max_groups = max_groups
         self.max_user_connections = max_user_connections
+        # Seconds a resumable connection's end is remembered (a re-attach is refused with why):
+        # the connection token's lifetime, past which an unknown id is refused anyway.
+        self.resume_memory = max(1, int(resume_memory))
+        self._claim = redis.register_script(_CLAIM)
+        self._journal = redis.register_script(_JOURNAL)
         self._register = redis.register_script(_REGISTER)
         self._unregister = redis.register_script(_UNREGISTER)
         self._connection_group = redis.register_script(_CONNECTION_GROUP)
@@ -309,7 +407,10 @@ class Membership:
 
     # ------------------------------------------------------------ connection lifecycle
 
-    async def register(self, hub: str, conn: str, gateway: str, user: str | None) -> Registration:
+    async def register(
+        self, hub: str, conn: str, gateway: str, user: str | None, protocol: str | None = None
+    ) -> Registration:
+        """``protocol``: the hub protocol of a resumable connection (stateful reconnect)."""
         hk = self.schema.hub(hub)
         await self.redis.sadd(self.schema.gateway_hubs(gateway), hub)
         name = user or ""
@@ -324,7 +425,15 @@ class Membership:
                 hk.group_connections(""),
                 hk.group_gateways(""),
             ],
-            args=[conn, gateway, name, time.time(), self.max_groups, self.max_user_connections],
+            args=[
+                conn,
+                gateway,
+                name,
+                time.time(),
+                self.max_groups,
+                self.max_user_connections,
+                protocol or "",
+            ],
         )
         if result is None:
             raise ConnectionExists(conn)
@@ -332,7 +441,8 @@ class Membership:
             raise TooManyConnections(name, self.max_user_connections)
         return Registration(tuple(g.decode() for g in result))
 
-    async def unregister(self, hub: str, conn: str) -> str | None:
+    async def unregister(self, hub: str, conn: str, why: str = ENDED) -> str | None:
+        """``why``: for a resumable connection, what a later re-attach is told."""
         hk = self.schema.hub(hub)
         keys = [
             hk.connection(conn),
@@ -342,10 +452,74 @@ class Membership:
             hk.user_gateways(""),
             hk.group_connections(""),
             hk.group_gateways(""),
+            hk.resume(conn),
+            hk.resume_gone(conn),
         ]
-        while (gw := await self._unregister(keys=keys, args=[conn, LEAVE_CHUNK])) == 1:
+        args: list[str | int] = [conn, LEAVE_CHUNK, why, self.resume_memory]
+        while (gw := await self._unregister(keys=keys, args=args)) == 1:
             pass  # LEAVE_CHUNK groups left, more to go
         return gw.decode() if gw else None
+
+    # ------------------------------------------------------------ stateful reconnect
+
+    async def claim(self, hub: str, conn: str, gateway: str, user: str | None) -> Claimed | None:
+        """Take over a resumable connection for a re-attach on ``gateway``: None when there
+        is no such connection (a first connect); :class:`NotResumable` when it ended;
+        :class:`ConnectionExists` when a connection that is not resumable holds the id."""
+        hk = self.schema.hub(hub)
+        await self.redis.sadd(self.schema.gateway_hubs(gateway), hub)
+        reply = await self._claim(
+            keys=[
+                hk.connection(conn),
+                hk.connection_groups(conn),
+                hk.resume(conn),
+                hk.resume_gone(conn),
+                hk.gateway_connections(""),
+                hk.user_gateways(""),
+                hk.group_gateways(""),
+            ],
+            args=[conn, gateway, user or ""],
+        )
+        status = reply[0]
+        if status == b"new":
+            return None
+        if status == b"gone":
+            raise NotResumable(_text(reply[1]))
+        if status == b"busy":
+            raise ConnectionExists(conn)
+        entries = [
+            (int(entry_id.partition(b"-")[2]), fields[1], fields[3])
+            for entry_id, fields in reply[8]
+        ]
+        return Claimed(
+            previous=_text(reply[1]),
+            protocol=_text(reply[2]),
+            next_seq=int(reply[3]),
+            received=int(reply[4]),
+            inbox_at=reply[5],
+            feed_at=reply[6],
+            groups=tuple(_text(g) for g in reply[7]),
+            entries=entries,
+        )
+
+    async def journal(
+        self,
+        pipe: Pipeline,
+        hub: str,
+        conn: str,
+        gateway: str,
+        position: tuple[int, bytes, bytes],
+        items: list[tuple[int, bytes, bytes]],
+    ) -> None:
+        """Queue on ``pipe`` the append of ``items`` (sequence id, message id, JSON record) to
+        the connection's resume stream, fenced: refused (the reply is 0) once ``gateway`` no
+        longer holds it. ``position``: the next sequence id and the inbox and feed positions
+        everything to the connection up to which is then in the stream."""
+        hk = self.schema.hub(hub)
+        args: list[bytes | str | int] = [gateway, *position]
+        for item in items:
+            args.extend(item)
+        await self._journal(keys=[hk.connection(conn), hk.resume(conn)], args=args, client=pipe)
 
     # ------------------------------------------------------------ groups
 
@@ -437,6 +611,14 @@ class Membership:
                     nomkstream=True,
                 )
             await pipe.execute()
+
+    async def release(self, hub: str, conn: str, gateway: str) -> None:
+        """Tell ``gateway`` that ``conn`` re-attached elsewhere: it lets it go, silently."""
+        await self.redis.xadd(
+            self.schema.inbox(gateway),
+            ControlEntry(Op.RELEASE, hub, (conn,)).mapping(),
+            nomkstream=True,
+        )
 
     async def close_connection(self, hub: str, conn: str, reason: str | None) -> bool:
         gw = await self.redis.hget(self.schema.hub(hub).connection(conn), k.CONNECTION_GATEWAY)

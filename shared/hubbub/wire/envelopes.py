@@ -87,6 +87,9 @@ class Op(bytes, enum.Enum):
     JOIN = b"J"
     LEAVE = b"L"
     CLOSE = b"X"
+    # A resumable connection re-attached on another gateway: drop it here, silently (no
+    # unregister, no disconnected event, no Close message).
+    RELEASE = b"V"
     # Written by a gateway to create its inbox; deliveries use NOMKSTREAM so that nothing
     # recreates the inbox of a gateway that was reaped.
     HELLO = b"H"

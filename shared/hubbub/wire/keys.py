@@ -19,10 +19,21 @@ USER_CONNECTIONS = "uc"
 USER_GATEWAYS = "ug"
 USER_GROUPS = "ugr"
 GATEWAY_CONNECTIONS = "gwc"
+RESUME = "rs"
+RESUME_GONE = "rg"
 
 # Fields of the connection hash (:meth:`HubKeys.connection`).
 CONNECTION_GATEWAY = "gw"
 CONNECTION_USER = "user"
+# Stateful (resumable) connections only: the hub protocol it speaks (its presence marks the
+# connection resumable), the sequence id of the next message to it, how many of its client's
+# messages were handled, and the holding gateway's inbox and broadcast-feed positions up to
+# which every message to it is in its resume stream.
+CONNECTION_PROTOCOL = "rp"
+CONNECTION_NEXT_SEQ = "sq"
+CONNECTION_RECEIVED = "rx"
+CONNECTION_INBOX_AT = "ic"
+CONNECTION_FEED_AT = "fc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,15 @@ class HubKeys:
     def user_groups(self, user: str) -> str:
         """Sorted set group -> expiry (unix seconds, ``inf`` = durable) of user-bound groups."""
         return f"{self.base}:{USER_GROUPS}:{user}"
+
+    def resume(self, conn: str) -> str:
+        """Stream of a resumable connection's messages its client has not acknowledged: entry
+        id ``0-<sequence id>``, fields ``m`` (message id) and ``r`` (the JSON hub record)."""
+        return f"{self.base}:{RESUME}:{conn}"
+
+    def resume_gone(self, conn: str) -> str:
+        """String, with a TTL: why a resumable connection ended; a re-attach is refused with it."""
+        return f"{self.base}:{RESUME_GONE}:{conn}"
 
     def gateway_connections(self, gateway: str) -> str:
         """Set of this hub's connection ids held by a gateway, for the reaper."""

@@ -4,8 +4,10 @@
 //
 //   node client.mjs --url http://127.0.0.1:PORT/hubs/chat [--token JWT] [--skip-negotiation]
 //                   [--reconnect] [--transport-header] [--query-token] [--on name1,name2,...]
-//                   [--answer name1,name2,...] [--msgpack]
+//                   [--answer name1,name2,...] [--msgpack] [--stateful]
 //
+// --stateful          withStatefulReconnect(): a dropped transport re-attaches with the same
+//                     connection id and the server resends what the client had not acknowledged.
 // --transport-header  send the token as a fixed `Authorization: Bearer` header through the
 //                     `headers` option instead of accessTokenFactory.
 // --answer            handlers (also listened to) that return a value, for client results:
@@ -40,6 +42,7 @@ try {
       on: { type: "string", default: "newMessage" },
       answer: { type: "string", default: "" },
       msgpack: { type: "boolean", default: false },
+      stateful: { type: "boolean", default: false },
     },
     strict: true,
   }).values;
@@ -111,6 +114,7 @@ if (cli["skip-negotiation"]) {
 let builder = new signalR.HubConnectionBuilder().withUrl(cli.url, options).configureLogging(logger);
 if (cli.msgpack) builder = builder.withHubProtocol(new MessagePackHubProtocol());
 if (cli.reconnect) builder = builder.withAutomaticReconnect([0, 200, 500, 1000]);
+if (cli.stateful) builder = builder.withStatefulReconnect();
 const connection = builder.build();
 
 const names = (list) => list.split(",").map((s) => s.trim()).filter(Boolean);
