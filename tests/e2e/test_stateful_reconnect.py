@@ -54,9 +54,11 @@ async def _metric(url: str, name: str) -> float:
     return total
 
 
-async def _stateful_client(proxy: Proxy, api: HubbubClient, user: str) -> NodeClient:
+async def _stateful_client(
+    proxy: Proxy, api: HubbubClient, user: str, msgpack: bool = False
+) -> NodeClient:
     client = NodeClient()
-    await client.start(f"{proxy.url}/hubs/chat", client_token(user), stateful=True)
+    await client.start(f"{proxy.url}/hubs/chat", client_token(user), stateful=True, msgpack=msgpack)
     conn_id = await client.wait_connected()
     assert conn_id
     await api.add_connection_to_group("room", conn_id)
@@ -101,12 +103,13 @@ async def _until_received(client: NodeClient, n: int) -> None:
     await eventually(enough, timeout=30, interval=0.01)
 
 
+@pytest.mark.parametrize("msgpack", [False, True], ids=["json", "messagepack"])
 async def test_network_outage_resumes_on_the_same_gateway(
-    cluster: Deployment, api: HubbubClient, proxy: Proxy, redis: Redis, prefix: str
+    cluster: Deployment, api: HubbubClient, proxy: Proxy, redis: Redis, prefix: str, msgpack: bool
 ) -> None:
     gateway = cluster.gateways[1]
     proxy.backends = [gateway.port or 0]
-    async with await _stateful_client(proxy, api, "ann") as client:
+    async with await _stateful_client(proxy, api, "ann", msgpack) as client:
         conn_id = client.connection_id
         assert conn_id
         started = time.monotonic()
@@ -128,12 +131,13 @@ async def test_network_outage_resumes_on_the_same_gateway(
         print(f"resumed: {replayed:.0f} messages resent, all in {resumed_after:.2f} s after")
 
 
+@pytest.mark.parametrize("msgpack", [False, True], ids=["json", "messagepack"])
 async def test_gateway_killed_resumes_on_the_other_gateway(
-    cluster: Deployment, api: HubbubClient, proxy: Proxy, redis: Redis, prefix: str
+    cluster: Deployment, api: HubbubClient, proxy: Proxy, redis: Redis, prefix: str, msgpack: bool
 ) -> None:
     first, other = cluster.gateways[1], cluster.gateways[0]
     proxy.backends = [first.port or 0]
-    async with await _stateful_client(proxy, api, "bob") as client:
+    async with await _stateful_client(proxy, api, "bob", msgpack) as client:
         conn_id = client.connection_id
         assert conn_id
         started = time.monotonic()
