@@ -145,7 +145,9 @@ async def test_gateway_killed_resumes_on_the_other_gateway(
         await _until_received(client, 300)
         proxy.backends = [other.port or 0]
         first.signal(signal.SIGKILL)
+        killed = time.monotonic()
         got, _ = await _received(client, started)
+        after_kill = time.monotonic() - killed
         await sender
         _assert_every_number_once_in_order(got)
         state = await client.state()
@@ -153,7 +155,10 @@ async def test_gateway_killed_resumes_on_the_other_gateway(
         assert await _holder(redis, prefix, conn_id) == f"{prefix}-{other.name}"
         assert await _metric(other.url, 'hubbub_resumes_total{event="adopted"}') == 1
         read_back = await _metric(other.url, "hubbub_resumed_messages_total")
-        print(f"adopted after SIGKILL: {read_back:.0f} messages read back or resent")
+        print(
+            f"adopted after SIGKILL: {read_back:.0f} messages read back or resent; "
+            f"all 2,000 in {after_kill:.2f} s after the kill"
+        )
         # The user and group still reach it, through the new gateway.
         await api.send_to_group("room", "newMessage", ["group", PER_TARGET])
         assert (await client.next_event("message", timeout=10))["args"] == ["group", PER_TARGET]
@@ -173,7 +178,9 @@ async def test_drained_gateway_hands_its_clients_over(
             await _until_received(client, 300)
             proxy.backends = [staying.port or 0]
             leaving.signal(signal.SIGTERM)
+            drained = time.monotonic()
             got, _ = await _received(client, started)
+            print(f"handed over at drain: all 2,000 in {time.monotonic() - drained:.2f} s after it")
             await sender
             _assert_every_number_once_in_order(got)
             assert await asyncio.to_thread(leaving.process.wait, 20) == 0
