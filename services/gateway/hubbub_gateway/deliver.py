@@ -360,7 +360,12 @@ class LocalIndex:
                 self._flush()
                 self._batch = {}
             for conn in list(self._local(entry.hub, entry.connections)):
-                conn.close(entry.reason or None)
+                resume = conn.resume
+                if resume is not None and resume.detached and resume.expire is not None:
+                    # No socket to close: it ends now, not when its window would have.
+                    resume.expire(entry.reason or "The connection was closed by the server.")
+                else:
+                    conn.close(entry.reason or None)
         elif op is Op.RELEASE and self.journal is not None:
             for conn in list(self._local(entry.hub, entry.connections)):
                 self.journal.release(conn)
