@@ -238,3 +238,18 @@ async def test_a_client_that_never_acknowledges_is_closed_with_why(gateway: Depl
         assert "cannot resume" in message["error"]
         assert received == list(range(len(received)))  # a prefix, in order
         await _gone(api, client.connection_id)
+
+
+async def test_a_rest_close_ends_a_detached_connection_at_once(deployment: Deployment) -> None:
+    gw = await deployment.start_gateway(HUBBUB_RECONNECT_WINDOW="60")
+    deployment.start_worker()
+    client = await Stateful.negotiate(gw.url, "eli")
+    await client.open()
+    async with HubbubClient(gw.url, ACCESS_KEY, "chat") as api:
+        client.drop()
+        await api.close_connection(client.connection_id, reason="Banned.")
+        await _gone(api, client.connection_id)  # well before its 60 s window
+    with pytest.raises(InvalidStatus) as refused:
+        await client.open(handshake=False)
+    body = orjson.loads(refused.value.response.body or b"{}")
+    assert body["code"] == "Error.Connection.NotResumable" and body["message"] == "Banned."
