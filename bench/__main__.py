@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench.clients import CLIENT_IMPLS
+from bench.clients import CLIENT_IMPLS, CLIENT_PROTOCOLS
 from bench.common import log, run_loop
 from bench.phases import run_all
 from bench.report import kept_sections, machine_and_versions, print_details, results_markdown
@@ -88,6 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(CLIENT_IMPLS),
         default="sansio",
         help="load-client WebSocket layer, both from the websockets library (see the classes)",
+    )
+    parser.add_argument(
+        "--client-protocol",
+        choices=list(CLIENT_PROTOCOLS),
+        default="json",
+        help="hub protocol of Hubbub's load clients (the peer's speak Socket.IO regardless): "
+        "SignalR JSON; JSON with stateful reconnect (numbered messages, Acks at most once a "
+        "second like the JS client); MessagePack",
     )
     parser.add_argument("--drain-timeout", type=float, default=5.0)
     parser.add_argument("--ramp-start", type=float, default=50.0, help="first W1 rate, msg/s")

@@ -46,10 +46,16 @@ class Session:
     phase_no: int = 0
     out: dict[str, Any] = field(default_factory=dict)  # what the report says of this system
     rest_publishers: PublisherPool | None = None  # Hubbub, direct: for the W3 via REST phase
+    client_protocol: str = "-"  # Hubbub: --client-protocol; the peer: Socket.IO, always
 
 
-def sample_frame_bytes(protocol: str, pad: int) -> int:
+def sample_frame_bytes(protocol: str, pad: int, client_protocol: str = "json") -> int:
     payload = {"s": 12345, "g": "g12", "p": "x" * pad, "t": time.time()}
+    if protocol == "signalr" and client_protocol == "messagepack":
+        import msgpack  # type: ignore[import-untyped]
+
+        record = msgpack.packb([1, {}, None, TARGET_METHOD, [payload]])
+        return len(record) + 1  # + its varint length (< 128)
     if protocol == "signalr":
         body = {"type": 1, "target": TARGET_METHOD, "arguments": [payload]}
         return len(json.dumps(body, separators=(",", ":"))) + 1
@@ -134,11 +140,12 @@ async def run_phase(
     report = {
         "target": target.name,
         "workload": workload,
+        "client_protocol": session.client_protocol,
         "publish_path": publishers.kind,
         "clients": len(session.connected),
         "rate": rate,
         "seconds": seconds,
-        "frame_bytes": sample_frame_bytes(target.protocol, args.pad),
+        "frame_bytes": sample_frame_bytes(target.protocol, args.pad, session.client_protocol),
         "published": pub.published,
         "publish_failed": pub.failed,
         "publish_errors": pub.errors,
@@ -231,7 +238,9 @@ async def open_session(
         cleanup.append(rest_publishers.terminate)
     log(f"starting {target.label} (logs in {target.workdir})")
     await target.start()
-    out: dict[str, Any] = {"target": name, "label": target.label, "phases": {}}
+    client_protocol = client_protocol_of(target, args)
+    out: dict[str, Any] = {"target": name, "label": target.label, "phases": {},
+                           "client_protocol": client_protocol}  # fmt: skip
     publishers.start(target.publisher_config(), args.publishers)
     out["publish_path"] = publishers.kind
     if rest_publishers is not None:
@@ -241,10 +250,18 @@ async def open_session(
         ClientSpec(i, endpoints[i % len(endpoints)], f"u{i}", f"g{i // GROUP_SIZE}")
         for i in range(args.clients)
     ]
-    log(f"connecting {args.clients} {target.protocol} clients from {args.client_procs} procs")
+    log(
+        f"connecting {args.clients} {target.protocol} clients ({client_protocol}) from "
+        f"{args.client_procs} procs"
+    )
     t0 = time.monotonic()
     ready = await pool.start(
-        specs, target.protocol, args.client_impl, args.compression == "deflate", 300
+        specs,
+        target.protocol,
+        args.client_impl,
+        args.compression == "deflate",
+        300,
+        client_protocol=client_protocol if target.protocol == "signalr" else "json",
     )
     connected: dict[int, str] = {}
     connect_errors: list[str] = []
@@ -268,7 +285,8 @@ async def open_session(
         await rest_publishers.ready()
         rest_publishers.setup(specs, connected)
     session = Session(target, pool, publishers, args, connected, out=out,
-                      rest_publishers=rest_publishers)  # fmt: skip
+                      rest_publishers=rest_publishers,
+                      client_protocol=client_protocol)  # fmt: skip
     if args.settle:
         await asyncio.sleep(args.settle)
     pids = target.server_pids()
@@ -280,6 +298,12 @@ async def open_session(
             time.monotonic() - idle_start
         )
     return session
+
+
+def client_protocol_of(target: Target, args: argparse.Namespace) -> str:
+    """The load clients' protocol on this system: ``--client-protocol`` for SignalR (Hubbub),
+    ``socket.io`` for the peer (whatever that option says)."""
+    return str(args.client_protocol) if target.protocol == "signalr" else "socket.io"
 
 
 async def close_session(session: Session) -> dict[str, Any]:
@@ -392,7 +416,17 @@ async def run_idle(
             ClientSpec(i, endpoints[i % len(endpoints)], f"u{i}", "") for i in range(args.idle)
         ]
         t0 = time.monotonic()
-        ready = await pool.start(specs, target.protocol, args.client_impl, False, 600, 64)
+        client_protocol = client_protocol_of(target, args)
+        out["client_protocol"] = client_protocol
+        ready = await pool.start(
+            specs,
+            target.protocol,
+            args.client_impl,
+            False,
+            600,
+            64,
+            client_protocol if target.protocol == "signalr" else "json",
+        )
         out["connect_seconds"] = time.monotonic() - t0
         connected = sum(len(a["ready"]) for a in ready)
         errors = [e for a in ready for e in a["errors"]]

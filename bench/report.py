@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.clients import CLIENT_PROTOCOLS
 from bench.common import ROOT, fmt
 from bench.publishers import PUBLISH_PATHS
 from bench.targets import TARGETS
@@ -155,6 +156,11 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     }
     plain = dict(labels)
     labels.update({n: f"{labels[n]} ({p})" for n, p in paths.items() if p})
+    for n in names:  # Hubbub's load clients' hub protocol, in its column headers
+        proto = (sessions.get(n) or report["idle"].get(n) or {}).get("client_protocol")
+        if proto in CLIENT_PROTOCOLS:
+            head = labels[n]
+            labels[n] = f"{head[:-1]}, {proto})" if head.endswith(")") else f"{head} ({proto})"
     out: list[str] = []
     hub = sessions.get("hubbub")
     peer = sessions.get("socketio")
@@ -502,6 +508,8 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
         f"processes ({args.client_impl}), {args.publisher_procs} publisher processes "
         f"({args.publishers} in flight each), payload padding {args.pad} B",
         f"- publish path: {publish_paths}",
+        f"- Hubbub's load clients' hub protocol (`--client-protocol {args.client_protocol}`): "
+        f"{CLIENT_PROTOCOLS[args.client_protocol].label}",
         "",
         markdown_report(report, args),
         "## How the two setups differ (read the figures with this in mind)",
