@@ -524,6 +524,9 @@ class ClientProtocol:
     ping: str | bytes  # bytes: a binary frame
     stateful: bool = False  # negotiate with useStatefulReconnect=true (and insist on it)
     label: str = ""
+    # Sent before the WebSocket closes at the end: a resumable connection whose socket just
+    # closes waits for its client to re-attach (the reconnect window), as after a drop.
+    goodbye: str | bytes | None = None
 
 
 CLIENT_PROTOCOLS: dict[str, ClientProtocol] = {
@@ -534,11 +537,12 @@ CLIENT_PROTOCOLS: dict[str, ClientProtocol] = {
         PING,
         stateful=True,
         label="SignalR JSON v2, stateful reconnect (Acks at most once a second)",
+        goodbye='{"type":7}\x1e',  # a Close, as the JS client's stop() sends
     ),
     "messagepack": ClientProtocol(
         MessagePackReceiver,
         '{"protocol":"messagepack","version":1}\x1e',
-        b"\x01\x91\x06",  # length 1, then the MessagePack array [6]
+        b"\x02\x91\x06",  # length 2, then the MessagePack array [6] (0x91 0x06)
         label="SignalR MessagePack v1",
     ),
 }
@@ -718,6 +722,11 @@ async def _client_process(
     stats.stopping = True
     if ping_task is not None:
         ping_task.cancel()
+    goodbye = CLIENT_PROTOCOLS[config["client_protocol"]].goodbye
+    if goodbye is not None and config["protocol"] == "signalr":
+        for client in clients.values():
+            with contextlib.suppress(Exception):
+                await client.send(goodbye)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(
             asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True), 30
