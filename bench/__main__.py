@@ -92,10 +92,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--client-protocol",
         choices=list(CLIENT_PROTOCOLS),
-        default="json",
+        action="append",
+        dest="client_protocols",
         help="hub protocol of Hubbub's load clients (the peer's speak Socket.IO regardless): "
-        "SignalR JSON; JSON with stateful reconnect (numbered messages, Acks at most once a "
-        "second like the JS client); MessagePack",
+        "SignalR JSON (default); JSON with stateful reconnect (numbered messages, Acks at most "
+        "once a second like the JS client); MessagePack. Repeated: one Hubbub deployment per "
+        "protocol, all up at once, each phase run on each in turn (as with --compare), the "
+        "ratio to the first in the report; W4 idle uses the first",
     )
     parser.add_argument("--drain-timeout", type=float, default=5.0)
     parser.add_argument("--ramp-start", type=float, default=50.0, help="first W1 rate, msg/s")
@@ -153,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     elif args.workloads is None and not args.ramp and not args.idle:
         args.workloads = ["broadcast"]
     args.workloads = list(dict.fromkeys(args.workloads or []))
+    args.client_protocols = list(dict.fromkeys(args.client_protocols or ["json"]))
+    args.client_protocol = args.client_protocols[0]
     args.idle = args.idle or 0
     if args.hubbub_publish is None:
         args.hubbub_publish = "direct" if args.compare else "rest"

@@ -219,11 +219,22 @@ async def run_phase(
 
 
 async def open_session(
-    name: str, args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[], None]]
+    name: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    cleanup: list[Callable[[], None]],
+    client_protocol: str | None = None,
+    key: str | None = None,
 ) -> Session:
-    """Start one system, connect its load clients, put them in groups, start its publishers."""
+    """Start one system, connect its load clients (Hubbub's in ``client_protocol``, by default
+    the first ``--client-protocol``), put them in groups, start its publishers. ``key`` names
+    the session (and its log directory) when one system runs more than once."""
+    key = key or name
     target = TARGETS[name](
-        workdir / name, gateways=args.gateways, workers=args.workers, profile=args.profile
+        workdir / key.replace("/", "-"),
+        gateways=args.gateways,
+        workers=args.workers,
+        profile=args.profile,
     )
     cleanup.append(target.stop_processes)
     pool = ClientPool(args.client_procs)
@@ -233,12 +244,12 @@ async def open_session(
     if isinstance(target, HubbubTarget):
         target.publish_mode = args.hubbub_publish
     rest_publishers = None
-    if name == "hubbub" and args.rest_phase:
+    if key == "hubbub" and args.rest_phase:
         rest_publishers = PublisherPool(args.publisher_procs)
         cleanup.append(rest_publishers.terminate)
     log(f"starting {target.label} (logs in {target.workdir})")
     await target.start()
-    client_protocol = client_protocol_of(target, args)
+    client_protocol = client_protocol_of(target, args, client_protocol)
     out: dict[str, Any] = {"target": name, "label": target.label, "phases": {},
                            "client_protocol": client_protocol}  # fmt: skip
     publishers.start(target.publisher_config(), args.publishers)
@@ -300,10 +311,28 @@ async def open_session(
     return session
 
 
-def client_protocol_of(target: Target, args: argparse.Namespace) -> str:
-    """The load clients' protocol on this system: ``--client-protocol`` for SignalR (Hubbub),
-    ``socket.io`` for the peer (whatever that option says)."""
-    return str(args.client_protocol) if target.protocol == "signalr" else "socket.io"
+def client_protocol_of(
+    target: Target, args: argparse.Namespace, client_protocol: str | None = None
+) -> str:
+    """The load clients' protocol on this system: ``client_protocol`` or the first
+    ``--client-protocol`` for SignalR (Hubbub), ``socket.io`` for the peer."""
+    if target.protocol != "signalr":
+        return "socket.io"
+    return client_protocol or str(args.client_protocol)
+
+
+def session_keys(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
+    """(session key, system, Hubbub client protocol) of every session: one per system, and
+    Hubbub once per ``--client-protocol`` (``hubbub`` for the first, ``hubbub/<protocol>``
+    for the others)."""
+    keys: list[tuple[str, str, str | None]] = []
+    for name in args.targets:
+        if name == "hubbub":
+            for i, proto in enumerate(args.client_protocols):
+                keys.append((name if i == 0 else f"{name}/{proto}", name, proto))
+        else:
+            keys.append((name, name, None))
+    return keys
 
 
 async def close_session(session: Session) -> dict[str, Any]:
@@ -336,10 +365,11 @@ async def run_sessions(
     """Every system up at once, each phase run on one system after the other (alternating
     which goes first), so both see the same machine; then each is stopped."""
     sessions: dict[str, Session] = {}
-    names = args.targets
+    keys = session_keys(args)
+    names = [key for key, _, _ in keys]
     try:
-        for name in names:
-            sessions[name] = await open_session(name, args, workdir, cleanup)
+        for key, name, proto in keys:
+            sessions[key] = await open_session(name, args, workdir, cleanup, proto, key)
         turn = 0
         for workload in args.workloads:
             rate = args.rates[workload]

@@ -111,9 +111,28 @@ def header_rows(labels: list[str], ratio_label: str = "Hubbub / peer") -> list[s
 
 
 def phase_table(
-    runs: list[tuple[str, dict[str, Any] | None]], ratio_label: str = "Hubbub / peer"
+    runs: list[tuple[str, dict[str, Any] | None]],
+    ratio_label: str = "Hubbub / peer",
+    against_first: bool = False,
 ) -> list[str]:
-    """A markdown table, one column per system, and Hubbub/peer when there are two."""
+    """A markdown table, one column per system, and Hubbub/peer when there are two (with
+    ``against_first``: a ratio column for each column after the first, to the first)."""
+    if against_first and len(runs) >= 2:
+        lines = [
+            "| | " + " | ".join(label for label, _ in runs) + " | "
+            + " | ".join(f"{label} / {runs[0][0]}" for label, _ in runs[1:]) + " |",
+            "|---" * (2 * len(runs)) + "|",
+        ]  # fmt: skip
+        for name, get, spec in ROWS:
+            values = []
+            for _, r in runs:
+                try:
+                    values.append(get(r) if r else None)
+                except (KeyError, TypeError):
+                    values.append(None)
+            cells = [fmt(v, spec) for v in values] + [ratio(v, values[0]) for v in values[1:]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return lines
     two = len(runs) == 2
     lines = header_rows([label for label, _ in runs], ratio_label)
     for name, get, spec in ROWS:
@@ -147,8 +166,11 @@ def describe_phase(r: dict[str, Any]) -> str:
 
 def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     sessions = report["sessions"]
-    names = [n for n in args.targets if n in sessions or n in report["idle"]]
-    labels = {n: TARGETS[n].label for n in names}
+    # Session keys: one per system, Hubbub once per --client-protocol (hubbub, hubbub/<proto>)
+    names = [k for t in args.targets for k in [*sessions, *report["idle"]] if k.split("/")[0] == t]
+    names = list(dict.fromkeys(names))
+    labels = {n: TARGETS[n.split("/")[0]].label for n in names}
+    protocols = len(getattr(args, "client_protocols", [])) > 1 and "hubbub" in args.targets
     paths = {  # the publish path of each system, in the column headers
         n: PUBLISH_PATHS.get(sessions[n].get("publish_path", ""), "")
         for n in names
@@ -230,7 +252,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{r0['seconds']:g} s"
             )
         out += [f"## {title}", ""]
-        out += phase_table(runs)
+        out += phase_table(runs, against_first=protocols)
         notes = [(label, describe_phase(r)) for label, r in runs if r and describe_phase(r)]
         out += [""] + [f"- {label}: {note}" for label, note in notes] + ([""] if notes else [])
 
@@ -508,8 +530,14 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
         f"processes ({args.client_impl}), {args.publisher_procs} publisher processes "
         f"({args.publishers} in flight each), payload padding {args.pad} B",
         f"- publish path: {publish_paths}",
-        f"- Hubbub's load clients' hub protocol (`--client-protocol {args.client_protocol}`): "
-        f"{CLIENT_PROTOCOLS[args.client_protocol].label}",
+        "- Hubbub's load clients' hub protocol (`--client-protocol`): "
+        + "; ".join(f"{p}: {CLIENT_PROTOCOLS[p].label}" for p in args.client_protocols)
+        + (
+            " (one Hubbub deployment per protocol, each phase run on each in turn; ratios to "
+            "the first)"
+            if len(args.client_protocols) > 1
+            else ""
+        ),
         "",
         markdown_report(report, args),
         "## How the two setups differ (read the figures with this in mind)",
