@@ -228,3 +228,40 @@ async def test_past_the_buffer_the_client_gets_the_documented_close(
             assert "HUBBUB_RECONNECT_BUFFER_BYTES" in closed["error"]
             assert not await api.connection_exists(conn_id)
         await _fresh_connection_works(tight, api, "eve")
+
+
+async def test_a_frozen_gateway_that_wakes_up_cannot_write_for_a_connection_it_lost(
+    cluster: Deployment, api: HubbubClient, proxy: Proxy, redis: Redis, prefix: str
+) -> None:
+    """The old holder is frozen (SIGSTOP) while the client re-attaches to the other gateway;
+    when it wakes up it still has the connection and messages routed to it before the move.
+    Its appends to the connection's resume stream are refused (fencing), so the new holder's
+    numbering stands, and the new holder read those messages back from its inbox."""
+    first, other = cluster.gateways[1], cluster.gateways[0]
+    proxy.backends = [first.port or 0]
+    async with await _stateful_client(proxy, api, "fay") as client:
+        conn_id = client.connection_id
+        assert conn_id
+        started = time.monotonic()
+        sender = asyncio.create_task(_flow(api, "fay"))
+        await _until_received(client, 300)
+        first.signal(signal.SIGSTOP)
+        try:
+            await proxy.cut(0.2, backends=[other.port or 0])
+
+            async def adopted() -> bool:
+                return await _metric(other.url, 'hubbub_resumes_total{event="adopted"}') == 1
+
+            await eventually(adopted, timeout=20)
+            await _until_received(client, 1200)  # more flows through the new holder
+        finally:
+            first.signal(signal.SIGCONT)
+        got, _ = await _received(client, started)
+        await sender
+        _assert_every_number_once_in_order(got)
+        assert await _holder(redis, prefix, conn_id) == f"{prefix}-{other.name}"
+
+        async def let_go() -> bool:
+            return await _metric(first.url, "hubbub_connections") == 0
+
+        await eventually(let_go, timeout=20)

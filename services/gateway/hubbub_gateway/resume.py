@@ -211,8 +211,10 @@ class Journal:
             self.kicked = False
             if not self.dirty:
                 return
-            batch = list(self.dirty)
+            batch = [c for c in self.dirty if c.resume is not None and not c.resume.released]
             self.dirty.clear()
+            if not batch:
+                return
             position = (self.positions.get(self.inbox, b""), self.positions.get(self.feed, b""))
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
