@@ -207,8 +207,11 @@ async def run_phase(
         "machine_cores": os.cpu_count(),
     }
     lat = report["latency_ms"]
+    proto = (
+        "" if session.client_protocol in ("json", "socket.io") else f"/{session.client_protocol}"
+    )
     log(
-        f"  {target.name} {workload} @ {rate:g}/s: {received}/{pub.expected} delivered, "
+        f"  {target.name}{proto} {workload} @ {rate:g}/s: {received}/{pub.expected} delivered, "
         f"{report['deliveries_per_s']:.0f}/s, p50 {fmt(lat['p50'], '.1f')} "
         f"p99 {fmt(lat['p99'], '.1f')} ms, server "
         f"{fmt(report['server_cpu_us_per_delivery'], '.1f')} µs/delivery, "

@@ -114,13 +114,16 @@ def phase_table(
     runs: list[tuple[str, dict[str, Any] | None]],
     ratio_label: str = "Hubbub / peer",
     against_first: bool = False,
+    short: list[str] | None = None,
 ) -> list[str]:
     """A markdown table, one column per system, and Hubbub/peer when there are two (with
-    ``against_first``: a ratio column for each column after the first, to the first)."""
+    ``against_first``: a ratio column for each column after the first, to the first, named
+    with ``short`` names when given)."""
     if against_first and len(runs) >= 2:
+        names = short or [label for label, _ in runs]
         lines = [
             "| | " + " | ".join(label for label, _ in runs) + " | "
-            + " | ".join(f"{label} / {runs[0][0]}" for label, _ in runs[1:]) + " |",
+            + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |",
             "|---" * (2 * len(runs)) + "|",
         ]  # fmt: skip
         for name, get, spec in ROWS:
@@ -236,6 +239,11 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     all_phases = ["broadcast", "groups", "users", "latency"]
     for w in all_phases:
         runs = [(labels[n], sessions[n]["phases"].get(w)) for n in names if n in sessions]
+        short = [
+            sessions[n].get("client_protocol", n)
+            for n in names
+            if n in sessions and sessions[n]["phases"].get(w) is not None
+        ]
         runs = [(label, r) for label, r in runs if r is not None]
         if not runs:
             continue
@@ -252,7 +260,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{r0['seconds']:g} s"
             )
         out += [f"## {title}", ""]
-        out += phase_table(runs, against_first=protocols)
+        out += phase_table(runs, against_first=protocols, short=short)
         notes = [(label, describe_phase(r)) for label, r in runs if r and describe_phase(r)]
         out += [""] + [f"- {label}: {note}" for label, note in notes] + ([""] if notes else [])
 
