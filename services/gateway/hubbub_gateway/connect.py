@@ -444,10 +444,7 @@ class Session:
         conn.start(HANDSHAKE_OK_FRAME)
         resume, journal = conn.resume, state.index.journal
         if resume is not None and journal is not None:
-            held, resume.held = resume.held or [], None
-            for message_id, record in held:
-                journal.add(conn, record, message_id)
-            journal.touch(conn)  # its position, for a gateway that adopts it
+            journal.unhold(conn)  # numbered now, and its position stored
         state.metrics.connections.labels(state.metrics.hub_label(self.hub)).inc()
         log.debug("connection open", extra={"connection_id": conn.id, "hub": self.hub})
         # Before any invocation of this connection: the upstream stream keeps their order.

@@ -188,11 +188,6 @@ class Journal:
             # Bounded while Redis is away too (nothing journaled: nothing moves to ``sent``).
             self._cannot_resume(conn)
 
-    def touch(self, conn: LocalConnection) -> None:
-        """Store ``conn``'s position (next sequence id, inbox and feed) with the next flush."""
-        self.dirty[conn] = None
-        self.kick()
-
     def kick(self) -> None:
         """Flush soon: for messages numbered outside an inbox read (the gateway's own
         Completions, timeouts), which the inbox reader does not flush."""
@@ -384,10 +379,24 @@ class Journal:
                     continue
                 if isinstance(entry, MessageEntry) and addressed_to(entry, conn):
                     found.append((entry.message_id, entry.frame))
-        held, resume.held = resume.held, None
-        resume.unsent_bytes = 0  # re-counted as they are numbered
         self.metrics.resumed_messages.inc(len(found))
-        for message_id, record in (*found, *held):
+        self.unhold(conn, found, known)
+        return True
+
+    def unhold(
+        self,
+        conn: LocalConnection,
+        first: list[tuple[bytes, bytes]] = [],  # noqa: B006 (never mutated)
+        known: set[bytes] | None = None,
+    ) -> None:
+        """Number ``first``, then what was held while the connection was not ready (not
+        registered yet, or being adopted), each message once; and store its position."""
+        resume = conn.resume
+        assert resume is not None
+        held, resume.held = resume.held or [], None
+        resume.unsent_bytes = 0  # counted again as they are numbered
+        known = known if known is not None else set()
+        for message_id, record in (*first, *held):
             if message_id:
                 if message_id in known:
                     continue
@@ -395,4 +404,3 @@ class Journal:
             self.add(conn, record, message_id)
         self.dirty[conn] = None  # its new position, even with nothing to add
         self.kick()
-        return True
