@@ -628,6 +628,11 @@ async def open_socketio_client(
 OPENERS = {"signalr": open_signalr_client, "socketio": open_socketio_client}
 
 
+def protocol_label(client_protocol: str) -> str:
+    """``json`` → its description; a mix (``json+messagepack``) → each, joined."""
+    return " + ".join(CLIENT_PROTOCOLS[p].label for p in client_protocol.split("+"))
+
+
 def client_process_main(
     conn: multiprocessing.connection.Connection, config: dict[str, Any]
 ) -> None:
@@ -715,6 +720,7 @@ async def _client_process(
                     "cpu_seconds": time.process_time() - cpu_start,
                     "wall_seconds": time.monotonic() - wall_start,
                     "connections": len(clients),
+                    "client_protocol": config["client_protocol"],
                 }
             )
         elif command == "stop":
@@ -752,11 +758,14 @@ class ClientPool:
         concurrency: int = 32,
         client_protocol: str = "json",
     ) -> list[dict[str, Any]]:
+        """Start the processes and connect their clients; ``client_protocol`` may be a mix,
+        ``json+messagepack``: process ``p`` then speaks the ``p % 2``-th."""
         context = multiprocessing.get_context("spawn")
         share = -(-len(specs) // self.n)
         for p in range(self.n):
             # Contiguous shares: each process holds clients of every gateway (they alternate).
             mine = [s.__dict__ for s in specs[p * share : (p + 1) * share]]
+            mix = client_protocol.split("+")  # a mix: the processes take them in turn
             parent, child = context.Pipe()
             config = {
                 "specs": mine,
@@ -764,7 +773,7 @@ class ClientPool:
                 "client_impl": impl,
                 "compression": compression,
                 "connect_concurrency": concurrency,
-                "client_protocol": client_protocol,
+                "client_protocol": mix[p % len(mix)],
             }
             process = context.Process(
                 target=client_process_main, args=(child, config), name=f"client{p}", daemon=True

@@ -51,7 +51,7 @@ class Session:
 
 def sample_frame_bytes(protocol: str, pad: int, client_protocol: str = "json") -> int:
     payload = {"s": 12345, "g": "g12", "p": "x" * pad, "t": time.time()}
-    if protocol == "signalr" and client_protocol == "messagepack":
+    if protocol == "signalr" and client_protocol.split("+")[0] == "messagepack":
         import msgpack  # type: ignore[import-untyped]
 
         record = msgpack.packb([1, {}, None, TARGET_METHOD, [payload]])
@@ -206,6 +206,8 @@ async def run_phase(
         / window,
         "machine_cores": os.cpu_count(),
     }
+    if "+" in session.client_protocol:  # a mix: each protocol's own figures
+        report["by_client_protocol"] = by_client_protocol(results)
     lat = report["latency_ms"]
     proto = (
         "" if session.client_protocol in ("json", "socket.io") else f"/{session.client_protocol}"
@@ -219,6 +221,33 @@ async def run_phase(
         f"other load {report['other_cpu_cores']:.2f} cores"
     )
     return report
+
+
+def by_client_protocol(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The client-side figures of a phase, per load-client protocol (a mix of them)."""
+    out: dict[str, Any] = {}
+    for proto in dict.fromkeys(r["client_protocol"] for r in results):
+        mine = [r for r in results if r["client_protocol"] == proto]
+        latencies: list[float] = []
+        for res in mine:
+            samples = array.array("d")
+            samples.frombytes(res["latencies"])
+            latencies.extend(samples)
+        latencies.sort()
+        out[proto] = {
+            "connections": sum(r["connections"] for r in mine),
+            "received": sum(r["received"] for r in mine),
+            "duplicates": sum(r["duplicates"] for r in mine),
+            "misdelivered": sum(r["misdelivered"] for r in mine),
+            "closed_by_server": sum(r["closed_by_server"] for r in mine),
+            "other_records": sum(r["other_records"] for r in mine),
+            "latency_ms": {
+                "p50": fmt_ms(percentile(latencies, 50)),
+                "p99": fmt_ms(percentile(latencies, 99)),
+            },
+            "client_cpu_seconds": sum(r["cpu_seconds"] for r in mine),
+        }
+    return out
 
 
 async def open_session(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.clients import CLIENT_PROTOCOLS
+from bench.clients import protocol_label
 from bench.common import ROOT, fmt
 from bench.publishers import PUBLISH_PATHS
 from bench.targets import TARGETS
@@ -164,6 +164,13 @@ def describe_phase(r: dict[str, Any]) -> str:
         notes.append(f"closes: {r['close_reasons']}")
     if r["late_from_earlier_phases"]:
         notes.append(f"{r['late_from_earlier_phases']} late messages of an earlier phase")
+    for proto, x in r.get("by_client_protocol", {}).items():
+        notes.append(
+            f"{proto} clients ({x['connections']}): {x['received']} received, "
+            f"{x['duplicates'] + x['misdelivered']} duplicates + misdelivered, "
+            f"{x['closed_by_server']} closed, p50 {fmt(x['latency_ms']['p50'], '.1f')} / p99 "
+            f"{fmt(x['latency_ms']['p99'], '.1f')} ms, client CPU {x['client_cpu_seconds']:.2f} s"
+        )
     return "; ".join(notes)
 
 
@@ -183,7 +190,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     labels.update({n: f"{labels[n]} ({p})" for n, p in paths.items() if p})
     for n in names:  # Hubbub's load clients' hub protocol, in its column headers
         proto = (sessions.get(n) or report["idle"].get(n) or {}).get("client_protocol")
-        if proto in CLIENT_PROTOCOLS:
+        if proto and proto != "socket.io":
             head = labels[n]
             labels[n] = f"{head[:-1]}, {proto})" if head.endswith(")") else f"{head} ({proto})"
     out: list[str] = []
@@ -539,7 +546,7 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
         f"({args.publishers} in flight each), payload padding {args.pad} B",
         f"- publish path: {publish_paths}",
         "- Hubbub's load clients' hub protocol (`--client-protocol`): "
-        + "; ".join(f"{p}: {CLIENT_PROTOCOLS[p].label}" for p in args.client_protocols)
+        + "; ".join(f"{p}: {protocol_label(p)}" for p in args.client_protocols)
         + (
             " (one Hubbub deployment per protocol, each phase run on each in turn; ratios to "
             "the first)"
