@@ -79,13 +79,15 @@ class NodeClient:
         transport_header: bool = False,
         query_token: bool = False,
         answer: Iterable[str] = (),
+        msgpack: bool = False,
         stateful: bool = False,
     ) -> None:
         """Spawn the client; it connects on its own, so await ``wait_connected()`` next.
 
         ``transport_header`` sends the token as a fixed ``headers`` option instead of an
         accessTokenFactory; ``query_token`` makes the WebSocket carry ``access_token`` in the URL
-        and no Authorization header, as the browser build does.
+        and no Authorization header, as the browser build does; ``msgpack`` speaks the
+        MessagePack hub protocol (MessagePackHubProtocol) instead of JSON.
         """
         if self.process is not None:
             raise RuntimeError("this NodeClient was already started")
@@ -105,6 +107,8 @@ class NodeClient:
             args.append("--query-token")
         if answer:  # handlers returning {"echo": args} (client results); "fail", "hang"
             args += ["--answer", ",".join(answer)]
+        if msgpack:
+            args.append("--msgpack")
         if stateful:  # withStatefulReconnect()
             args.append("--stateful")
         self.process = await asyncio.create_subprocess_exec(

@@ -110,7 +110,7 @@ async def test_invalid_hub_name_is_404(cluster: Deployment) -> None:
     ("handshake", "error"),
     [
         (b"garbage" + RS, "Invalid handshake"),
-        (b'{"protocol":"messagepack","version":1}' + RS, "'messagepack' is not supported"),
+        (b'{"protocol":"blazorpack","version":1}' + RS, "'blazorpack' is not supported"),
         (b'{"protocol":"json","version":3}' + RS, "does not support version 3"),
         (b'{"protocol":"json"}' + RS, "Invalid handshake"),
     ],

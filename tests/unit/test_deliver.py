@@ -4,7 +4,12 @@ Pure logic: the socket below records writes (the real one is tested end to end).
 
 from __future__ import annotations
 
-from hubbub.protocol.wsframe import text_frame
+import pytest
+
+from hubbub.protocol import messagepack
+from hubbub.protocol.codec import JSON, MESSAGEPACK
+from hubbub.protocol.signalr import encode_invocation
+from hubbub.protocol.wsframe import binary_frame, text_frame
 from hubbub.wire.envelopes import ControlEntry, Kind, MessageEntry, Op
 from hubbub_gateway.deliver import LocalConnection, LocalIndex
 
@@ -111,3 +116,70 @@ def test_deliveries_of_an_older_lease_epoch_are_refused_per_partition() -> None:
         "hubbub_drops_total", {"reason": "stale_epoch"}
     )
     assert refused == 1
+
+
+# ------------------------------------------------------------ MessagePack recipients
+
+
+def _mp_connect(index: LocalIndex, conn_id: str) -> RecordingSocket:
+    socket = RecordingSocket()
+    conn = LocalConnection(conn_id, "chat", None, socket, 1 << 20)
+    conn.codec = MESSAGEPACK
+    conn.start(b"")
+    index.add(conn)
+    socket.writes.clear()
+    return socket
+
+
+def _invocation(n: int) -> MessageEntry:
+    frame = encode_invocation("newMessage", [n])
+    return MessageEntry(Kind.ALL, "chat", "", frame, message_id=f"0:{n}-0".encode())
+
+
+def test_each_recipient_gets_its_protocol_transcoded_once_per_delivery(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[bytes] = []
+    real = messagepack.from_json
+
+    def counting(record: bytes) -> bytes:
+        calls.append(record)
+        return real(record)
+
+    monkeypatch.setattr(MESSAGEPACK, "_from_json", counting)
+    index = LocalIndex()
+    j = connect(index, "j")
+    m1, m2 = _mp_connect(index, "m1"), _mp_connect(index, "m2")
+    index.handle_many([_invocation(1), _invocation(2)])
+    assert j.writes == [text_frame(_invocation(1).frame) + text_frame(_invocation(2).frame)]
+    binary = [binary_frame(messagepack.encode_invocation("newMessage", [n])) for n in (1, 2)]
+    assert m1.writes == m2.writes == [b"".join(binary)]
+    assert len(calls) == 2  # once per delivery, not per recipient
+    index.handle(_invocation(3))  # JSON only when no MessagePack recipient: not transcoded
+    assert len(calls) == 3
+
+
+def test_json_only_deliveries_are_not_transcoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MESSAGEPACK, "_from_json", None)  # would fail if called
+    index = LocalIndex()
+    a = connect(index, "a")
+    index.handle(_invocation(1))
+    assert a.writes == [text_frame(_invocation(1).frame)]
+
+
+def test_untranscodable_delivery_is_dropped_for_messagepack_only() -> None:
+    index = LocalIndex()
+    j, m = connect(index, "j"), _mp_connect(index, "m")
+    index.handle(message(1))  # "m1" is no JSON record
+    assert j.writes == [text_frame(b"m1")]
+    assert m.writes == []
+
+
+async def test_ping_and_close_in_the_connections_protocol() -> None:
+    index = LocalIndex()
+    j, m = connect(index, "j"), _mp_connect(index, "m")
+    index.tick(keepalive_ticks=1, timeout_ticks=100)
+    assert j.writes == [text_frame(JSON.ping)]
+    assert m.writes == [binary_frame(messagepack.PING_RECORD)]
+    index.connections["m"].close("bye")
+    assert m.writes[-1] == binary_frame(messagepack.encode_close("bye"))

@@ -439,9 +439,9 @@ class TestServerProtocol:
 
     def test_unsupported_protocol_rejected(self) -> None:
         proto = ServerProtocol(1024)
-        [event] = proto.receive(frame({"protocol": "messagepack", "version": 1}))
+        [event] = proto.receive(frame({"protocol": "blazorpack", "version": 1}))
         assert isinstance(event, HandshakeRejected)
-        assert "messagepack" in event.error
+        assert "blazorpack" in event.error
         assert "not supported" in event.error
         assert proto.phase is Phase.CLOSED
         assert proto.protocol is None

@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from hubbub.logs import REFUSALS
 from hubbub.protocol import names
+from hubbub.protocol.codec import CODECS
 from hubbub.protocol.signalr import (
     HANDSHAKE_OK,
     Ack,
@@ -240,7 +241,12 @@ async def _adopt(
         index.leave(hub, group, (conn_id,))
     for group in claimed.groups:
         index.join(hub, group, (conn_id,))
+    codec = CODECS.get(claimed.protocol)
+    if codec is None:  # stored by a gateway of a later version
+        index.remove(conn)
+        return f"This gateway does not speak the connection's protocol ({claimed.protocol})."
     resume.protocol = claimed.protocol
+    conn.codec = codec
     resume.next_seq = claimed.next_seq
     resume.received = resume.received_told = claimed.received
     resume.expect = claimed.received + 1
@@ -399,6 +405,10 @@ class Session:
                 await self._refuse(ws, head.error)
                 return None
             assert isinstance(head, HandshakeAccepted)
+            # Before the connection is indexed: everything written to it is in its protocol.
+            self.conn.codec = self.protocol.codec
+            if self.conn.resume is not None:  # stored: a gateway that adopts it speaks it too
+                self.conn.resume.protocol = self.protocol.codec.name
             return rest
 
     async def _refuse(self, ws: WebSocket, error: str, logged: bool = False) -> None:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from opentelemetry.trace import SpanKind, Tracer
 
 from hubbub.metrics import Metrics
-from hubbub.protocol.signalr import PING_RECORD, encode_close
+from hubbub.protocol.codec import JSON, MESSAGEPACK, HubCodec
+from hubbub.protocol.signalr import ProtocolError
 from hubbub.protocol.wsframe import text_frame
 from hubbub.telemetry import (
     BODY_SIZE,
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hubbub.gateway.deliver")
 
-PING_FRAME = text_frame(PING_RECORD)
 OVERFLOW_REASON = "Send buffer overflow: the client did not read its messages fast enough."
 NO_GROUPS: frozenset[str] = frozenset()
 # An ``excluded`` tuple longer than this is turned into a set once per delivery, so a delivery
@@ -66,6 +66,7 @@ class LocalConnection:
         "asked",
         "calls",
         "closing",
+        "codec",
         "error",
         "groups",
         "hub",
@@ -102,21 +103,31 @@ class LocalConnection:
         self.calls: dict[str, asyncio.TimerHandle] | None = None
         self.asked: dict[str, tuple[str, asyncio.TimerHandle]] | None = None
         self.error: str | None = None  # why it was closed, for the disconnected event
+        # The hub protocol it negotiated: every record written to it is in this codec.
+        self.codec: HubCodec = JSON
         # Stateful reconnect (:mod:`.resume`): counted messages are numbered and journaled.
         self.resume: Resume | None = None
 
     def frame(self, record: bytes) -> bytes:
-        """A JSON hub record as the WebSocket frame this client reads."""
-        return text_frame(record)
+        """A JSON hub record as the WebSocket frame this client reads (b"" if its protocol
+        cannot carry it, which never happens for the records Hubbub makes)."""
+        codec = self.codec
+        if codec is JSON:
+            return text_frame(record)
+        try:
+            return codec.frame(codec.from_json(record))
+        except ProtocolError as exc:
+            log.warning("record not transcoded for %s: %s", self.id, exc)
+            return b""
 
     def send_record(self, record: bytes, journal: Journal | None) -> None:
-        """A counted message the gateway itself answers (a Completion): journaled first on a
-        resumable connection."""
+        """A counted message the gateway itself answers (a JSON Completion): journaled first
+        on a resumable connection; in the connection's protocol."""
         if self.resume is not None and journal is not None:
             journal.add(self, record)
             journal.kick()
-        else:
-            self.send(self.frame(record))
+        elif frame := self.frame(record):
+            self.send(frame)
 
     def settle(self, call: str) -> bool:
         """Whether ``call`` was pending (it is not any more): only its first answer goes out."""
@@ -165,7 +176,8 @@ class LocalConnection:
         self.closing = True
         self.error = error
         socket = self.socket
-        socket.write_frames(text_frame(encode_close(error, allow_reconnect)))  # past any bound
+        codec = self.codec
+        socket.write_frames(codec.frame(codec.close(error, allow_reconnect)))  # past any bound
         socket.close(1000)
 
     async def closed(self) -> None:
@@ -348,7 +360,12 @@ class LocalIndex:
                 self._flush()
                 self._batch = {}
             for conn in list(self._local(entry.hub, entry.connections)):
-                conn.close(entry.reason or None)
+                resume = conn.resume
+                if resume is not None and resume.detached and resume.expire is not None:
+                    # No socket to close: it ends now, not when its window would have.
+                    resume.expire(entry.reason or "The connection was closed by the server.")
+                else:
+                    conn.close(entry.reason or None)
         elif op is Op.RELEASE and self.journal is not None:
             for conn in list(self._local(entry.hub, entry.connections)):
                 self.journal.release(conn)
@@ -404,17 +421,25 @@ class LocalIndex:
             return 0
         else:
             self.metrics.invocation_outcomes.labels("answered").inc()
-        self.delivered += 1
-        self.metrics.deliveries.inc()
         if conn.resume is not None and self.journal is not None:
             self.journal.add(conn, delivery.frame, delivery.message_id)
+            self.delivered += 1
+            self.metrics.deliveries.inc()
             return 1
-        frame = text_frame(delivery.frame)
+        if conn.codec is JSON:
+            frame = text_frame(delivery.frame)
+        else:
+            found = self._transcoded(delivery)
+            if found is None:
+                return 0
+            frame = found
         batch = self._batch
         if batch is None:
             conn.send(frame)
         else:
             batch.setdefault(conn, []).append(frame)
+        self.delivered += 1
+        self.metrics.deliveries.inc()
         return 1
 
     def _write(self, delivery: MessageEntry) -> int:
@@ -424,6 +449,9 @@ class LocalIndex:
         if not recipients:
             return 0
         frame = text_frame(delivery.frame)
+        # Its MessagePack frame, made for the first MessagePack recipient and only then:
+        # encoded once per protocol on this gateway, whatever the number of recipients.
+        binary: bytes | None = None
         excluded: Collection[str] = delivery.excluded
         if len(excluded) > EXCLUDED_AS_SET:
             excluded = frozenset(excluded)
@@ -433,18 +461,39 @@ class LocalIndex:
         for conn in tuple(recipients):
             if excluded and conn.id in excluded:
                 continue
+            out = frame
             if conn.resume is not None and self.journal is not None:
+                # Journaled as JSON; written in its protocol once stored (``resume.py``).
                 self.journal.add(conn, delivery.frame, delivery.message_id)
-            elif batch is None:
-                conn.send(frame)
+                written += 1
+                continue
+            if conn.codec is not JSON:
+                if binary is None:
+                    binary = self._transcoded(delivery) or b""
+                if not binary:
+                    continue
+                out = binary
+            if batch is None:
+                conn.send(out)
             elif (frames := batch.get(conn)) is None:
-                batch[conn] = [frame]
+                batch[conn] = [out]
             else:
-                frames.append(frame)
+                frames.append(out)
             written += 1
         self.delivered += written
         self.metrics.deliveries.inc(written)
         return written
+
+    def _transcoded(self, delivery: MessageEntry) -> bytes | None:
+        """The delivery as a MessagePack frame; None (and a drop counted) if its JSON cannot
+        be transcoded, which a record from :func:`hubbub.wire.messages.build_message` or an
+        upstream service's Completion always can."""
+        try:
+            return MESSAGEPACK.frame(MESSAGEPACK.from_json(delivery.frame))
+        except ProtocolError as exc:
+            log.warning("delivery %r not transcoded: %s", delivery.message_id, exc)
+            self.metrics.drops.labels("not_transcoded").inc()
+            return None
 
     def _deliver_traced(self, delivery: MessageEntry) -> None:
         assert self.tracer is not None
@@ -488,7 +537,7 @@ class LocalIndex:
                 continue
             conn.idle_send_ticks += 1
             if conn.idle_send_ticks >= keepalive_ticks:
-                conn.send(PING_FRAME)
+                conn.send(conn.codec.ping_frame)
 
 
 def _discard(index: dict[Any, set[LocalConnection]], key: object, conn: LocalConnection) -> None:

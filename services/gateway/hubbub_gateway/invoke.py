@@ -120,6 +120,15 @@ class Invoker:
         answer at once instead (too many pending, a reused id, Redis down), else None."""
         if not self.services:
             return f"Method '{shown(inv.target)}' does not exist on this hub."
+        try:
+            # Services read JSON; a MessagePack client may send what JSON cannot carry.
+            arguments = orjson.dumps(inv.arguments)
+        except orjson.JSONEncodeError:
+            return (
+                f"The arguments of '{shown(inv.target)}' hold a value JSON cannot carry "
+                "(binary data, a MessagePack extension type, a map key that is not a string, "
+                "or nesting too deep)."
+            )
         call = inv.invocation_id or ""
         if call:
             if len(call) > MAX_INVOCATION_ID:
@@ -137,7 +146,6 @@ class Invoker:
             loop = asyncio.get_running_loop()
             calls[call] = loop.call_later(self.timeout, self._timed_out, conn, call)
         try:
-            arguments = orjson.dumps(inv.arguments)
             await self.stream.append(
                 UpstreamEntry(
                     Event.INVOCATION,
@@ -223,7 +231,11 @@ class Invoker:
         if completion.error is not None:
             payload = orjson.dumps({"error": completion.error})
         else:
-            payload = orjson.dumps({"result": completion.result})
+            try:
+                payload = orjson.dumps({"result": completion.result})
+            except orjson.JSONEncodeError:  # a MessagePack client's bytes, extension types...
+                error = "The client's result holds a value JSON cannot carry."
+                payload = orjson.dumps({"error": error})
         return gateway, ResultEntry(conn.hub, conn.id, completion.invocation_id, payload)
 
     async def forward(self, gateway: str, entry: ResultEntry) -> None:

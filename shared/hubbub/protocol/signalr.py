@@ -322,35 +322,61 @@ class ServerProtocol:
     """
 
     # Version 2 adds Ack and Sequence (stateful reconnect); clients send the version they speak.
-    SUPPORTED: ClassVar[dict[str, int]] = {"json": 2}
+    SUPPORTED: ClassVar[dict[str, int]] = {"json": 2, "messagepack": 2}
 
-    __slots__ = ("_records", "phase", "protocol")
+    __slots__ = ("_head", "_records", "codec", "max_message_size", "phase", "protocol")
 
     def __init__(self, max_message_size: int) -> None:
-        self._records = RecordBuffer(max_message_size)
+        from .codec import JSON, RecordReader  # codec builds on this module
+
+        self.max_message_size = max_message_size
+        self._head = b""  # the handshake so far, until its 0x1e
+        self._records: RecordReader = RecordBuffer(max_message_size)
         self.phase = Phase.HANDSHAKE
         self.protocol: str | None = None
+        # The negotiated codec (JSON until the handshake says otherwise): it reads what the
+        # client sends after the handshake, and the gateway writes to the client with it.
+        self.codec = JSON
 
     @classmethod
     def resumed(cls, max_message_size: int, protocol: str) -> ServerProtocol:
         """A re-attached connection (stateful reconnect): open already, no handshake."""
+        from .codec import CODECS
+
         opened = cls(max_message_size)
         opened.phase = Phase.OPEN
         opened.protocol = protocol
+        opened.codec = CODECS[protocol]
+        opened._records = opened.codec.reader(max_message_size)
         return opened
 
     def receive(self, data: bytes) -> list[Event]:
         if self.phase is Phase.CLOSED:
             raise ProtocolError("data received after the connection closed")
         events: list[Event] = []
+        if self.phase is Phase.HANDSHAKE:
+            # The handshake is JSON whatever the protocol; what follows its 0x1e (even in the
+            # same frame) is in the negotiated protocol, so it is split off by hand here.
+            if self._head:
+                data = self._head + data
+                self._head = b""
+            end = data.find(RS)
+            limit = self.max_message_size
+            if end < 0 or end > limit:
+                if len(data) > limit:
+                    raise ProtocolError(f"message exceeds the maximum size of {limit} bytes")
+                self._head = data
+                return events
+            answer = self._handshake(data[:end])
+            events.append(answer)
+            if isinstance(answer, HandshakeRejected):
+                return events
+            data = data[end + 1 :]
+            if not data:
+                return events
+        codec = self.codec
         for record in self._records.feed(data):
-            if self.phase is Phase.HANDSHAKE:
-                answer = self._handshake(record)
-                events.append(answer)
-                if isinstance(answer, HandshakeRejected):
-                    return events
-                continue
-            msg = parse_message(record)
+            msg = codec.parse(record)
             if isinstance(msg, Close):
                 self.phase = Phase.CLOSED
                 events.append(msg)
@@ -375,6 +401,10 @@ class ServerProtocol:
                 f"The server does not support version {request.version} of the "
                 f"'{request.protocol}' protocol."
             )
+        from .codec import CODECS
+
         self.phase = Phase.OPEN
         self.protocol = request.protocol
+        self.codec = CODECS[request.protocol]
+        self._records = self.codec.reader(self.max_message_size)
         return HandshakeAccepted(request)

@@ -19,3 +19,16 @@ def text_frame(payload: bytes) -> bytes:
     if n < 1 << 16:
         return struct.pack("!BBH", _TEXT_FIN, 126, n) + payload
     return struct.pack("!BBQ", _TEXT_FIN, 127, n) + payload
+
+
+_BINARY_FIN = 0x82
+
+
+def binary_frame(payload: bytes) -> bytes:
+    """One final, unmasked, uncompressed binary frame holding ``payload`` (MessagePack)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((_BINARY_FIN, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", _BINARY_FIN, 126, n) + payload
+    return struct.pack("!BBQ", _BINARY_FIN, 127, n) + payload

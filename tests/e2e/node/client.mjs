@@ -4,7 +4,7 @@
 //
 //   node client.mjs --url http://127.0.0.1:PORT/hubs/chat [--token JWT] [--skip-negotiation]
 //                   [--reconnect] [--transport-header] [--query-token] [--on name1,name2,...]
-//                   [--answer name1,name2,...] [--stateful]
+//                   [--answer name1,name2,...] [--msgpack] [--stateful]
 //
 // --stateful          withStatefulReconnect(): a dropped transport re-attaches with the same
 //                     connection id and the server resends what the client had not acknowledged.
@@ -12,19 +12,22 @@
 //                     `headers` option instead of accessTokenFactory.
 // --answer            handlers (also listened to) that return a value, for client results:
 //                     {"echo": args}; one named "fail" throws, one named "hang" never returns.
+// --msgpack          the MessagePack hub protocol (@microsoft/signalr-protocol-msgpack)
+//                     instead of JSON.
 // --query-token       what the browser build does: the token travels as `access_token` on the
 //                     WebSocket URL and the upgrade carries no Authorization header. Under Node
 //                     the client would otherwise always send the header.
 //
 // Exit codes: 0 after stop/stdin EOF, 2 when start() fails, 3 when stdout is gone, 64 on usage.
 import * as signalR from "@microsoft/signalr";
+import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import { createRequire } from "node:module";
 import readline from "node:readline";
 import { parseArgs } from "node:util";
 
 const USAGE =
   "usage: node client.mjs --url URL [--token JWT] [--skip-negotiation] [--reconnect] " +
-  "[--transport-header] [--query-token] [--on name1,name2,...]\n";
+  "[--transport-header] [--query-token] [--on name1,name2,...] [--answer ...] [--msgpack]\n";
 
 let cli;
 try {
@@ -38,6 +41,7 @@ try {
       "query-token": { type: "boolean", default: false },
       on: { type: "string", default: "newMessage" },
       answer: { type: "string", default: "" },
+      msgpack: { type: "boolean", default: false },
       stateful: { type: "boolean", default: false },
     },
     strict: true,
@@ -108,6 +112,7 @@ if (cli["skip-negotiation"]) {
 }
 
 let builder = new signalR.HubConnectionBuilder().withUrl(cli.url, options).configureLogging(logger);
+if (cli.msgpack) builder = builder.withHubProtocol(new MessagePackHubProtocol());
 if (cli.reconnect) builder = builder.withAutomaticReconnect([0, 200, 500, 1000]);
 if (cli.stateful) builder = builder.withStatefulReconnect();
 const connection = builder.build();
