@@ -240,7 +240,7 @@ class MessagePackReceiver(Receiver):
     __slots__ = ("unpackb",)
 
     def __init__(self, spec: ClientSpec, stats: ClientStats, handshake: asyncio.Future[Any]):
-        import msgpack  # type: ignore[import-untyped]
+        import msgpack
 
         super().__init__(spec, stats, handshake)
         self.unpackb = msgpack.unpackb

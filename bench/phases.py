@@ -52,7 +52,7 @@ class Session:
 def sample_frame_bytes(protocol: str, pad: int, client_protocol: str = "json") -> int:
     payload = {"s": 12345, "g": "g12", "p": "x" * pad, "t": time.time()}
     if protocol == "signalr" and client_protocol.split("+")[0] == "messagepack":
-        import msgpack  # type: ignore[import-untyped]
+        import msgpack
 
         record = msgpack.packb([1, {}, None, TARGET_METHOD, [payload]])
         return len(record) + 1  # + its varint length (< 128)
