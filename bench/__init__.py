@@ -33,8 +33,12 @@ the machine's other load weighs on both alike:
 - ``--client-procs`` load-client processes, each holding its share of raw WebSocket connections
   (the ``websockets`` library, no polling; ``--client-impl``: see :mod:`bench.clients`), spread
   evenly over both server processes. For Hubbub
-  they speak SignalR JSON; for python-socketio raw Engine.IO v4 / Socket.IO v5 (``0{...}`` →
-  ``40``, pings ``2`` → ``3``, messages ``42["newMessage",payload]``).
+  they speak SignalR JSON (``--client-protocol json``, the default), JSON with stateful
+  reconnect (``stateful``: numbered messages, an Ack at most once a second as the JS client
+  sends them) or MessagePack (``messagepack``); a mix such as ``json+messagepack`` splits the
+  load-client processes between them, and the option repeated runs one Hubbub deployment per
+  protocol, phases in turn (see :mod:`bench.clients`). For python-socketio raw Engine.IO v4 /
+  Socket.IO v5 (``0{...}`` → ``40``, pings ``2`` → ``3``, messages ``42["newMessage",payload]``).
 - ``--publisher-procs`` publisher processes, which share each publish schedule (message ``k``
   of a phase is due at ``start + k / rate`` and sent by process ``k % procs``), each with a few
   requests in flight, so that one process is not the bottleneck.

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from bench.clients import CLIENT_IMPLS
+from bench.clients import CLIENT_IMPLS, CLIENT_PROTOCOLS
 from bench.common import log, run_loop
 from bench.phases import run_all
 from bench.report import kept_sections, machine_and_versions, print_details, results_markdown
@@ -31,6 +31,16 @@ def raise_fd_limit() -> None:
         resource.setrlimit(
             resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536, hard)
         )
+
+
+def client_protocol_arg(value: str) -> str:
+    """One of :data:`CLIENT_PROTOCOLS`, or a mix of them joined by ``+``."""
+    parts = value.split("+")
+    if not all(p in CLIENT_PROTOCOLS for p in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: one of {', '.join(CLIENT_PROTOCOLS)}, or several joined by '+'"
+        )
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,6 +99,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="sansio",
         help="load-client WebSocket layer, both from the websockets library (see the classes)",
     )
+    parser.add_argument(
+        "--client-protocol",
+        type=client_protocol_arg,
+        metavar="{" + ",".join(CLIENT_PROTOCOLS) + "}[+...]",
+        action="append",
+        dest="client_protocols",
+        help="hub protocol of Hubbub's load clients (the peer's speak Socket.IO regardless): "
+        "SignalR JSON (default); JSON with stateful reconnect (numbered messages, Acks at most "
+        "once a second like the JS client); MessagePack. Repeated: one Hubbub deployment per "
+        "protocol, all up at once, each phase run on each in turn (as with --compare), the "
+        "ratio to the first in the report; W4 idle uses the first. A mix, e.g. "
+        "json+messagepack: the load-client processes take the protocols in turn (half each "
+        "with 2 processes), each protocol's deliveries and latency reported apart",
+    )
     parser.add_argument("--drain-timeout", type=float, default=5.0)
     parser.add_argument("--ramp-start", type=float, default=50.0, help="first W1 rate, msg/s")
     parser.add_argument("--ramp-seconds", type=float, default=3.0, help="publishing per step")
@@ -145,6 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     elif args.workloads is None and not args.ramp and not args.idle:
         args.workloads = ["broadcast"]
     args.workloads = list(dict.fromkeys(args.workloads or []))
+    args.client_protocols = list(dict.fromkeys(args.client_protocols or ["json"]))
+    args.client_protocol = args.client_protocols[0]
     args.idle = args.idle or 0
     if args.hubbub_publish is None:
         args.hubbub_publish = "direct" if args.compare else "rest"
@@ -161,6 +187,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(r <= 0 for r in args.rates.values()) or args.publisher_procs < 1:
         parser.error("rates and --publisher-procs must be positive")
     args.client_procs = min(args.client_procs, args.clients)
+    mix = max(len(p.split("+")) for p in args.client_protocols)
+    if args.client_procs < mix:
+        parser.error(f"a mix of {mix} client protocols needs --client-procs {mix} or more")
     return args
 
 

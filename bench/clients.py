@@ -1,5 +1,18 @@
-"""Load-client processes: each holds its share of the WebSocket connections (SignalR JSON for
-Hubbub, Engine.IO / Socket.IO for the peer), counts what arrives, and reports it per phase."""
+"""Load-client processes: each holds its share of the WebSocket connections (SignalR for Hubbub,
+in the hub protocol ``--client-protocol`` names, Engine.IO / Socket.IO for the peer), counts what
+arrives, and reports it per phase.
+
+Hubbub's client protocols (:data:`CLIENT_PROTOCOLS`), each a :class:`Receiver` subclass that
+only parses; the counting (latency, duplicates, wrong recipient, late) is
+:meth:`Receiver.deliver` for all of them, on the payload ``arguments[0]``:
+
+- ``json``: SignalR JSON, version 1 (:class:`SignalRReceiver`).
+- ``stateful``: SignalR JSON, version 2, after a negotiate with ``useStatefulReconnect=true``
+  (:class:`StatefulSignalRReceiver`): counts the messages the server numbers (Invocations,
+  Completions) and acknowledges them as the JS client does, at most once a second.
+- ``messagepack``: the SignalR MessagePack protocol (:class:`MessagePackReceiver`): binary
+  frames of varint-length-prefixed MessagePack arrays.
+"""
 
 from __future__ import annotations
 
@@ -83,7 +96,7 @@ class Receiver(abc.ABC):
         self.seen: set[int] = set()
         self.generation = stats.generation
         self.closed = False
-        self.send: Callable[[str], None] = lambda text: None  # set by the opener
+        self.send: Callable[[str | bytes], None] = lambda data: None  # set by the opener
 
     def deliver(self, payload: dict[str, Any], now: float) -> None:
         stats = self.stats
@@ -149,6 +162,123 @@ class SignalRReceiver(Receiver):
             elif kind == 7:
                 self.closed = True
                 stats.record_close(str(message.get("error") or "Close record without error"))
+                return False
+            else:
+                stats.other_records += 1
+        return True
+
+
+class StatefulSignalRReceiver(Receiver):
+    """SignalR JSON version 2 (stateful reconnect) as the JS client does it: every Invocation
+    (type 1) or Completion (type 3) counts; the first one not yet acknowledged arms a 1 s timer,
+    which then sends an Ack (type 8) with the count so far. The server's Acks (of the client's
+    own messages: none here) are ignored like Pings; a Sequence (type 9, only after a
+    re-attach) is an other record."""
+
+    __slots__ = ("ack_timer", "counted", "loop")
+
+    def __init__(self, spec: ClientSpec, stats: ClientStats, handshake: asyncio.Future[Any]):
+        super().__init__(spec, stats, handshake)
+        self.loop = asyncio.get_running_loop()
+        self.counted = 0  # messages the server numbered, received so far
+        self.ack_timer: asyncio.TimerHandle | None = None
+
+    def _ack(self) -> None:
+        self.ack_timer = None
+        if not self.closed:
+            self.send(f'{{"type":8,"sequenceId":{self.counted}}}\x1e')  # a text frame
+
+    def feed(self, data: bytes, now: float) -> bool:
+        records = data.split(RS)
+        if not self.handshake.done():
+            if records[0] != b"{}":
+                self.handshake.set_exception(RuntimeError(f"handshake refused: {data[:200]!r}"))
+                return False
+            self.handshake.set_result(None)
+            records = records[1:]
+        stats, loads = self.stats, self.loads
+        counted = self.counted
+        for record in records:
+            if not record:
+                continue
+            message = loads(record)
+            kind = message.get("type")
+            if kind == 1:
+                counted += 1
+                self.deliver(message["arguments"][0], now)
+            elif kind == 6 or kind == 8:
+                continue
+            elif kind == 3:
+                counted += 1
+                stats.other_records += 1
+            elif kind == 7:
+                self.closed = True
+                stats.record_close(str(message.get("error") or "Close record without error"))
+                return False
+            else:
+                stats.other_records += 1
+        if counted != self.counted:
+            self.counted = counted
+            if self.ack_timer is None:
+                self.ack_timer = self.loop.call_later(1.0, self._ack)
+        return True
+
+    def lost(self, reason: str) -> None:
+        if self.ack_timer is not None:
+            self.ack_timer.cancel()
+            self.ack_timer = None
+        super().lost(reason)
+
+
+class MessagePackReceiver(Receiver):
+    """SignalR MessagePack: the handshake answer is still JSON text (``{}``); then binary
+    frames, each one or more records, each a varint length (7 bits a byte, least significant
+    group first, high bit = more) and a MessagePack array: Invocation ``[1, headers,
+    invocationId, target, arguments]``, Ping ``[6]`` (ignored), Close ``[7, error, ...]``
+    (recorded with its error)."""
+
+    __slots__ = ("unpackb",)
+
+    def __init__(self, spec: ClientSpec, stats: ClientStats, handshake: asyncio.Future[Any]):
+        import msgpack
+
+        super().__init__(spec, stats, handshake)
+        self.unpackb = msgpack.unpackb
+
+    def feed(self, data: bytes, now: float) -> bool:
+        if not self.handshake.done():
+            records = data.split(RS)
+            if records[0] != b"{}":
+                self.handshake.set_exception(RuntimeError(f"handshake refused: {data[:200]!r}"))
+                return False
+            self.handshake.set_result(None)
+            if any(records[1:]):  # binary records never share the handshake's text frame
+                self.stats.other_records += 1
+            return True
+        stats, unpackb = self.stats, self.unpackb
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while pos < end:
+            byte = data[pos]
+            pos += 1
+            length = byte & 0x7F
+            shift = 7
+            while byte & 0x80:
+                byte = data[pos]
+                pos += 1
+                length |= (byte & 0x7F) << shift
+                shift += 7
+            message = unpackb(view[pos : pos + length])
+            pos += length
+            kind = message[0]
+            if kind == 1:
+                self.deliver(message[4][0], now)
+            elif kind == 6:
+                continue
+            elif kind == 7:
+                self.closed = True
+                error = message[1] if len(message) > 1 else None
+                stats.record_close(str(error or "Close record without error"))
                 return False
             else:
                 stats.other_records += 1
@@ -238,11 +368,11 @@ class WebsocketsClient:
         except websockets.ConnectionClosed as exc:
             self.receiver.lost(f"socket closed: {exc}")
 
-    async def send(self, text: str) -> None:
-        await self.ws.send(text)
+    async def send(self, data: str | bytes) -> None:
+        await self.ws.send(data)  # bytes: a binary frame
 
-    def send_now(self, text: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.send(text))
+    def send_now(self, data: str | bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self.send(data))
         self.pending.add(task)
         task.add_done_callback(self.pending.discard)
 
@@ -351,14 +481,18 @@ class SansIOClient(asyncio.Protocol):
 
     # what the load client calls
 
-    def send_now(self, text: str) -> None:
+    def send_now(self, data: str | bytes) -> None:
+        """Text for a ``str``, a binary frame for ``bytes``."""
         if self.transport is None or self.transport.is_closing():
             return
-        self.protocol.send_text(text.encode())
+        if isinstance(data, str):
+            self.protocol.send_text(data.encode())
+        else:
+            self.protocol.send_binary(data)
         self._flush()
 
-    async def send(self, text: str) -> None:
-        self.send_now(text)
+    async def send(self, data: str | bytes) -> None:
+        self.send_now(data)
 
     async def close(self) -> None:
         if self.transport is None or self.done.done():
@@ -381,20 +515,61 @@ HANDSHAKE = '{"protocol":"json","version":1}\x1e'
 PING = '{"type":6}\x1e'
 
 
+@dataclass(frozen=True)
+class ClientProtocol:
+    """How a SignalR load client speaks to Hubbub (``--client-protocol``)."""
+
+    receiver: type[Receiver]
+    handshake: str  # always a JSON text frame
+    ping: str | bytes  # bytes: a binary frame
+    stateful: bool = False  # negotiate with useStatefulReconnect=true (and insist on it)
+    label: str = ""
+    # Sent before the WebSocket closes at the end: a resumable connection whose socket just
+    # closes waits for its client to re-attach (the reconnect window), as after a drop.
+    goodbye: str | bytes | None = None
+
+
+CLIENT_PROTOCOLS: dict[str, ClientProtocol] = {
+    "json": ClientProtocol(SignalRReceiver, HANDSHAKE, PING, label="SignalR JSON v1"),
+    "stateful": ClientProtocol(
+        StatefulSignalRReceiver,
+        '{"protocol":"json","version":2}\x1e',
+        PING,
+        stateful=True,
+        label="SignalR JSON v2, stateful reconnect (Acks at most once a second)",
+        goodbye='{"type":7}\x1e',  # a Close, as the JS client's stop() sends
+    ),
+    "messagepack": ClientProtocol(
+        MessagePackReceiver,
+        '{"protocol":"messagepack","version":1}\x1e',
+        b"\x02\x91\x06",  # length 2, then the MessagePack array [6] (0x91 0x06)
+        label="SignalR MessagePack v1",
+    ),
+}
+
+
 async def open_signalr_client(
-    spec: ClientSpec, http: Any, stats: ClientStats, impl: str, compression: bool
+    spec: ClientSpec,
+    http: Any,
+    stats: ClientStats,
+    impl: str,
+    compression: bool,
+    client_protocol: str = "json",
 ) -> tuple[str, AnyClient]:
-    """Negotiate, open the WebSocket, complete the SignalR handshake; then the receiver counts
-    everything that arrives. Returns the connection id and the client."""
+    """Negotiate, open the WebSocket, complete the SignalR handshake in ``client_protocol``;
+    then the receiver counts everything that arrives. Returns the connection id and the
+    client."""
     import httpx
 
     from hubbub.tokens import mint_token
 
+    proto = CLIENT_PROTOCOLS[client_protocol]
+    query = "negotiateVersion=1" + ("&useStatefulReconnect=true" if proto.stateful else "")
     token = mint_token(ACCESS_KEY, "http://bench/client", user_id=spec.user)
     for attempt in range(3):  # a pooled keep-alive connection may close as it is reused
         try:
             response = await http.post(
-                f"{spec.base_url}/hubs/{HUB}/negotiate?negotiateVersion=1",
+                f"{spec.base_url}/hubs/{HUB}/negotiate?{query}",
                 headers={"Authorization": f"Bearer {token}"},
             )
             break
@@ -406,14 +581,16 @@ async def open_signalr_client(
                 raise
     response.raise_for_status()
     body = response.json()
+    if proto.stateful and body.get("useStatefulReconnect") is not True:
+        raise RuntimeError(f"negotiate did not grant stateful reconnect: {body}")
     ws_url = spec.base_url.replace("http://", "ws://", 1)
     url = f"{ws_url}/hubs/{HUB}?id={body['connectionToken']}&access_token={token}"
-    receiver = SignalRReceiver(spec, stats, asyncio.get_running_loop().create_future())
+    receiver = proto.receiver(spec, stats, asyncio.get_running_loop().create_future())
     client = CLIENT_IMPLS[impl](receiver)
     receiver.send = client.send_now
     await client.open(url, compression)
     try:
-        await client.send(HANDSHAKE)
+        await client.send(proto.handshake)
         await asyncio.wait_for(asyncio.shield(receiver.handshake), 30)
     except BaseException:
         await client.close()
@@ -422,7 +599,12 @@ async def open_signalr_client(
 
 
 async def open_socketio_client(
-    spec: ClientSpec, http: Any, stats: ClientStats, impl: str, compression: bool
+    spec: ClientSpec,
+    http: Any,
+    stats: ClientStats,
+    impl: str,
+    compression: bool,
+    client_protocol: str = "json",  # Hubbub's only: Socket.IO is always Socket.IO
 ) -> tuple[str, AnyClient]:
     """Open ``/socket.io/?EIO=4&transport=websocket`` (no polling first) with the rooms to join
     in the query; the receiver answers ``0{...}`` with ``40`` and the handshake completes on
@@ -444,6 +626,11 @@ async def open_socketio_client(
 
 
 OPENERS = {"signalr": open_signalr_client, "socketio": open_socketio_client}
+
+
+def protocol_label(client_protocol: str) -> str:
+    """``json`` → its description; a mix (``json+messagepack``) → each, joined."""
+    return " + ".join(CLIENT_PROTOCOLS[p].label for p in client_protocol.split("+"))
 
 
 def client_process_main(
@@ -472,17 +659,24 @@ async def _client_process(
         async with limit:
             try:
                 ids[spec.index], clients[spec.index] = await opener(
-                    spec, http, stats, config["client_impl"], config["compression"]
+                    spec,
+                    http,
+                    stats,
+                    config["client_impl"],
+                    config["compression"],
+                    config["client_protocol"],
                 )
             except Exception as exc:
                 errors.append(f"client {spec.index}: {exc!r}")
+
+    ping = CLIENT_PROTOCOLS[config["client_protocol"]].ping
 
     async def pinger() -> None:  # SignalR: the client keeps its connection alive
         while True:
             await asyncio.sleep(CLIENT_PING_INTERVAL)
             for client in list(clients.values()):
                 with contextlib.suppress(Exception):
-                    await client.send(PING)
+                    await client.send(ping)
 
     # Pings from the first connection on: opening thousands takes longer than the 30 s after
     # which the gateway closes a silent client (W4 once measured 10,000 connections of which
@@ -526,6 +720,7 @@ async def _client_process(
                     "cpu_seconds": time.process_time() - cpu_start,
                     "wall_seconds": time.monotonic() - wall_start,
                     "connections": len(clients),
+                    "client_protocol": config["client_protocol"],
                 }
             )
         elif command == "stop":
@@ -533,6 +728,11 @@ async def _client_process(
     stats.stopping = True
     if ping_task is not None:
         ping_task.cancel()
+    goodbye = CLIENT_PROTOCOLS[config["client_protocol"]].goodbye
+    if goodbye is not None and config["protocol"] == "signalr":
+        for client in clients.values():
+            with contextlib.suppress(Exception):
+                await client.send(goodbye)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(
             asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True), 30
@@ -556,12 +756,16 @@ class ClientPool:
         compression: bool,
         within: float,
         concurrency: int = 32,
+        client_protocol: str = "json",
     ) -> list[dict[str, Any]]:
+        """Start the processes and connect their clients; ``client_protocol`` may be a mix,
+        ``json+messagepack``: process ``p`` then speaks the ``p % 2``-th."""
         context = multiprocessing.get_context("spawn")
         share = -(-len(specs) // self.n)
         for p in range(self.n):
             # Contiguous shares: each process holds clients of every gateway (they alternate).
             mine = [s.__dict__ for s in specs[p * share : (p + 1) * share]]
+            mix = client_protocol.split("+")  # a mix: the processes take them in turn
             parent, child = context.Pipe()
             config = {
                 "specs": mine,
@@ -569,6 +773,7 @@ class ClientPool:
                 "client_impl": impl,
                 "compression": compression,
                 "connect_concurrency": concurrency,
+                "client_protocol": mix[p % len(mix)],
             }
             process = context.Process(
                 target=client_process_main, args=(child, config), name=f"client{p}", daemon=True

@@ -46,10 +46,16 @@ class Session:
     phase_no: int = 0
     out: dict[str, Any] = field(default_factory=dict)  # what the report says of this system
     rest_publishers: PublisherPool | None = None  # Hubbub, direct: for the W3 via REST phase
+    client_protocol: str = "-"  # Hubbub: --client-protocol; the peer: Socket.IO, always
 
 
-def sample_frame_bytes(protocol: str, pad: int) -> int:
+def sample_frame_bytes(protocol: str, pad: int, client_protocol: str = "json") -> int:
     payload = {"s": 12345, "g": "g12", "p": "x" * pad, "t": time.time()}
+    if protocol == "signalr" and client_protocol.split("+")[0] == "messagepack":
+        import msgpack
+
+        record = msgpack.packb([1, {}, None, TARGET_METHOD, [payload]])
+        return len(record) + 1  # + its varint length (< 128)
     if protocol == "signalr":
         body = {"type": 1, "target": TARGET_METHOD, "arguments": [payload]}
         return len(json.dumps(body, separators=(",", ":"))) + 1
@@ -134,11 +140,12 @@ async def run_phase(
     report = {
         "target": target.name,
         "workload": workload,
+        "client_protocol": session.client_protocol,
         "publish_path": publishers.kind,
         "clients": len(session.connected),
         "rate": rate,
         "seconds": seconds,
-        "frame_bytes": sample_frame_bytes(target.protocol, args.pad),
+        "frame_bytes": sample_frame_bytes(target.protocol, args.pad, session.client_protocol),
         "published": pub.published,
         "publish_failed": pub.failed,
         "publish_errors": pub.errors,
@@ -199,9 +206,14 @@ async def run_phase(
         / window,
         "machine_cores": os.cpu_count(),
     }
+    if "+" in session.client_protocol:  # a mix: each protocol's own figures
+        report["by_client_protocol"] = by_client_protocol(results)
     lat = report["latency_ms"]
+    proto = (
+        "" if session.client_protocol in ("json", "socket.io") else f"/{session.client_protocol}"
+    )
     log(
-        f"  {target.name} {workload} @ {rate:g}/s: {received}/{pub.expected} delivered, "
+        f"  {target.name}{proto} {workload} @ {rate:g}/s: {received}/{pub.expected} delivered, "
         f"{report['deliveries_per_s']:.0f}/s, p50 {fmt(lat['p50'], '.1f')} "
         f"p99 {fmt(lat['p99'], '.1f')} ms, server "
         f"{fmt(report['server_cpu_us_per_delivery'], '.1f')} µs/delivery, "
@@ -211,12 +223,50 @@ async def run_phase(
     return report
 
 
+def by_client_protocol(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The client-side figures of a phase, per load-client protocol (a mix of them)."""
+    out: dict[str, Any] = {}
+    for proto in dict.fromkeys(r["client_protocol"] for r in results):
+        mine = [r for r in results if r["client_protocol"] == proto]
+        latencies: list[float] = []
+        for res in mine:
+            samples = array.array("d")
+            samples.frombytes(res["latencies"])
+            latencies.extend(samples)
+        latencies.sort()
+        out[proto] = {
+            "connections": sum(r["connections"] for r in mine),
+            "received": sum(r["received"] for r in mine),
+            "duplicates": sum(r["duplicates"] for r in mine),
+            "misdelivered": sum(r["misdelivered"] for r in mine),
+            "closed_by_server": sum(r["closed_by_server"] for r in mine),
+            "other_records": sum(r["other_records"] for r in mine),
+            "latency_ms": {
+                "p50": fmt_ms(percentile(latencies, 50)),
+                "p99": fmt_ms(percentile(latencies, 99)),
+            },
+            "client_cpu_seconds": sum(r["cpu_seconds"] for r in mine),
+        }
+    return out
+
+
 async def open_session(
-    name: str, args: argparse.Namespace, workdir: Path, cleanup: list[Callable[[], None]]
+    name: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    cleanup: list[Callable[[], None]],
+    client_protocol: str | None = None,
+    key: str | None = None,
 ) -> Session:
-    """Start one system, connect its load clients, put them in groups, start its publishers."""
+    """Start one system, connect its load clients (Hubbub's in ``client_protocol``, by default
+    the first ``--client-protocol``), put them in groups, start its publishers. ``key`` names
+    the session (and its log directory) when one system runs more than once."""
+    key = key or name
     target = TARGETS[name](
-        workdir / name, gateways=args.gateways, workers=args.workers, profile=args.profile
+        workdir / key.replace("/", "-"),
+        gateways=args.gateways,
+        workers=args.workers,
+        profile=args.profile,
     )
     cleanup.append(target.stop_processes)
     pool = ClientPool(args.client_procs)
@@ -226,12 +276,14 @@ async def open_session(
     if isinstance(target, HubbubTarget):
         target.publish_mode = args.hubbub_publish
     rest_publishers = None
-    if name == "hubbub" and args.rest_phase:
+    if key == "hubbub" and args.rest_phase:
         rest_publishers = PublisherPool(args.publisher_procs)
         cleanup.append(rest_publishers.terminate)
     log(f"starting {target.label} (logs in {target.workdir})")
     await target.start()
-    out: dict[str, Any] = {"target": name, "label": target.label, "phases": {}}
+    client_protocol = client_protocol_of(target, args, client_protocol)
+    out: dict[str, Any] = {"target": name, "label": target.label, "phases": {},
+                           "client_protocol": client_protocol}  # fmt: skip
     publishers.start(target.publisher_config(), args.publishers)
     out["publish_path"] = publishers.kind
     if rest_publishers is not None:
@@ -241,10 +293,18 @@ async def open_session(
         ClientSpec(i, endpoints[i % len(endpoints)], f"u{i}", f"g{i // GROUP_SIZE}")
         for i in range(args.clients)
     ]
-    log(f"connecting {args.clients} {target.protocol} clients from {args.client_procs} procs")
+    log(
+        f"connecting {args.clients} {target.protocol} clients ({client_protocol}) from "
+        f"{args.client_procs} procs"
+    )
     t0 = time.monotonic()
     ready = await pool.start(
-        specs, target.protocol, args.client_impl, args.compression == "deflate", 300
+        specs,
+        target.protocol,
+        args.client_impl,
+        args.compression == "deflate",
+        300,
+        client_protocol=client_protocol if target.protocol == "signalr" else "json",
     )
     connected: dict[int, str] = {}
     connect_errors: list[str] = []
@@ -268,7 +328,8 @@ async def open_session(
         await rest_publishers.ready()
         rest_publishers.setup(specs, connected)
     session = Session(target, pool, publishers, args, connected, out=out,
-                      rest_publishers=rest_publishers)  # fmt: skip
+                      rest_publishers=rest_publishers,
+                      client_protocol=client_protocol)  # fmt: skip
     if args.settle:
         await asyncio.sleep(args.settle)
     pids = target.server_pids()
@@ -280,6 +341,30 @@ async def open_session(
             time.monotonic() - idle_start
         )
     return session
+
+
+def client_protocol_of(
+    target: Target, args: argparse.Namespace, client_protocol: str | None = None
+) -> str:
+    """The load clients' protocol on this system: ``client_protocol`` or the first
+    ``--client-protocol`` for SignalR (Hubbub), ``socket.io`` for the peer."""
+    if target.protocol != "signalr":
+        return "socket.io"
+    return client_protocol or str(args.client_protocol)
+
+
+def session_keys(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
+    """(session key, system, Hubbub client protocol) of every session: one per system, and
+    Hubbub once per ``--client-protocol`` (``hubbub`` for the first, ``hubbub/<protocol>``
+    for the others)."""
+    keys: list[tuple[str, str, str | None]] = []
+    for name in args.targets:
+        if name == "hubbub":
+            for i, proto in enumerate(args.client_protocols):
+                keys.append((name if i == 0 else f"{name}/{proto}", name, proto))
+        else:
+            keys.append((name, name, None))
+    return keys
 
 
 async def close_session(session: Session) -> dict[str, Any]:
@@ -312,10 +397,11 @@ async def run_sessions(
     """Every system up at once, each phase run on one system after the other (alternating
     which goes first), so both see the same machine; then each is stopped."""
     sessions: dict[str, Session] = {}
-    names = args.targets
+    keys = session_keys(args)
+    names = [key for key, _, _ in keys]
     try:
-        for name in names:
-            sessions[name] = await open_session(name, args, workdir, cleanup)
+        for key, name, proto in keys:
+            sessions[key] = await open_session(name, args, workdir, cleanup, proto, key)
         turn = 0
         for workload in args.workloads:
             rate = args.rates[workload]
@@ -392,7 +478,17 @@ async def run_idle(
             ClientSpec(i, endpoints[i % len(endpoints)], f"u{i}", "") for i in range(args.idle)
         ]
         t0 = time.monotonic()
-        ready = await pool.start(specs, target.protocol, args.client_impl, False, 600, 64)
+        client_protocol = client_protocol_of(target, args)
+        out["client_protocol"] = client_protocol
+        ready = await pool.start(
+            specs,
+            target.protocol,
+            args.client_impl,
+            False,
+            600,
+            64,
+            client_protocol if target.protocol == "signalr" else "json",
+        )
         out["connect_seconds"] = time.monotonic() - t0
         connected = sum(len(a["ready"]) for a in ready)
         errors = [e for a in ready for e in a["errors"]]

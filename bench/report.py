@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.clients import protocol_label
 from bench.common import ROOT, fmt
 from bench.publishers import PUBLISH_PATHS
 from bench.targets import TARGETS
@@ -110,9 +111,31 @@ def header_rows(labels: list[str], ratio_label: str = "Hubbub / peer") -> list[s
 
 
 def phase_table(
-    runs: list[tuple[str, dict[str, Any] | None]], ratio_label: str = "Hubbub / peer"
+    runs: list[tuple[str, dict[str, Any] | None]],
+    ratio_label: str = "Hubbub / peer",
+    against_first: bool = False,
+    short: list[str] | None = None,
 ) -> list[str]:
-    """A markdown table, one column per system, and Hubbub/peer when there are two."""
+    """A markdown table, one column per system, and Hubbub/peer when there are two (with
+    ``against_first``: a ratio column for each column after the first, to the first, named
+    with ``short`` names when given)."""
+    if against_first and len(runs) >= 2:
+        names = short or [label for label, _ in runs]
+        lines = [
+            "| | " + " | ".join(label for label, _ in runs) + " | "
+            + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |",
+            "|---" * (2 * len(runs)) + "|",
+        ]  # fmt: skip
+        for name, get, spec in ROWS:
+            values = []
+            for _, r in runs:
+                try:
+                    values.append(get(r) if r else None)
+                except (KeyError, TypeError):
+                    values.append(None)
+            cells = [fmt(v, spec) for v in values] + [ratio(v, values[0]) for v in values[1:]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return lines
     two = len(runs) == 2
     lines = header_rows([label for label, _ in runs], ratio_label)
     for name, get, spec in ROWS:
@@ -141,13 +164,23 @@ def describe_phase(r: dict[str, Any]) -> str:
         notes.append(f"closes: {r['close_reasons']}")
     if r["late_from_earlier_phases"]:
         notes.append(f"{r['late_from_earlier_phases']} late messages of an earlier phase")
+    for proto, x in r.get("by_client_protocol", {}).items():
+        notes.append(
+            f"{proto} clients ({x['connections']}): {x['received']} received, "
+            f"{x['duplicates'] + x['misdelivered']} duplicates + misdelivered, "
+            f"{x['closed_by_server']} closed, p50 {fmt(x['latency_ms']['p50'], '.1f')} / p99 "
+            f"{fmt(x['latency_ms']['p99'], '.1f')} ms, client CPU {x['client_cpu_seconds']:.2f} s"
+        )
     return "; ".join(notes)
 
 
 def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     sessions = report["sessions"]
-    names = [n for n in args.targets if n in sessions or n in report["idle"]]
-    labels = {n: TARGETS[n].label for n in names}
+    # Session keys: one per system, Hubbub once per --client-protocol (hubbub, hubbub/<proto>)
+    names = [k for t in args.targets for k in [*sessions, *report["idle"]] if k.split("/")[0] == t]
+    names = list(dict.fromkeys(names))
+    labels = {n: TARGETS[n.split("/")[0]].label for n in names}
+    protocols = len(getattr(args, "client_protocols", [])) > 1 and "hubbub" in args.targets
     paths = {  # the publish path of each system, in the column headers
         n: PUBLISH_PATHS.get(sessions[n].get("publish_path", ""), "")
         for n in names
@@ -155,6 +188,11 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     }
     plain = dict(labels)
     labels.update({n: f"{labels[n]} ({p})" for n, p in paths.items() if p})
+    for n in names:  # Hubbub's load clients' hub protocol, in its column headers
+        proto = (sessions.get(n) or report["idle"].get(n) or {}).get("client_protocol")
+        if proto and proto != "socket.io":
+            head = labels[n]
+            labels[n] = f"{head[:-1]}, {proto})" if head.endswith(")") else f"{head} ({proto})"
     out: list[str] = []
     hub = sessions.get("hubbub")
     peer = sessions.get("socketio")
@@ -208,6 +246,11 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     all_phases = ["broadcast", "groups", "users", "latency"]
     for w in all_phases:
         runs = [(labels[n], sessions[n]["phases"].get(w)) for n in names if n in sessions]
+        short = [
+            sessions[n].get("client_protocol", n)
+            for n in names
+            if n in sessions and sessions[n]["phases"].get(w) is not None
+        ]
         runs = [(label, r) for label, r in runs if r is not None]
         if not runs:
             continue
@@ -224,7 +267,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{r0['seconds']:g} s"
             )
         out += [f"## {title}", ""]
-        out += phase_table(runs)
+        out += phase_table(runs, against_first=protocols, short=short)
         notes = [(label, describe_phase(r)) for label, r in runs if r and describe_phase(r)]
         out += [""] + [f"- {label}: {note}" for label, note in notes] + ([""] if notes else [])
 
@@ -502,6 +545,14 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
         f"processes ({args.client_impl}), {args.publisher_procs} publisher processes "
         f"({args.publishers} in flight each), payload padding {args.pad} B",
         f"- publish path: {publish_paths}",
+        "- Hubbub's load clients' hub protocol (`--client-protocol`): "
+        + "; ".join(f"{p}: {protocol_label(p)}" for p in args.client_protocols)
+        + (
+            " (one Hubbub deployment per protocol, each phase run on each in turn; ratios to "
+            "the first)"
+            if len(args.client_protocols) > 1
+            else ""
+        ),
         "",
         markdown_report(report, args),
         "## How the two setups differ (read the figures with this in mind)",
