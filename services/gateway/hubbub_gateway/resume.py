@@ -26,7 +26,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -211,39 +211,61 @@ class Journal:
             if not batch:
                 return
             position = (self.positions.get(self.inbox, b""), self.positions.get(self.feed, b""))
+            by_hub: dict[str, list[LocalConnection]] = {}
+            # How many of each connection's messages this flush takes: more may be numbered
+            # while it waits for Redis; they go with the next flush.
+            taken: dict[LocalConnection, int] = {}
+            for conn in batch:
+                by_hub.setdefault(conn.hub, []).append(conn)
+                taken[conn] = len(conn.resume.unsent) if conn.resume is not None else 0
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for conn in batch:
-                        resume = conn.resume
-                        assert resume is not None
+                    for hub, conns in by_hub.items():
                         await self.membership.journal(
                             pipe,
-                            conn.hub,
-                            conn.id,
+                            hub,
                             self.gateway,
-                            (resume.next_seq, *position),
-                            list(resume.unsent),
+                            position,
+                            [
+                                (
+                                    c.id,
+                                    c.resume.unsent[taken[c] - 1][0] + 1,
+                                    c.resume.unsent[: taken[c]],
+                                )
+                                if taken[c]
+                                else (c.id, c.resume.next_seq, [])
+                                for c in conns
+                                if c.resume is not None
+                            ],
                         )
-                    replies = await pipe.execute(raise_on_error=False)
+                    replies: list[Any] = await pipe.execute(raise_on_error=False)
             except RedisError as exc:
-                replies = [exc] * len(batch)
-            failed = False
-            for conn, reply in zip(batch, replies, strict=True):
+                replies = [exc] * len(by_hub)
+            failed: Exception | None = None
+            for conns, reply in zip(by_hub.values(), replies, strict=True):
                 if isinstance(reply, Exception):
-                    failed = True
-                    self.dirty[conn] = None  # retried with the next flush
-                elif reply == 0:
-                    self.release(conn)
-                else:
-                    self._written(conn)
-            if failed:
+                    failed = reply
+                    for conn in conns:
+                        self.dirty[conn] = None  # retried with the next flush
+                    continue
+                for conn, written in zip(conns, reply, strict=True):
+                    if written == 0:
+                        self.release(conn)
+                    else:
+                        self._written(conn, taken[conn])
+            if failed is not None:  # retried by the next read's flush, or the next tick
                 self.metrics.redis_errors.labels("resume").inc()
-                log.warning("resume streams not written, retrying: %r", replies[0])
+                log.warning("resume streams not written, retrying: %r", failed)
+            elif self.dirty:  # numbered while this flush waited
+                self.kick()
 
-    def _written(self, conn: LocalConnection) -> None:
+    def _written(self, conn: LocalConnection, n: int) -> None:
+        """The first ``n`` messages waiting are stored: write them."""
         resume = conn.resume
         assert resume is not None
-        unsent, resume.unsent = resume.unsent, []
+        unsent, resume.unsent = resume.unsent[:n], resume.unsent[n:]
+        if resume.unsent:
+            self.dirty[conn] = None
         frames: list[bytes] = []
         for seq, _, record in unsent:
             resume.sent.append((seq, record))
@@ -298,7 +320,9 @@ class Journal:
 
     async def tick(self, connections: Iterable[LocalConnection]) -> None:
         """Once a second: trim the resume streams to what clients acknowledged, store how
-        many client messages were handled, then acknowledge them to the clients."""
+        many client messages were handled, then acknowledge them to the clients. What a
+        failed flush left is retried here too."""
+        self.kick()
         todo = [
             conn
             for conn in connections

@@ -186,19 +186,32 @@ return out
 """
 )
 
-# KEYS: connection, its resume stream. ARGV: gateway, next seq, inbox at, feed at, then
-# (seq, message id, JSON record) per message. Appends the messages to the resume stream, only
-# while the connection is this gateway's (fencing: once another gateway claimed it, this one's
-# appends are refused and it lets the connection go). Returns 1, or 0 when refused.
+# KEYS: per connection of one hub, its hash and its resume stream. ARGV: gateway, inbox at,
+# feed at, then per connection: its next seq, n, and n x (seq, message id, JSON record).
+# Appends each connection's messages to its resume stream, only while the connection is this
+# gateway's (fencing: once another gateway claimed it, this one's appends are refused and it
+# lets the connection go), and stores its position. Returns 1 (written) or 0 (refused) per
+# connection. One call per hub per inbox read: the hub's keys share a hash slot.
 _JOURNAL = (
     _HELPERS
     + """
-if redis.call('HGET', KEYS[1], GW) ~= ARGV[1] then return 0 end
-for i = 5, #ARGV, 3 do
-  redis.call('XADD', KEYS[2], '0-' .. ARGV[i], 'm', ARGV[i + 1], 'r', ARGV[i + 2])
+local out = {}
+local a = 4
+for c = 1, #KEYS, 2 do
+  local next_seq, n = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  if redis.call('HGET', KEYS[c], GW) == ARGV[1] then
+    for i = a, a + 3 * n - 1, 3 do
+      redis.call('XADD', KEYS[c + 1], '0-' .. ARGV[i], 'm', ARGV[i + 1], 'r', ARGV[i + 2])
+    end
+    redis.call('HSET', KEYS[c], SQ, next_seq, IC, ARGV[2], FC, ARGV[3])
+    table.insert(out, 1)
+  else
+    table.insert(out, 0)
+  end
+  a = a + 3 * n
 end
-redis.call('HSET', KEYS[1], SQ, ARGV[2], IC, ARGV[3], FC, ARGV[4])
-return 1
+return out
 """
 )
 
@@ -506,20 +519,24 @@ class Membership:
         self,
         pipe: Pipeline,
         hub: str,
-        conn: str,
         gateway: str,
-        position: tuple[int, bytes, bytes],
-        items: list[tuple[int, bytes, bytes]],
+        position: tuple[bytes, bytes],
+        connections: list[tuple[str, int, list[tuple[int, bytes, bytes]]]],
     ) -> None:
-        """Queue on ``pipe`` the append of ``items`` (sequence id, message id, JSON record) to
-        the connection's resume stream, fenced: refused (the reply is 0) once ``gateway`` no
-        longer holds it. ``position``: the next sequence id and the inbox and feed positions
-        everything to the connection up to which is then in the stream."""
+        """Queue on ``pipe`` one script that appends, for each of ``connections`` of ``hub``
+        (id, next sequence id, messages as (sequence id, message id, JSON record)), its
+        messages to its resume stream, fenced: its reply holds 0 for a connection ``gateway``
+        no longer holds (nothing appended), 1 otherwise. ``position``: the inbox and feed
+        positions up to which everything to these connections is then in their streams."""
         hk = self.schema.hub(hub)
+        keys: list[str] = []
         args: list[bytes | str | int] = [gateway, *position]
-        for item in items:
-            args.extend(item)
-        await self._journal(keys=[hk.connection(conn), hk.resume(conn)], args=args, client=pipe)
+        for conn, next_seq, items in connections:
+            keys += (hk.connection(conn), hk.resume(conn))
+            args += (next_seq, len(items))
+            for item in items:
+                args.extend(item)
+        await self._journal(keys=keys, args=args, client=pipe)
 
     # ------------------------------------------------------------ groups
 
