@@ -172,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reader.inbox,
             reader.feed,
             index,
+            publish_pipe,
         )
         index.journal.positions = reader.positions
         tasks = [

@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from hubbub.metrics import Metrics
 from hubbub.protocol.signalr import encode_ack, encode_sequence
 from hubbub.redis.membership import Membership
+from hubbub.redis.pipe import Pipe
 from hubbub.wire.envelopes import Kind, MessageEntry, decode_entry
 
 if TYPE_CHECKING:
@@ -147,8 +148,10 @@ class Journal:
         inbox: bytes,
         feed: bytes,
         index: LocalIndex,
+        pipe: Pipe,
     ) -> None:
         self.index = index
+        self.pipe = pipe  # the hot path's connection: the journal writes go through it
         self.redis = redis
         self.membership = membership
         self.gateway = gateway
@@ -201,7 +204,8 @@ class Journal:
     # ------------------------------------------------------------ the write-through
 
     async def flush(self) -> None:
-        """Journal every waiting message (one pipelined round trip), then write them."""
+        """Journal every waiting message (one script per hub, all in one round trip), then
+        write them."""
         async with self.lock:
             self.kicked = False
             if not self.dirty:
@@ -218,27 +222,23 @@ class Journal:
             for conn in batch:
                 by_hub.setdefault(conn.hub, []).append(conn)
                 taken[conn] = len(conn.resume.unsent) if conn.resume is not None else 0
+            commands = [
+                self.membership.journal(
+                    hub,
+                    self.gateway,
+                    position,
+                    [
+                        (c.id, c.resume.unsent[taken[c] - 1][0] + 1, c.resume.unsent[: taken[c]])
+                        if taken[c]
+                        else (c.id, c.resume.next_seq, [])
+                        for c in conns
+                        if c.resume is not None
+                    ],
+                )
+                for hub, conns in by_hub.items()
+            ]
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for hub, conns in by_hub.items():
-                        await self.membership.journal(
-                            pipe,
-                            hub,
-                            self.gateway,
-                            position,
-                            [
-                                (
-                                    c.id,
-                                    c.resume.unsent[taken[c] - 1][0] + 1,
-                                    c.resume.unsent[: taken[c]],
-                                )
-                                if taken[c]
-                                else (c.id, c.resume.next_seq, [])
-                                for c in conns
-                                if c.resume is not None
-                            ],
-                        )
-                    replies: list[Any] = await pipe.execute(raise_on_error=False)
+                replies: list[Any] = await self.pipe.execute_many(commands)
             except RedisError as exc:
                 replies = [exc] * len(by_hub)
             failed: Exception | None = None

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from hubbub.settings import DEFAULT_MAX_GROUPS_PER_CONNECTION
 from hubbub.wire import keys as k
@@ -409,7 +408,6 @@ class Membership:
         # the connection token's lifetime, past which an unknown id is refused anyway.
         self.resume_memory = max(1, int(resume_memory))
         self._claim = redis.register_script(_CLAIM)
-        self._journal = redis.register_script(_JOURNAL)
         self._register = redis.register_script(_REGISTER)
         self._unregister = redis.register_script(_UNREGISTER)
         self._connection_group = redis.register_script(_CONNECTION_GROUP)
@@ -515,19 +513,20 @@ class Membership:
             entries=entries,
         )
 
-    async def journal(
+    def journal(
         self,
-        pipe: Pipeline,
         hub: str,
         gateway: str,
         position: tuple[bytes, bytes],
         connections: list[tuple[str, int, list[tuple[int, bytes, bytes]]]],
-    ) -> None:
-        """Queue on ``pipe`` one script that appends, for each of ``connections`` of ``hub``
-        (id, next sequence id, messages as (sequence id, message id, JSON record)), its
-        messages to its resume stream, fenced: its reply holds 0 for a connection ``gateway``
-        no longer holds (nothing appended), 1 otherwise. ``position``: the inbox and feed
-        positions up to which everything to these connections is then in their streams."""
+    ) -> tuple[bytes | str | int, ...]:
+        """The command (for the gateway's :class:`~hubbub.redis.pipe.Pipe`) of one script that
+        appends, for each of ``connections`` of ``hub`` (id, next sequence id, messages as
+        (sequence id, message id, JSON record)), its messages to its resume stream, fenced:
+        its reply holds 0 for a connection ``gateway`` no longer holds (nothing appended), 1
+        otherwise. ``position``: the inbox and feed positions up to which everything to these
+        connections is then in their streams. ``EVAL`` with the text, like the publish
+        stream's script: nothing to reload after a Redis restart."""
         hk = self.schema.hub(hub)
         keys: list[str] = []
         args: list[bytes | str | int] = [gateway, *position]
@@ -536,7 +535,7 @@ class Membership:
             args += (next_seq, len(items))
             for item in items:
                 args.extend(item)
-        await self._journal(keys=keys, args=args, client=pipe)
+        return ("EVAL", _JOURNAL, len(keys), *keys, *args)
 
     # ------------------------------------------------------------ groups
 
