@@ -485,7 +485,12 @@ def machine_and_versions(args: argparse.Namespace, command: str) -> dict[str, st
 
 
 # Sections that other benchmarks write into the same file, kept when this one rewrites it.
-KEPT_SECTIONS = ("## REST ingest",)  # bench/ingest.py
+# Sections other tools (or runs) wrote, kept when bench/run rewrites the file.
+KEPT_SECTIONS = (
+    "## REST ingest",  # bench/ingest.py
+    "## Stateful reconnect and MessagePack",  # python -m bench --client-protocol ...
+    "## The way back",  # python -m bench.upstream
+)
 
 
 def kept_sections(path: Path) -> str:
