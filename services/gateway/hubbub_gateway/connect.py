@@ -267,6 +267,8 @@ async def _adopt(
     except RedisError as exc:
         log.warning("re-attach read-back failed: %r", exc, extra={"connection_id": conn_id})
         complete = False
+    if complete and resume.sent_bytes + resume.unsent_bytes > settings.reconnect_buffer_bytes:
+        complete = False  # more than the buffer waits for it
     if not complete:
         resume.released = True  # ended below, as a connection that cannot resume
         index.remove(conn)
