@@ -13,10 +13,8 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-import orjson
-
 from . import messagepack, signalr
-from .signalr import RS, HubMessage
+from .signalr import HubMessage
 from .wsframe import binary_frame, text_frame
 
 
@@ -24,14 +22,6 @@ class RecordReader(Protocol):
     """Splits received bytes into records (without their framing), bounding what it holds."""
 
     def feed(self, data: bytes) -> list[bytes]: ...
-
-
-def _json_ack(sequence_id: int) -> bytes:
-    return orjson.dumps({"type": 8, "sequenceId": sequence_id}) + RS
-
-
-def _json_sequence(sequence_id: int) -> bytes:
-    return orjson.dumps({"type": 9, "sequenceId": sequence_id}) + RS
 
 
 def _identity(record: bytes) -> bytes:
@@ -124,16 +114,18 @@ class HubCodec:
         return self._parse(record)
 
 
+# Version 2 of both protocols adds Ack and Sequence (stateful reconnect); a client's handshake
+# may ask for any version up to these.
 JSON = HubCodec(
     name="json",
-    version=1,
+    version=2,
     binary=False,
     ping=signalr.PING_RECORD,
     invocation=signalr.encode_invocation,
     completion=signalr.encode_completion,
     close=signalr.encode_close,
-    ack=_json_ack,
-    sequence=_json_sequence,
+    ack=signalr.encode_ack,
+    sequence=signalr.encode_sequence,
     from_json=_identity,
     reader=signalr.RecordBuffer,
     parse=signalr.parse_message,
@@ -141,7 +133,7 @@ JSON = HubCodec(
 
 MESSAGEPACK = HubCodec(
     name="messagepack",
-    version=1,
+    version=2,
     binary=True,
     ping=messagepack.PING_RECORD,
     invocation=messagepack.encode_invocation,

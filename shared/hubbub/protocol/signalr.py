@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 
@@ -321,9 +321,6 @@ class ServerProtocol:
     A rejected handshake comes back as an event so the caller can answer it before closing.
     """
 
-    # Version 2 adds Ack and Sequence (stateful reconnect); clients send the version they speak.
-    SUPPORTED: ClassVar[dict[str, int]] = {"json": 2, "messagepack": 2}
-
     __slots__ = ("_head", "_records", "codec", "max_message_size", "phase", "protocol")
 
     def __init__(self, max_message_size: int) -> None:
@@ -390,21 +387,21 @@ class ServerProtocol:
         except ProtocolError as exc:
             self.phase = Phase.CLOSED
             return HandshakeRejected(f"Invalid handshake: {exc}")
-        supported = self.SUPPORTED.get(request.protocol)
-        if supported is None:
+        from .codec import CODECS
+
+        codec = CODECS.get(request.protocol)
+        if codec is None:
             self.phase = Phase.CLOSED
             return HandshakeRejected(f"The protocol '{request.protocol}' is not supported.")
         # Like ASP.NET Core: any version up to ours (signalrcore sends its negotiate version, 0).
-        if not 0 <= request.version <= supported:
+        if not 0 <= request.version <= codec.version:
             self.phase = Phase.CLOSED
             return HandshakeRejected(
                 f"The server does not support version {request.version} of the "
                 f"'{request.protocol}' protocol."
             )
-        from .codec import CODECS
-
         self.phase = Phase.OPEN
         self.protocol = request.protocol
-        self.codec = CODECS[request.protocol]
+        self.codec = codec
         self._records = self.codec.reader(self.max_message_size)
         return HandshakeAccepted(request)
