@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -103,6 +103,29 @@ async def _until_received(client: NodeClient, n: int) -> None:
     await eventually(enough, timeout=30, interval=0.01)
 
 
+async def _through_a_drop(
+    client: NodeClient, api: HubbubClient, user: str, drop: Callable[[], Awaitable[None]]
+) -> float:
+    """The 2,000 messages flow; once 300 arrived, ``drop`` takes the transport away. Every
+    number must arrive once and in order, on the same connection, with no close or reconnect
+    seen by the client. Returns the seconds from the end of ``drop`` to the last message."""
+    conn_id = client.connection_id
+    assert conn_id
+    started = time.monotonic()
+    sender = asyncio.create_task(_flow(api, user))
+    await _until_received(client, 300)
+    await drop()
+    dropped = time.monotonic()
+    got, _ = await _received(client, started)
+    after = time.monotonic() - dropped
+    await sender
+    _assert_every_number_once_in_order(got)
+    state = await client.state()
+    assert state["state"] == "Connected" and state["connectionId"] == conn_id
+    assert not [e for e in client._events if e.get("event") in ("closed", "reconnecting")]
+    return after
+
+
 @pytest.mark.parametrize("msgpack", [False, True], ids=["json", "messagepack"])
 async def test_network_outage_resumes_on_the_same_gateway(
     cluster: Deployment, api: HubbubClient, proxy: Proxy, redis: Redis, prefix: str, msgpack: bool
@@ -112,22 +135,11 @@ async def test_network_outage_resumes_on_the_same_gateway(
     async with await _stateful_client(proxy, api, "ann", msgpack) as client:
         conn_id = client.connection_id
         assert conn_id
-        started = time.monotonic()
-        sender = asyncio.create_task(_flow(api, "ann"))
-        await _until_received(client, 300)
-        await proxy.cut(OUTAGE)
-        cut_over = time.monotonic()
-        got, _ = await _received(client, started)
-        resumed_after = time.monotonic() - cut_over
-        await sender
-        _assert_every_number_once_in_order(got)
-        state = await client.state()
-        assert state["state"] == "Connected" and state["connectionId"] == conn_id
+        resumed_after = await _through_a_drop(client, api, "ann", lambda: proxy.cut(OUTAGE))
         assert await _holder(redis, prefix, conn_id) == f"{prefix}-{gateway.name}"
         assert await _metric(gateway.url, 'hubbub_resumes_total{event="resumed"}') == 1
         replayed = await _metric(gateway.url, "hubbub_resumed_messages_total")
         assert replayed > 0
-        assert not [e for e in client._events if e.get("event") in ("closed", "reconnecting")]
         print(f"resumed: {replayed:.0f} messages resent, all in {resumed_after:.2f} s after")
 
 
@@ -140,18 +152,12 @@ async def test_gateway_killed_resumes_on_the_other_gateway(
     async with await _stateful_client(proxy, api, "bob", msgpack) as client:
         conn_id = client.connection_id
         assert conn_id
-        started = time.monotonic()
-        sender = asyncio.create_task(_flow(api, "bob"))
-        await _until_received(client, 300)
-        proxy.backends = [other.port or 0]
-        first.signal(signal.SIGKILL)
-        killed = time.monotonic()
-        got, _ = await _received(client, started)
-        after_kill = time.monotonic() - killed
-        await sender
-        _assert_every_number_once_in_order(got)
-        state = await client.state()
-        assert state["state"] == "Connected" and state["connectionId"] == conn_id
+
+        async def kill() -> None:
+            proxy.backends = [other.port or 0]
+            first.signal(signal.SIGKILL)
+
+        after_kill = await _through_a_drop(client, api, "bob", kill)
         assert await _holder(redis, prefix, conn_id) == f"{prefix}-{other.name}"
         assert await _metric(other.url, 'hubbub_resumes_total{event="adopted"}') == 1
         read_back = await _metric(other.url, "hubbub_resumed_messages_total")
@@ -173,19 +179,14 @@ async def test_drained_gateway_hands_its_clients_over(
         async with await _stateful_client(proxy, api, "cyd") as client:
             conn_id = client.connection_id
             assert conn_id
-            started = time.monotonic()
-            sender = asyncio.create_task(_flow(api, "cyd"))
-            await _until_received(client, 300)
-            proxy.backends = [staying.port or 0]
-            leaving.signal(signal.SIGTERM)
-            drained = time.monotonic()
-            got, _ = await _received(client, started)
-            print(f"handed over at drain: all 2,000 in {time.monotonic() - drained:.2f} s after it")
-            await sender
-            _assert_every_number_once_in_order(got)
+
+            async def drain() -> None:
+                proxy.backends = [staying.port or 0]
+                leaving.signal(signal.SIGTERM)
+
+            after = await _through_a_drop(client, api, "cyd", drain)
+            print(f"handed over at drain: all 2,000 in {after:.2f} s after it")
             assert await asyncio.to_thread(leaving.process.wait, 20) == 0
-            state = await client.state()
-            assert state["state"] == "Connected" and state["connectionId"] == conn_id
             assert await _holder(redis, prefix, conn_id) == f"{prefix}-{staying.name}"
             assert await api.connection_exists(conn_id)
 
@@ -264,22 +265,20 @@ async def test_a_frozen_gateway_that_wakes_up_does_not_disturb_the_new_holder(
     ):
         conn_id = client.connection_id
         assert conn_id
-        started = time.monotonic()
-        sender = asyncio.create_task(_flow(api, "fay"))
-        await _until_received(client, 300)
-        first.signal(signal.SIGSTOP)
-        try:
-            await proxy.cut(0.2, backends=[other.port or 0])
 
-            async def adopted() -> bool:
-                return await _metric(other.url, 'hubbub_resumes_total{event="adopted"}') == 1
+        async def freeze_and_move() -> None:
+            first.signal(signal.SIGSTOP)
+            try:
+                await proxy.cut(0.2, backends=[other.port or 0])
 
-            await eventually(adopted, timeout=30)
-        finally:
-            first.signal(signal.SIGCONT)
-        got, _ = await _received(client, started)
-        await sender
-        _assert_every_number_once_in_order(got)
+                async def adopted() -> bool:
+                    return await _metric(other.url, 'hubbub_resumes_total{event="adopted"}') == 1
+
+                await eventually(adopted, timeout=30)
+            finally:
+                first.signal(signal.SIGCONT)
+
+        await _through_a_drop(client, api, "fay", freeze_and_move)
         assert await _holder(redis, prefix, conn_id) == f"{prefix}-{other.name}"
 
         async def let_go() -> bool:

@@ -29,6 +29,7 @@ from hubbub.wire.messages import TooManyExcluded, build_message
 from hubbub_gateway.deliver import LocalConnection, LocalIndex
 from tests.support.processes import ACCESS_KEY, Deployment, Proc, eventually
 from tests.support.rawclient import RS, RawClient, client_token
+from tests.support.sockets import NullSocket
 
 JOINER = ["hubbub.joinLeaveGroup"]
 
@@ -258,17 +259,6 @@ class CountingTuple(tuple[str, ...]):
     def __contains__(self, item: object) -> bool:
         CountingTuple.tests += 1
         return super().__contains__(item)
-
-
-class NullSocket:
-    def write_frames(self, frames: bytes, max_buffer: int | None = None) -> bool:
-        return True
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
 
 
 def test_delivery_tests_a_long_excluded_list_as_a_set() -> None:

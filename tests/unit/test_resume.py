@@ -6,17 +6,7 @@ from __future__ import annotations
 from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub_gateway.deliver import LocalConnection
 from hubbub_gateway.resume import Resume, addressed_to
-
-
-class _NoSocket:
-    def write_frames(self, frames: bytes, max_buffer: int | None = None) -> bool:
-        return True
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        pass
-
-    async def drain(self) -> None:
-        pass
+from tests.support.sockets import NullSocket
 
 
 def test_resent_client_messages_are_handled_once() -> None:
@@ -43,7 +33,7 @@ def _entry(
 
 
 def test_read_back_picks_what_the_connection_was_sent() -> None:
-    conn = LocalConnection("c1", "chat", "ann", _NoSocket(), 1024)
+    conn = LocalConnection("c1", "chat", "ann", NullSocket(), 1024)
     conn.groups = {"room"}
     assert addressed_to(_entry(Kind.ALL, ""), conn)
     assert addressed_to(_entry(Kind.GROUP, "room"), conn)
