@@ -62,7 +62,7 @@ from .middleware import origin_allowed
 from .negotiate import admit_client
 from .resume import WINDOW_PASSED, Resume
 from .state import GatewayState
-from .transport import EXTENSION, HubbubWebSocketProtocol, payload
+from .transport import EXTENSION, HubbubWebSocketProtocol, SocketClosed, payload
 
 log = logging.getLogger("hubbub.gateway.connect")
 refusals = logging.getLogger(REFUSALS)
@@ -170,13 +170,12 @@ async def _resume(
         if resume is None or resume.released or resume.held is not None or conn.hub != hub:
             await _deny(ws, 409, "Error.Connection.Exists", "connection id already in use")
             return True
-        await ws.accept()
         old = conn.socket
-        conn.socket = ws.scope["extensions"][EXTENSION]
+        session = Session(state, ws, hub, conn_id, identity, resumed=conn)  # the new socket
         if not resume.detached:  # the client saw its transport drop before we did
             resume.detached = True
             old.close(1000)
-        await Session(state, ws, hub, conn_id, identity, resumed=conn).run(ws)
+        await _accept_reattach(ws, session)
         return True
     if not state.index.reserve(conn_id):
         await _deny(ws, 409, "Error.Connection.Exists", "connection id already in use")
@@ -192,11 +191,21 @@ async def _resume(
             state.metrics.resumes.labels("refused").inc()
             await _deny(ws, 404, "Error.Connection.NotResumable", adopted)
             return True
-        await ws.accept()
-        await Session(state, ws, hub, conn_id, identity, resumed=adopted).run(ws)
+        await _accept_reattach(ws, Session(state, ws, hub, conn_id, identity, resumed=adopted))
         return True
     finally:
         state.index.release(conn_id)
+
+
+async def _accept_reattach(ws: WebSocket, session: Session) -> None:
+    """Accept a re-attach and serve it; a client gone again before the accept leaves its
+    connection detached, with its window, like any dropped transport."""
+    try:
+        await ws.accept()
+    except SocketClosed:
+        session.on_disconnect()
+        return
+    await session.run(ws)
 
 
 async def _adopt(
