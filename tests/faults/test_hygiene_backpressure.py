@@ -157,8 +157,10 @@ async def test_slow_consumer_is_cut_off_and_others_keep_pace(deployment: Deploym
             message = await client.recv()
             latencies.append(time.time() - message["arguments"][1])
 
-    n = 300
-    payload = "x" * 20_000  # 300 x 20 KB = 6 MB to the slow client
+    # 600 x 20 KB = 12 MB to the slow client: more than the kernel's socket buffers can absorb
+    # (with 6 MB, a run once saw them take it all, and the buffer bound never came into play).
+    n = 600
+    payload = "x" * 20_000
     readers = [asyncio.create_task(read_fast(c, n)) for c in fast]
     async with HubbubClient(gateway.url, ACCESS_KEY, "chat") as api:
         for _ in range(n):
