@@ -33,6 +33,19 @@ class Settings(BaseSettings):
     redis_tls_verify: bool = True
     redis_connect_timeout: float = 2.0
     redis_timeout: float = 5.0
+    # Which Redis (docs/operations.md): one server (the URL's), a Sentinel-managed primary
+    # (followed through failovers) or a Redis Cluster (the URL names any node).
+    redis_mode: Literal["standalone", "sentinel", "cluster"] = "standalone"
+    # Sentinel mode: the Sentinels ("host:port,host:port") and the name of the primary they
+    # watch. The URL then gives only the credentials, the database and TLS (rediss://).
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "mymaster"
+    # Cluster mode: more nodes to discover the cluster from ("host:port,..."), beside the URL's.
+    redis_cluster_nodes: str = ""
+    # After each accepted message is appended: WAIT until this many replicas have it, else
+    # answer 503 (a failover then cannot lose an accepted message). 0: do not wait.
+    redis_wait_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout: float = Field(default=1.0, gt=0)  # seconds
     key_prefix: str = "hubbub"
 
     # Gateway process.
@@ -197,6 +210,12 @@ class Settings(BaseSettings):
         if not value or not all(c.isalnum() or c in "-_." for c in value):
             raise ValueError("gateway_id may only hold letters, digits, '-', '_' and '.'")
         return value
+
+    @model_validator(mode="after")
+    def _redis_mode_has_its_nodes(self) -> Settings:
+        if self.redis_mode == "sentinel" and not self.redis_sentinels.strip():
+            raise ValueError("HUBBUB_REDIS_MODE=sentinel needs HUBBUB_REDIS_SENTINELS")
+        return self
 
     @model_validator(mode="after")
     def _jwks_needs_issuer_and_audience(self) -> Settings:

@@ -10,9 +10,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from hubbub.redis.stream import target_partition
 from hubbub.sdk.client import HubbubClient, ServiceAuth
 from hubbub.sdk.publisher import Publisher
 from hubbub.settings import Settings
+from hubbub.wire.envelopes import Kind
 from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment
 from tests.support.rawclient import RawClient, client_token
@@ -57,7 +59,9 @@ async def test_a_retried_send_is_one_message(
         got = await received(client, "end")
         assert got == ["once", "race", "other", "plain", "plain", "end"], got
         # The key is remembered for the window, no longer.
-        key = KeySchema(prefix).idempotency("chat", "order-17")
+        schema = KeySchema(prefix)
+        partition = target_partition("chat", Kind.CONNECTION, conn, Settings().publish_partitions)
+        key = schema.idempotency(schema.publish_partition(partition), "chat", "order-17")
         ttl = await redis.pttl(key)
         assert 0 < ttl <= Settings().idempotency_window * 1000, ttl
         assert (await redis.get(key) or b"").decode() == first

@@ -31,20 +31,20 @@ class Consumer:
         self.retention_ms = settings.broadcast_retention_ms
         schema = KeySchema(settings.key_prefix)
         self.feed = schema.broadcast_feed
-        self.streams = [schema.publish_partition(n) for n in range(settings.publish_partitions)]
-        self.partition_of = {stream.encode(): n for n, stream in enumerate(self.streams)}
+        self.streams = [
+            schema.publish_partition(n).encode() for n in range(settings.publish_partitions)
+        ]
+        self.partition_of = {stream: n for n, stream in enumerate(self.streams)}
         # Last entry routed (and acknowledged) per partition stream, for trimming.
         self.routed: dict[bytes, bytes] = {}
 
     async def consume(self, partitions: Iterable[int]) -> None:
         """Read what is new in ``partitions`` (waiting up to ``block_ms``) and route it."""
-        streams = [self.streams[n] for n in partitions]
-        response = await self.pipe.execute(
-            "XREADGROUP", "GROUP", self.group, self.name,
-            "COUNT", self.batch, "BLOCK", self.block_ms,
-            "STREAMS", *streams, *(">" for _ in streams),
-            block=self.block_ms / 1000,
-        )  # fmt: skip
+        response = await self.pipe.read_streams(
+            ("XREADGROUP", "GROUP", self.group, self.name, "COUNT", self.batch),
+            {self.streams[n]: b">" for n in partitions},
+            self.block_ms,
+        )
         for stream, entries in streams_reply(response):
             await self.router.route(self.partition_of[stream], entries)
             self.routed[stream] = entries[-1][0]

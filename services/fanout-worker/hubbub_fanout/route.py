@@ -4,6 +4,9 @@ Per batch of entries it makes two pipelined round trips on the worker's
 :class:`~hubbub.redis.pipe.Pipe`: one to resolve every entry's target to the gateways that hold its
 recipients (group -> gateways, user -> gateways, connection -> gateway, all kept as small
 hashes in Redis), one to append each delivery to its gateway's inbox and ``XACK`` the batch.
+In Redis Cluster the inboxes and the partition live on different masters, so the ``XACK`` waits
+for the appends' replies (and, with ``HUBBUB_REDIS_WAIT_REPLICAS``, for their replicas): an
+entry is never acknowledged on one master while its deliveries are lost on another.
 The cost of a message is O(gateways it reaches), whatever the size of the group; a broadcast
 is one append to the feed every gateway reads.
 
@@ -25,8 +28,8 @@ from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 
 from hubbub.metrics import Metrics
 from hubbub.redis.pipe import Pipe
-from hubbub.redis.resp import Command, Prefix
-from hubbub.redis.stream import message_id
+from hubbub.redis.resp import Command, Prefix, pack
+from hubbub.redis.stream import NotReplicated, message_id
 from hubbub.settings import Settings
 from hubbub.telemetry import (
     CONSUMER_GROUP,
@@ -83,6 +86,11 @@ class Router:
         feed = schema.broadcast_feed
         self._to_feed = [Destination(feed, Prefix("XADD", feed, *self._cap))]
         self._inboxes: dict[bytes, Destination] = {}
+        # Cluster mode: acknowledge only after the deliveries are in (and replicated).
+        self.sharded = pipe.sharded
+        self.wait_replicas = settings.redis_wait_replicas if pipe.sharded else 0
+        self.wait_timeout = settings.redis_wait_timeout
+        self._wait = pack(("WAIT", self.wait_replicas, max(1, int(self.wait_timeout * 1000))))
 
     async def route(self, partition: int, entries: list[Entry]) -> None:
         """Deliver a batch, then acknowledge it. A crash in between means a redelivery,
@@ -95,7 +103,7 @@ class Router:
         stream = self.streams[partition]
         epoch = self.epochs.get(partition, 0)
         routed = self.metrics.routed
-        commands: list[bytes] = []
+        commands: list[tuple[str, bytes]] = []
         with ExitStack() as spans:  # a traced batch's spans end once its deliveries are in
             for entry_id, m in messages:
                 mid = message_id(partition, entry_id).encode()
@@ -108,11 +116,26 @@ class Router:
                 for d in destinations:
                     send = self._send_span(spans, process, d.key)
                     via = fields if send is None else _via(send, m, mid, epoch)
-                    commands.append(d.xadd.pack(via))
+                    commands.append((d.key, d.xadd.pack(via)))
                 routed.labels(m.kind.label).inc(len(destinations))
-            commands.append(self._xack[partition].pack([entry_id for entry_id, _ in entries]))
-            await self.pipe.execute_packed(b"".join(commands), len(commands))
+            xack = (stream, self._xack[partition].pack([entry_id for entry_id, _ in entries]))
+            if self.sharded:
+                await self._deliver(commands)
+                await self.pipe.execute_keyed([xack])
+            else:  # one server: the XACK cannot apply (or replicate) before the appends
+                commands.append(xack)
+                await self.pipe.execute_keyed(commands)
         self.metrics.stage.labels("route").observe(time.perf_counter() - started)
+
+    async def _deliver(self, commands: list[tuple[str, bytes]]) -> None:
+        """The appends, then (when asked) a ``WAIT`` on each master they went to."""
+        if not self.wait_replicas:
+            await self.pipe.execute_keyed(commands)
+            return
+        waits = [(key, self._wait) for key in dict.fromkeys(key for key, _ in commands)]
+        replies = await self.pipe.execute_keyed([*commands, *waits], block=self.wait_timeout)
+        if min(replies[len(commands) :], default=self.wait_replicas) < self.wait_replicas:
+            raise NotReplicated("deliveries not confirmed by the replicas; routed again")
 
     def _parse(self, entries: list[Entry]) -> list[tuple[bytes, MessageEntry]]:
         parsed: list[tuple[bytes, MessageEntry]] = []

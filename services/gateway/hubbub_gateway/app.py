@@ -118,13 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schema = KeySchema(settings.key_prefix)
         telemetry = setup_tracing("hubbub-gateway")
         metrics = Metrics()
-        publish = PublishStream(
-            publish_pipe,
-            schema,
-            settings.publish_partitions,
-            settings.publish_stream_maxlen,
-            int(settings.idempotency_window * 1000),
-        )
+        publish = PublishStream.from_settings(publish_pipe, settings)
         index = LocalIndex(
             metrics,
             telemetry.tracer if telemetry else None,

@@ -21,6 +21,7 @@ from starlette.types import Scope
 from hubbub.logs import REFUSALS
 from hubbub.protocol.names import InvalidName
 from hubbub.redis.membership import TooManyGroups
+from hubbub.redis.stream import NotReplicated
 from hubbub.wire.messages import InvalidArguments, TooManyExcluded
 
 refusals = logging.getLogger(REFUSALS)
@@ -84,6 +85,8 @@ def known_error_response(scope: Scope, exc: Exception) -> JSONResponse | None:
         return refusal(scope, 400, "Error.TooManyExcluded", str(exc))
     if isinstance(exc, InvalidArguments):
         return refusal(scope, 400, "Error.InvalidRequest", str(exc))
+    if isinstance(exc, NotReplicated):
+        return refusal(scope, 503, "Error.Redis.NotReplicated", str(exc))
     if isinstance(exc, RedisError):
         return refusal(scope, 503, "Error.Unavailable", f"message store unavailable: {exc}")
     return None

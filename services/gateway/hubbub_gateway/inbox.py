@@ -66,12 +66,9 @@ class InboxReader:
                 if now >= next_trim:
                     await self.trim()
                     next_trim = now + self.trim_interval
-                positions = self.positions
-                response = await self.pipe.execute(
-                    "XREAD", "COUNT", self.batch, "BLOCK", self.block_ms,
-                    "STREAMS", *positions.keys(), *positions.values(),
-                    block=self.block_ms / 1000,
-                )  # fmt: skip
+                response = await self.pipe.read_streams(
+                    ("XREAD", "COUNT", self.batch), self.positions, self.block_ms
+                )
                 backoff = 0.05
                 self.health.read_done()
             except RedisError as exc:

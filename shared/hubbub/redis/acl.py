@@ -18,9 +18,14 @@ Role = Literal["gateway", "worker", "service"]
 
 # Connection set-up (redis-py and the Pipe), scripts (loaded once, then run by their SHA),
 # and the reads and writes the membership scripts make: both roles run those (workers reap).
-# CLIENT SETINFO (Redis 7.2+) is left out: redis-py ignores its refusal.
+# CLIENT SETINFO (Redis 7.2+) is left out: redis-py ignores its refusal. Sentinel and Cluster
+# modes add: ROLE (is this still the primary?), CLUSTER SLOTS and COMMAND (the slot map and
+# redis-py's key positions), ASKING (a key mid-migration), CLIENT ID / UNBLOCK (a blocking
+# read over several masters ends the others' reads early) and WAIT (HUBBUB_REDIS_WAIT_REPLICAS).
 _COMMON = (
     "ping", "hello", "auth", "select", "client|setname", "script|load", "evalsha",
+    "role", "cluster|slots", "cluster|shards", "command", "asking", "client|id",
+    "client|unblock", "wait",
     "exists", "get", "set", "del", "pexpire",
     "hget", "hset", "hmget", "hdel", "hincrby", "hkeys",
     "sadd", "srem", "smembers", "scard", "sismember", "srandmember",

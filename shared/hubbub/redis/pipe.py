@@ -1,50 +1,70 @@
-"""The hot path's Redis connection: one pipelined socket, bytes in and out.
+"""The hot path's Redis connection: pipelined sockets, bytes in and out.
 
 Everything that every message pays for (publish appends, the worker's read-route-acknowledge
 loop, the gateway's inbox reads) goes through :class:`Pipe`; everything else uses redis-py
 (:meth:`hubbub.redis.endpoint.RedisEndpoint.redis`). Both are configured by the same
-:class:`~hubbub.redis.endpoint.RedisEndpoint`.
+:class:`~hubbub.redis.endpoint.RedisEndpoint`, so both follow the same mode: one server, the
+primary the Sentinels name, or the masters of a Redis Cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.redis.endpoint import Address, RedisEndpoint
 from hubbub.redis.resp import Arg, Command, Replies, first_error, pack, pack_many
+from hubbub.redis.slots import Node, SlotTable, command_key, key_slot, redirect_of, try_again
+
+log = logging.getLogger("hubbub.redis")
+
+MAX_REDIRECTS = 5
+_ASKING = pack(("ASKING",))
+# Error replies after which this connection is to the wrong server (a failover demoted it,
+# or it is still loading): drop it, so the next call finds the primary again.
+_WRONG_SERVER = ("READONLY", "UNBLOCKED", "LOADING", "MASTERDOWN")
 
 
 class Pipe:
-    """One Redis connection for the hot path, about three times cheaper per call than redis-py.
+    """Redis connections for the hot path, about three times cheaper per call than redis-py.
 
     Commands are written as they come (flushed once per event-loop turn) and replies matched
-    in order, so concurrent callers share writes and round trips. The publish stream, the
-    worker's read-route-acknowledge loop and the gateway's inbox reads use it. It speaks RESP2
-    over TCP, TLS (CA, client certificate, verification as the endpoint says) or a Unix socket,
-    with AUTH and SELECT from the URL; it does not retry (see :mod:`hubbub.redis.endpoint`),
-    speak RESP3, follow Sentinel or Cluster redirections. A lost connection fails the calls in
-    flight with :class:`redis.exceptions.ConnectionError` and is reopened by the next call; a
-    reply later than ``timeout`` (plus a blocking command's own ``block``) aborts the
-    connection with :class:`redis.exceptions.TimeoutError`, so a frozen server cannot hang a
-    caller.
+    in order, so concurrent callers share writes and round trips. It speaks RESP2 over TCP,
+    TLS (CA, client certificate, verification as the endpoint says) or a Unix socket, with
+    AUTH and SELECT from the URL. It does not retry a command that may have run (see
+    :mod:`hubbub.redis.endpoint`): a lost connection fails the calls in flight with
+    :class:`redis.exceptions.ConnectionError` and is reopened by the next call; a reply later
+    than ``timeout`` (plus a blocking command's own ``block``) aborts the connection with
+    :class:`redis.exceptions.TimeoutError`, so a frozen server cannot hang a caller.
+
+    Sentinel mode: each (re)connection asks the Sentinels for the primary and checks its
+    ``ROLE``; a reply that says the server is no longer the primary (``READONLY``) drops the
+    connection. Cluster mode: one connection per master; each command goes to its key's slot
+    (:mod:`hubbub.redis.slots`), ``MOVED``/``ASK``/``TRYAGAIN`` are followed (the command did not
+    run), and the slot table is read again after a redirection or a lost connection.
     """
 
     def __init__(self, endpoint: RedisEndpoint) -> None:
         self.endpoint = endpoint
         self.timeout = endpoint.timeout
-        self._address = endpoint.address()
+        self.sharded = endpoint.sharded
         self._ssl = endpoint.ssl_context()
-        self._connection: _Connection | None = None
-        self._lock = asyncio.Lock()
         self._closed = False
+        self._links: dict[Node, _Link] = {}
+        self._side: dict[Node, _Link] = {}  # cluster: for CLIENT UNBLOCK of a blocked read
+        self._table: SlotTable | None = None
+        self._table_lock = asyncio.Lock()
+        resolve = self._sentinel_primary if endpoint.mode == "sentinel" else self._own_address
+        self._main = _Link(self, resolve, check_role=endpoint.mode == "sentinel")
 
     @classmethod
     def from_url(cls, url: str, name: str | None = None, *, timeout: float = 5.0) -> Pipe:
@@ -53,91 +73,390 @@ class Pipe:
 
     async def execute(self, *command: Arg, block: float = 0.0) -> Any:
         """One command's reply; an error reply is raised as ``ResponseError``."""
-        connection = await self._live()
-        reply = await connection.send(pack(command), 0, block)
+        if self.sharded:
+            (reply,) = await self._routed([(command_key(command), pack(command))], block)
+        else:
+            reply = await self._main.send(pack(command), 0, block)
         if isinstance(reply, ResponseError):
             raise reply
         return reply
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
-        """Several commands in one write; every reply, or the first error reply raised."""
+        """Several commands in one write (per master); every reply, or the first error reply
+        raised."""
+        if self.sharded:
+            return _raise_first(await self._routed([(command_key(c), pack(c)) for c in commands]))
         return await self.execute_packed(pack_many(commands), len(commands))
 
-    async def execute_packed(self, commands: bytes, count: int) -> list[Any]:
-        """Like :meth:`execute_many`, for ``count`` commands already packed (``resp.Prefix``)."""
+    async def execute_packed(self, commands: bytes, count: int, key: Arg = b"") -> list[Any]:
+        """Like :meth:`execute_many`, for ``count`` commands already packed (``resp.Prefix``);
+        in cluster mode they must be one command, on ``key``'s slot."""
         if not count:
             return []
-        connection = await self._live()
-        replies: list[Any] = await connection.send(commands, count, 0.0)
-        error = first_error(replies)
-        if error is not None:
-            raise error
-        return replies
+        if self.sharded:
+            if count != 1:
+                raise ValueError("in cluster mode, pack one command per call (execute_keyed)")
+            return _raise_first(await self._routed([(key, commands)]))
+        return _raise_first(await self._main.send(commands, count, 0.0))
+
+    async def execute_keyed(
+        self, commands: Sequence[tuple[Arg, bytes]], *, block: float = 0.0
+    ) -> list[Any]:
+        """Packed commands, each with the key that places it: one write per master (a
+        standalone server gets them all in one), replies in order, the first error raised.
+        ``block``: how long a blocking command among them (``WAIT``) may take."""
+        if not commands:
+            return []
+        if self.sharded:
+            return _raise_first(await self._routed(commands, block))
+        packed = b"".join(c for _, c in commands)
+        return _raise_first(await self._main.send(packed, len(commands), block))
+
+    async def read_streams(
+        self, head: Command, positions: Mapping[bytes, bytes | str], block_ms: int
+    ) -> Any:
+        """``<head> BLOCK <block_ms> STREAMS <keys> <ids>`` (``XREAD``/``XREADGROUP``): what is
+        new in any of the streams, ``None`` when nothing came within ``block_ms``.
+
+        In cluster mode the streams may live on several masters: one blocking read each, at
+        once; when the first answers, the others are unblocked (``CLIENT UNBLOCK``: a read
+        unblocked that way reads nothing) and every reply is kept, so nothing a consumer
+        group handed out is dropped."""
+        keys = list(positions)
+        if self.sharded:
+            table = await self._slot_table()
+            groups = table.nodes_of(keys)
+            if len(groups) > 1:
+                return await self._read_many(head, positions, block_ms, groups)
+        command = (*head, "BLOCK", block_ms, "STREAMS", *keys, *positions.values())
+        return await self.execute(*command, block=block_ms / 1000)
 
     async def aclose(self) -> None:
         self._closed = True
+        for link in (self._main, *self._links.values(), *self._side.values()):
+            link.close()
+
+    # -- where the server is -------------------------------------------------------------
+
+    async def _own_address(self) -> Address:
+        return self.endpoint.address()
+
+    async def _sentinel_primary(self) -> Address:
+        """Ask each Sentinel in turn for the primary's address."""
+        endpoint = self.endpoint
+        failures: list[str] = []
+        for host, port in endpoint.sentinels:
+            try:
+                async with asyncio.timeout(endpoint.connect_timeout):
+                    reader, writer = await asyncio.open_connection(host, port)
+                    try:
+                        writer.write(
+                            pack(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", endpoint.sentinel_master))
+                        )
+                        reply = await _read_one(reader)
+                    finally:
+                        writer.close()
+            except (OSError, TimeoutError, InvalidResponse) as exc:
+                failures.append(f"{host}:{port}: {exc!r}")
+                continue
+            if isinstance(reply, list) and len(reply) == 2:
+                return replace(
+                    endpoint.address(), host=reply[0].decode(), port=int(reply[1]), path=None
+                )
+            failures.append(f"{host}:{port}: no primary named {endpoint.sentinel_master!r}")
+        raise RedisConnectionError(
+            f"no Sentinel named the primary {endpoint.sentinel_master!r}: " + "; ".join(failures)
+        )
+
+    # -- cluster -------------------------------------------------------------------------
+
+    def _link(self, node: Node) -> _Link:
+        link = self._links.get(node)
+        if link is None:
+            address = replace(self.endpoint.address(), host=node[0], port=node[1], path=None)
+
+            async def resolve() -> Address:
+                return address
+
+            link = self._links[node] = _Link(self, resolve, client_id=True)
+        return link
+
+    async def _slot_table(self) -> SlotTable:
+        table = self._table
+        if table is not None:
+            return table
+        async with self._table_lock:
+            if self._table is None:
+                self._table = await self._read_table()
+            return self._table
+
+    async def _read_table(self) -> SlotTable:
+        """``CLUSTER SLOTS`` from the first node that answers: the seeds, then every master
+        known so far (a seed may be the node that died)."""
+        known = [*self.endpoint.seeds(), *sorted(self._links)]
+        failures: list[str] = []
+        for node in dict.fromkeys(known):
+            try:
+                reply = await self._link(node).send(pack(("CLUSTER", "SLOTS")), 0, 0.0)
+            except RedisError as exc:
+                failures.append(f"{node[0]}:{node[1]}: {exc!r}")
+                continue
+            if isinstance(reply, ResponseError) or not reply:
+                failures.append(f"{node[0]}:{node[1]}: {reply!r}")
+                continue
+            return SlotTable.parse(reply, node)
+        raise RedisConnectionError("no Redis Cluster node answered: " + "; ".join(failures))
+
+    def _forget_table(self) -> None:
+        self._table = None
+
+    async def _routed(
+        self, commands: Sequence[tuple[Arg | None, bytes]], block: float = 0.0
+    ) -> list[Any]:
+        """Each packed command to the master of its key's slot; redirections followed."""
+        slots = [key_slot(key) if key else 0 for key, _ in commands]
+        results: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        asking: dict[int, Node] = {}
+        for attempt in range(MAX_REDIRECTS + 1):
+            table = await self._slot_table()
+            groups: dict[tuple[Node, bool], list[int]] = {}
+            for i in todo:
+                ask = asking.get(i)
+                node = ask if ask is not None else table.node(slots[i])
+                groups.setdefault((node, ask is not None), []).append(i)
+            sent = await asyncio.gather(
+                *(self._send_group(node, ask, idx, commands, results, block)
+                  for (node, ask), idx in groups.items()),
+                return_exceptions=True,
+            )  # fmt: skip
+            for failure in sent:
+                if isinstance(failure, BaseException):
+                    self._forget_table()
+                    raise failure
+            todo, asking, wait = [], {}, False
+            for i in (i for idx in groups.values() for i in idx):
+                reply = results[i]
+                redirect = redirect_of(reply)
+                if redirect is not None:
+                    if redirect.ask:
+                        asking[i] = redirect.node
+                    else:
+                        table.moved(redirect.slot, redirect.node)
+                        self._forget_table()  # read it whole again on the next call
+                    todo.append(i)
+                elif try_again(reply):
+                    todo.append(i)
+                    wait = True
+            if not todo or attempt == MAX_REDIRECTS:
+                break
+            if wait:
+                await asyncio.sleep(0.02 * (attempt + 1))
+        return results
+
+    async def _send_group(
+        self,
+        node: Node,
+        ask: bool,
+        indexes: list[int],
+        commands: Sequence[tuple[Arg | None, bytes]],
+        results: list[Any],
+        block: float,
+    ) -> None:
+        link = self._link(node)
+        if ask:  # ASKING applies to the next command only
+            packed = b"".join(_ASKING + commands[i][1] for i in indexes)
+            replies = await link.send(packed, 2 * len(indexes), block)
+            replies = replies[1::2]
+        elif len(indexes) == 1:
+            replies = [await link.send(commands[indexes[0]][1], 0, block)]
+        else:
+            packed = b"".join(commands[i][1] for i in indexes)
+            replies = await link.send(packed, len(indexes), block)
+        for i, reply in zip(indexes, replies, strict=True):
+            results[i] = reply
+
+    async def _read_many(
+        self,
+        head: Command,
+        positions: Mapping[bytes, bytes | str],
+        block_ms: int,
+        groups: dict[Node, list[int]],
+    ) -> Any:
+        keys = list(positions)
+        ids = list(positions.values())
+        block = block_ms / 1000
+        reads: dict[Node, asyncio.Task[Any]] = {}
+        for node, indexes in groups.items():
+            command = (
+                *head, "BLOCK", block_ms, "STREAMS",
+                *(keys[i] for i in indexes), *(ids[i] for i in indexes),
+            )  # fmt: skip
+            reads[node] = asyncio.ensure_future(self._link(node).send(pack(command), 0, block))
+        try:
+            _, pending = await asyncio.wait(reads.values(), return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                await asyncio.gather(
+                    *(self._unblock(node, task) for node, task in reads.items() if task in pending)
+                )
+        finally:
+            answers = await asyncio.gather(*reads.values(), return_exceptions=True)
+        merged: list[Any] = []
+        failure: BaseException | None = None
+        for answer in answers:
+            if isinstance(answer, BaseException) or isinstance(answer, ResponseError):
+                if redirect_of(answer) is not None:
+                    self._forget_table()
+                elif failure is None:
+                    failure = answer
+                if isinstance(answer, RedisConnectionError):
+                    self._forget_table()
+            elif answer:
+                merged.extend(answer)
+        if merged:  # what was read is handed out now; a failed node fails the next read
+            return merged
+        if failure is not None:
+            raise failure
+        return None
+
+    async def _unblock(self, node: Node, read: asyncio.Future[Any]) -> None:
+        """End a blocked read early; it may not have reached the server yet, so try a few
+        times while it is still pending."""
+        link = self._links[node]
+        side = self._side.get(node)
+        if side is None:
+            side = self._side[node] = _Link(self, link.resolve)
+        for _ in range(3):
+            client_id = link.client_id
+            if client_id is None or read.done():
+                return
+            try:
+                await side.send(pack(("CLIENT", "UNBLOCK", client_id)), 0, 0.0)
+            except RedisError:
+                return  # the read ends by its own timeout
+            done, _ = await asyncio.wait({read}, timeout=0.05)
+            if done:
+                return
+
+
+class _Link:
+    """One server's connection for a :class:`Pipe`, reopened by the next call after a loss."""
+
+    def __init__(
+        self,
+        pipe: Pipe,
+        resolve: Callable[[], Awaitable[Address]],
+        *,
+        check_role: bool = False,
+        client_id: bool = False,
+    ) -> None:
+        self.pipe = pipe
+        self.resolve = resolve
+        self.check_role = check_role
+        self.want_id = client_id
+        self.client_id: int | None = None
+        # Only a Sentinel's primary or a cluster master can turn into a replica under us.
+        self.watch = pipe.endpoint.mode != "standalone"
+        self._connection: _Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def send(self, commands: bytes, expected: int, block: float) -> Any:
+        connection = self._connection
+        if connection is None or not connection.alive:
+            connection = await self._connect()
+        reply = await connection.send(commands, expected, block)
+        if self.watch and any(map(_wrong_server, reply if expected else (reply,))):
+            connection.abort_with(RedisConnectionError("the server is no longer the primary"))
+        return reply
+
+    def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-    async def _live(self) -> _Connection:
-        connection = self._connection
-        if connection is not None and connection.alive:
-            return connection
-        return await self._connect()
 
     async def _connect(self) -> _Connection:
         async with self._lock:
             connection = self._connection
             if connection is not None and connection.alive:
                 return connection
-            if self._closed:
+            if self.pipe._closed:
                 raise RedisConnectionError("pipe is closed")
-            connection = await self._open()
-            hello = self._hello()
+            address = await self.resolve()
+            connection = await self._open(address)
+            hello = self._hello(address)
             try:
-                error = first_error(await connection.send(pack_many(hello), len(hello), 0.0))
+                replies = await connection.send(pack_many(hello), len(hello), 0.0)
+                error = first_error(replies)
                 if error is not None:
                     raise error
+                if self.check_role and replies[-1][0] != b"master":
+                    raise RedisConnectionError(f"{address} is not the primary (a failover?)")
+                if self.want_id:
+                    self.client_id = int(replies[-1])
             except BaseException:
                 connection.close()
                 raise
             self._connection = connection
             return connection
 
-    async def _open(self) -> _Connection:
+    async def _open(self, address: Address) -> _Connection:
         loop = asyncio.get_running_loop()
-        address = self._address
-        timeout = self.timeout
+        timeout = self.pipe.timeout
 
         def factory() -> _Connection:
             return _Connection(timeout)
 
         try:
-            async with asyncio.timeout(self.endpoint.connect_timeout):
+            async with asyncio.timeout(self.pipe.endpoint.connect_timeout):
                 if address.path is not None:
                     _, connection = await loop.create_unix_connection(factory, address.path)
                 else:
                     _, connection = await loop.create_connection(
-                        factory, address.host, address.port, ssl=self._ssl
+                        factory, address.host, address.port, ssl=self.pipe._ssl
                     )
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"Error connecting to Redis at {address}: {exc!r}") from exc
         return connection
 
-    def _hello(self) -> list[Command]:
-        address = self._address
+    def _hello(self, address: Address) -> list[Command]:
         hello: list[Command] = []
         if address.password:
             if address.username:
                 hello.append(("AUTH", address.username, address.password))
             else:
                 hello.append(("AUTH", address.password))
-        if address.db:
+        if address.db and not self.pipe.sharded:
             hello.append(("SELECT", address.db))
-        if self.endpoint.name:
-            hello.append(("CLIENT", "SETNAME", self.endpoint.name))
+        if self.pipe.endpoint.name:
+            hello.append(("CLIENT", "SETNAME", self.pipe.endpoint.name))
+        if self.check_role:
+            hello.append(("ROLE",))
+        elif self.want_id:
+            hello.append(("CLIENT", "ID"))
         return hello or [("PING",)]
+
+
+def _wrong_server(reply: object) -> bool:
+    return isinstance(reply, ResponseError) and str(reply).startswith(_WRONG_SERVER)
+
+
+def _raise_first(replies: list[Any]) -> list[Any]:
+    error = first_error(replies)
+    if error is not None:
+        raise error
+    return replies
+
+
+async def _read_one(reader: asyncio.StreamReader) -> object:
+    """One reply from a plain stream (the Sentinel question)."""
+    replies = Replies()
+    while True:
+        data = await reader.read(4096)
+        if not data:
+            raise InvalidResponse("connection closed before the reply")
+        replies.feed(data)
+        for reply in replies:
+            return reply
 
 
 class _Waiter:
@@ -244,6 +563,10 @@ class _Connection(asyncio.Protocol):
             self._abort(RedisTimeoutError(f"no reply from Redis within {self.timeout:g}s"))
             return
         self.watchdog = self.loop.call_later(self.WATCH_INTERVAL, self._watch)
+
+    def abort_with(self, failure: RedisError) -> None:
+        """Drop the connection (the calls in flight fail with ``failure``)."""
+        self._abort(failure)
 
     def _abort(self, failure: RedisError) -> None:
         self.failure = failure

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from hubbub.redis.pipe import Pipe
-from hubbub.redis.resp import Prefix
+from hubbub.redis.resp import Prefix, pack
+from hubbub.settings import Settings
 from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
+
+
+class NotReplicated(RedisError):
+    """Appended, but fewer replicas than ``HUBBUB_REDIS_WAIT_REPLICAS`` confirmed it in time:
+    a failover now could lose it. It may still be delivered; a retry with the same
+    ``Idempotency-Key`` is safe."""
 
 
 def partition_of(message: MessageEntry, partitions: int) -> int:
@@ -55,6 +64,9 @@ class PublishStream:
     key (a caller whose ``202`` was lost retries), it answers the first id and appends nothing.
     ``EVAL`` with the script's text, not ``EVALSHA``: nothing to reload after Redis restarts,
     so a batch never half-fails on ``NOSCRIPT``.
+
+    With ``wait_replicas``, each append is followed by ``WAIT`` on the same master (one per
+    master a batch touched), and fewer confirmations than asked raise :class:`NotReplicated`.
     """
 
     def __init__(
@@ -64,6 +76,9 @@ class PublishStream:
         partitions: int,
         maxlen: int,
         window_ms: int = 300_000,
+        *,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         self.pipe = pipe
         self.schema = schema
@@ -71,10 +86,26 @@ class PublishStream:
         self.keys = [schema.publish_partition(n) for n in range(partitions)]
         self.maxlen = maxlen
         self.window_ms = window_ms
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self._wait = pack(("WAIT", wait_replicas, max(1, int(wait_timeout * 1000))))
         self._xadd = [Prefix("XADD", key, "MAXLEN", "~", maxlen, "*") for key in self.keys]
 
+    @classmethod
+    def from_settings(cls, pipe: Pipe, settings: Settings) -> PublishStream:
+        return cls(
+            pipe,
+            KeySchema(settings.key_prefix),
+            settings.publish_partitions,
+            settings.publish_stream_maxlen,
+            int(settings.idempotency_window * 1000),
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout=settings.redis_wait_timeout,
+        )
+
     def _append_once(self, n: int, message: MessageEntry, key: str) -> bytes:
-        idem = self.schema.idempotency(message.hub, key)
+        # In the partition's slot (Redis Cluster runs a script on one slot only).
+        idem = self.schema.idempotency(self.keys[n], message.hub, key)
         return Prefix("EVAL", _APPEND_ONCE, 2, idem, self.keys[n]).pack(
             [self.window_ms, message_id(n, ""), self.maxlen, *message.fields()]
         )
@@ -84,14 +115,29 @@ class PublishStream:
 
     async def append(self, message: MessageEntry, idempotency_key: str | None = None) -> str:
         n = partition_of(message, self.partitions)
+        key = self.keys[n]
         if idempotency_key is not None:
-            (mid,) = await self.pipe.execute_packed(
-                self._append_once(n, message, idempotency_key), 1
+            command = self._append_once(n, message, idempotency_key)
+        else:
+            command = self._xadd[n].pack(message.fields())
+        if self.wait_replicas:
+            (reply, _) = await self._replicated([(key, command)])
+        else:
+            (reply,) = await self.pipe.execute_packed(command, 1, key)
+        return _text(reply) if idempotency_key is not None else message_id(n, reply)
+
+    async def _replicated(self, commands: list[tuple[str, bytes]]) -> list[Any]:
+        """``commands``, then a ``WAIT`` on each master they went to; raises
+        :class:`NotReplicated` when a ``WAIT`` counted fewer replicas than asked."""
+        waits = [(key, self._wait) for key in dict.fromkeys(key for key, _ in commands)]
+        replies = await self.pipe.execute_keyed([*commands, *waits], block=self.wait_timeout)
+        confirmed = replies[len(commands) :]
+        if min(int(n) for n in confirmed) < self.wait_replicas:
+            raise NotReplicated(
+                f"appended, but not confirmed by {self.wait_replicas} replica(s) within "
+                f"{self.wait_timeout:g}s; a retry with the same Idempotency-Key is safe"
             )
-            return _text(mid)
-        xadd = self._xadd[n].pack(message.fields())
-        (entry_id,) = await self.pipe.execute_packed(xadd, 1)
-        return message_id(n, entry_id)
+        return replies[: len(commands)]
 
     async def append_many(
         self, messages: list[MessageEntry], idempotency_keys: Sequence[str | None] = ()
@@ -101,11 +147,17 @@ class PublishStream:
         parts = [partition_of(m, self.partitions) for m in messages]
         keys = idempotency_keys or [None] * len(messages)
         xadd = self._xadd
-        commands = b"".join(
-            xadd[n].pack(m.fields()) if key is None else self._append_once(n, m, key)
+        commands = [
+            (
+                self.keys[n],
+                xadd[n].pack(m.fields()) if key is None else self._append_once(n, m, key),
+            )
             for n, m, key in zip(parts, messages, keys, strict=True)
-        )
-        ids = await self.pipe.execute_packed(commands, len(messages))
+        ]
+        if self.wait_replicas:
+            ids = await self._replicated(commands)
+        else:
+            ids = await self.pipe.execute_keyed(commands)
         return [
             message_id(n, i) if key is None else _text(i)
             for n, i, key in zip(parts, ids, keys, strict=True)

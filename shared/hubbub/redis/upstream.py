@@ -31,4 +31,4 @@ class UpstreamStream:
 
     async def append(self, entry: UpstreamEntry) -> None:
         n = upstream_partition(entry.connection, self.partitions)
-        await self.pipe.execute_packed(self._xadd[n].pack(entry.fields()), 1)
+        await self.pipe.execute_packed(self._xadd[n].pack(entry.fields()), 1, self.keys[n])

@@ -23,7 +23,6 @@ from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
 from hubbub.telemetry import current_traceparent
 from hubbub.wire.envelopes import Kind
-from hubbub.wire.keys import KeySchema
 from hubbub.wire.messages import build_message
 
 
@@ -34,13 +33,7 @@ class Publisher:
         self.pipe = pipe
         self.hub = names.hub_name(hub)
         self.max_excluded = settings.max_excluded
-        self.stream = PublishStream(
-            pipe,
-            KeySchema(settings.key_prefix),
-            settings.publish_partitions,
-            settings.publish_stream_maxlen,
-            int(settings.idempotency_window * 1000),
-        )
+        self.stream = PublishStream.from_settings(pipe, settings)
 
     @classmethod
     def from_settings(cls, settings: Settings, hub: str) -> Publisher:

@@ -121,12 +121,7 @@ class UpstreamConsumer:
         self.services = schema.upstream_services
         self.lease_s = settings.lease_ms / 1000
         self.streams = [schema.upstream_partition(n) for n in range(settings.upstream_partitions)]
-        self.answers = PublishStream(
-            self.writes,
-            schema,
-            settings.publish_partitions,
-            settings.publish_stream_maxlen,
-        )
+        self.answers = PublishStream.from_settings(self.writes, settings)
         # Entries in hand, per connection, in stream order; a task drains each queue.
         self.queues: dict[str, deque[_Item]] = {}
         self.in_hand = 0  # entries read and not yet done with, all connections
@@ -198,13 +193,11 @@ class UpstreamConsumer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.room.wait(), self.lease_interval)
             return
-        streams = [self.streams[n] for n in owned]
-        response = await self.reads.execute(
-            "XREADGROUP", "GROUP", self.group, self.name,
-            "COUNT", min(self.batch, room), "BLOCK", self.block_ms,
-            "STREAMS", *streams, *(">" for _ in streams),
-            block=self.block_ms / 1000,
-        )  # fmt: skip
+        response = await self.reads.read_streams(
+            ("XREADGROUP", "GROUP", self.group, self.name, "COUNT", min(self.batch, room)),
+            {self.streams[n].encode(): b">" for n in owned},
+            self.block_ms,
+        )
         for stream, entries in streams_reply(response):
             self._take(stream.decode(), entries)
 

@@ -130,10 +130,13 @@ class KeySchema:
         gateway answers a client's invocation itself (no such method) instead of waiting."""
         return f"{self.prefix}:upservices"
 
-    def idempotency(self, hub: str, key: str) -> str:
+    def idempotency(self, partition: str, hub: str, key: str) -> str:
         """String, with a TTL: the message id a send with this ``Idempotency-Key`` was
-        accepted as, so a retry within the window answers it and appends nothing."""
-        return f"{self.prefix}:idem:{hub}:{key}"
+        accepted as, so a retry within the window answers it and appends nothing. Hash-tagged
+        with the name of its publish ``partition``'s stream, so the script that appends and
+        remembers runs on one slot in Redis Cluster (a retry names the same target, hence
+        the same partition)."""
+        return f"{self.prefix}:idem:{{{partition}}}:{hub}:{key}"
 
     @property
     def workers(self) -> str:
