@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -24,79 +23,12 @@ from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient, client_token
-from tests.support.sequences import Collector, Outcome, check_once_in_order, publish
+from tests.support.sequences import Collector, Outcome, check_once_in_order, publish, run_sequences
 
 # Publishing 3 x N numbers one by one takes over a minute on a loaded 2-core machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 N = int(os.environ.get("HUBBUB_FAULT_N", "1700"))  # per target; three targets per test
-
-
-async def run_sequences(
-    dep: Deployment,
-    api: HubbubClient,
-    fault: Callable[[], Awaitable[None]],
-    at: int,
-    probes: Outcome | None = None,
-) -> dict[str, Outcome]:
-    """Clients on both gateways; three sequences of N; ``fault`` once ``at`` are sent.
-
-    ``probes`` are numbers the fault itself sent to the group (name ``"p"``), between group
-    numbers ``at - 1`` and ``at``: the clients must see them exactly there.
-    """
-    a = await RawClient.connect(dep.gateways[1].url, token=client_token("ua"))
-    b = await RawClient.connect(dep.gateways[0].url, token=client_token("ub"))
-    for c in (a, b):
-        assert c.connection_id
-        await api.add_connection_to_group("ga", c.connection_id)
-    ca, cb = Collector(a), Collector(b)
-
-    async def group_then_fault() -> Outcome:
-        first = await publish(api, "group", "ga", "g", range(at))
-        await fault()
-        rest = await publish(api, "group", "ga", "g", range(at, N))
-        first.accepted += rest.accepted
-        first.refused += rest.refused
-        return first
-
-    g, u, everyone = await asyncio.gather(
-        group_then_fault(),
-        publish(api, "user", "ua", "u", range(N)),
-        publish(api, "all", "", "a", range(N)),
-    )
-    checks = [(ca, "g", g), (cb, "g", g), (ca, "u", u), (ca, "a", everyone), (cb, "a", everyone)]
-    for collector, name, outcome in checks:
-        await collector.wait_for(name, set(outcome.accepted))
-    # One end marker per partition that carried a sequence, sent after it: once a marker is
-    # in, nothing of that sequence is still on its way (the partition keeps its order).
-    await api.send_to_group("ga", "seq", ["end-g", 0])
-    await api.send_to_user("ua", "seq", ["end-u", 0])
-    await api.send_to_all("seq", ["end-a", 0])
-    for collector, marker in [(ca, "end-g"), (cb, "end-g"), (ca, "end-u"), (ca, "end-a"),
-                              (cb, "end-a")]:  # fmt: skip
-        await collector.wait_for(marker, {0})
-    for collector, name, outcome in checks:
-        check_once_in_order(collector.got[name], outcome)
-    if probes is not None:
-        assert not g.refused
-        expected = (
-            [("g", n) for n in range(at)]
-            + [("p", n) for n in probes.accepted]
-            + [("g", n) for n in range(at, N)]
-        )
-        for collector in (ca, cb):
-            group_order = [(name, n) for name, n in collector.order if name in ("g", "p")]
-            assert group_order == expected, _diff_order(group_order, expected)
-    assert "u" not in cb.got and "end-u" not in cb.got
-    await ca.stop()
-    await cb.stop()
-    return {"group": g, "user": u, "all": everyone}
-
-
-def _diff_order(got: list[tuple[str, int]], want: list[tuple[str, int]]) -> str:
-    first = next((i for i, (x, y) in enumerate(zip(got, want, strict=False)) if x != y), None)
-    around = slice(max(0, (first or 0) - 3), (first or 0) + 3)
-    return f"{len(got)} vs {len(want)}; first difference at {first}: {got[around]} / {want[around]}"
 
 
 async def duplicates_dropped(dep: Deployment) -> int:
@@ -181,7 +113,7 @@ async def test_worker_sigkill_mid_stream(deployment: Deployment, redis: Redis, p
 
         await eventually(leased)
         outcome = await run_sequences(
-            deployment, api, kill_owner_with_pending, at=N // 3, probes=probes
+            deployment, api, kill_owner_with_pending, at=N // 3, probes=probes, count=N
         )
 
         new_owner = (await redis.get(lease) or b"").decode()
@@ -249,7 +181,7 @@ async def test_gateway_redis_connections_cut(
             await asyncio.sleep(0.2)
 
     async with HubbubClient(deployment.gateways[0].url, ACCESS_KEY, "chat") as api:
-        await run_sequences(deployment, api, cut, at=N // 2)
+        await run_sequences(deployment, api, cut, at=N // 2, count=N)
     assert kills >= 1
     print(f"\ngateway Redis connections cut {kills} times; sent {3 * N}, all delivered once")
 
@@ -271,7 +203,7 @@ async def test_redis_restart_with_aof(aof_redis: RedisProcess, tmp_path: Path) -
             aof_redis.start()
 
         async with HubbubClient(dep.gateways[0].url, ACCESS_KEY, "chat") as api:
-            outcome = await run_sequences(dep, api, restart, at=N // 2)
+            outcome = await run_sequences(dep, api, restart, at=N // 2, count=N)
         refused = sum(len(o.refused) for o in outcome.values())
         print(
             f"\nRedis SIGKILL + restart (AOF, fsync always): sent {3 * N}, "

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
 
 from hubbub.sdk.client import HubbubClient
 
-from .rawclient import RawClient
+from .processes import Deployment
+from .rawclient import RawClient, client_token
 
 
 class Collector:
@@ -77,14 +79,16 @@ class Outcome:
     refused: list[int] = field(default_factory=list)
 
 
-REDIS_UNAVAILABLE = "Error.Unavailable"
+# 503 codes: Redis did not answer; or it took the message, but fewer replicas than
+# HUBBUB_REDIS_WAIT_REPLICAS confirmed it in time.
+REFUSED = ("Error.Unavailable", "Error.Redis.NotReplicated")
 
 
 async def publish(api: HubbubClient, kind: str, target: str, name: str, numbers: range) -> Outcome:
     """One after the other, so the order of the 202s is the order of the numbers.
 
-    A number is *refused* only when the gateway answered ``503`` with the JSON code
-    ``Error.Unavailable`` (Redis did not answer). Any other status, and any transport error
+    A number is *refused* only when the gateway answered ``503`` with a JSON code of
+    :data:`REFUSED`. Any other status, and any transport error
     (the gateway stays up while Redis is down, so it must answer), fails the test.
     """
     outcome = Outcome()
@@ -99,12 +103,80 @@ async def publish(api: HubbubClient, kind: str, target: str, name: str, numbers:
             outcome.accepted.append(n)
         except httpx.HTTPStatusError as exc:
             response = exc.response
-            if response.status_code != 503 or response.json().get("code") != REDIS_UNAVAILABLE:
+            if response.status_code != 503 or response.json().get("code") not in REFUSED:
                 raise AssertionError(
                     f"{kind} {name} {n}: {response.status_code} {response.text}"
                 ) from exc
             outcome.refused.append(n)
     return outcome
+
+
+async def run_sequences(
+    dep: Deployment,
+    api: HubbubClient,
+    fault: Callable[[], Awaitable[None]],
+    at: int,
+    probes: Outcome | None = None,
+    count: int = 1700,
+) -> dict[str, Outcome]:
+    """Clients on both gateways; three sequences of ``count``; ``fault`` once ``at`` are sent.
+
+    ``probes`` are numbers the fault itself sent to the group (name ``"p"``), between group
+    numbers ``at - 1`` and ``at``: the clients must see them exactly there.
+    """
+    a = await RawClient.connect(dep.gateways[1].url, token=client_token("ua"))
+    b = await RawClient.connect(dep.gateways[0].url, token=client_token("ub"))
+    for c in (a, b):
+        assert c.connection_id
+        await api.add_connection_to_group("ga", c.connection_id)
+    ca, cb = Collector(a), Collector(b)
+
+    async def group_then_fault() -> Outcome:
+        first = await publish(api, "group", "ga", "g", range(at))
+        await fault()
+        rest = await publish(api, "group", "ga", "g", range(at, count))
+        first.accepted += rest.accepted
+        first.refused += rest.refused
+        return first
+
+    g, u, everyone = await asyncio.gather(
+        group_then_fault(),
+        publish(api, "user", "ua", "u", range(count)),
+        publish(api, "all", "", "a", range(count)),
+    )
+    checks = [(ca, "g", g), (cb, "g", g), (ca, "u", u), (ca, "a", everyone), (cb, "a", everyone)]
+    for collector, name, outcome in checks:
+        await collector.wait_for(name, set(outcome.accepted))
+    # One end marker per partition that carried a sequence, sent after it: once a marker is
+    # in, nothing of that sequence is still on its way (the partition keeps its order).
+    await api.send_to_group("ga", "seq", ["end-g", 0])
+    await api.send_to_user("ua", "seq", ["end-u", 0])
+    await api.send_to_all("seq", ["end-a", 0])
+    for collector, marker in [(ca, "end-g"), (cb, "end-g"), (ca, "end-u"), (ca, "end-a"),
+                              (cb, "end-a")]:  # fmt: skip
+        await collector.wait_for(marker, {0})
+    for collector, name, outcome in checks:
+        check_once_in_order(collector.got[name], outcome)
+    if probes is not None:
+        assert not g.refused
+        expected = (
+            [("g", n) for n in range(at)]
+            + [("p", n) for n in probes.accepted]
+            + [("g", n) for n in range(at, count)]
+        )
+        for collector in (ca, cb):
+            group_order = [(name, n) for name, n in collector.order if name in ("g", "p")]
+            assert group_order == expected, _diff_order(group_order, expected)
+    assert "u" not in cb.got and "end-u" not in cb.got
+    await ca.stop()
+    await cb.stop()
+    return {"group": g, "user": u, "all": everyone}
+
+
+def _diff_order(got: list[tuple[str, int]], want: list[tuple[str, int]]) -> str:
+    first = next((i for i, (x, y) in enumerate(zip(got, want, strict=False)) if x != y), None)
+    around = slice(max(0, (first or 0) - 3), (first or 0) + 3)
+    return f"{len(got)} vs {len(want)}; first difference at {first}: {got[around]} / {want[around]}"
 
 
 def check_once_in_order(got: list[int], outcome: Outcome) -> None:

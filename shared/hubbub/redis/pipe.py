@@ -60,7 +60,7 @@ class Pipe:
         self._ssl = endpoint.ssl_context()
         self._closed = False
         self._links: dict[Node, _Link] = {}
-        self._side: dict[Node, _Link] = {}  # cluster: for CLIENT UNBLOCK of a blocked read
+        self._readers: dict[bytes, _Link] = {}  # cluster: a blocking read's own connection
         self._table: SlotTable | None = None
         self._table_lock = asyncio.Lock()
         resolve = self._sentinel_primary if endpoint.mode == "sentinel" else self._own_address
@@ -118,22 +118,23 @@ class Pipe:
         """``<head> BLOCK <block_ms> STREAMS <keys> <ids>`` (``XREAD``/``XREADGROUP``): what is
         new in any of the streams, ``None`` when nothing came within ``block_ms``.
 
-        In cluster mode the streams may live on several masters: one blocking read each, at
-        once; when the first answers, the others are unblocked (``CLIENT UNBLOCK``: a read
-        unblocked that way reads nothing) and every reply is kept, so nothing a consumer
-        group handed out is dropped."""
-        keys = list(positions)
-        if self.sharded:
-            table = await self._slot_table()
-            groups = table.nodes_of(keys)
-            if len(groups) > 1:
-                return await self._read_many(head, positions, block_ms, groups)
-        command = (*head, "BLOCK", block_ms, "STREAMS", *keys, *positions.values())
-        return await self.execute(*command, block=block_ms / 1000)
+        In cluster mode every stream has its own slot, and a command may touch one slot only.
+        So: one non-blocking read per stream, all at once (one write per master); if none had
+        anything, one blocking read per stream, each on its own connection, and when the first
+        answers the others are ended with ``CLIENT UNBLOCK`` (a read unblocked that way reads
+        nothing). Every reply is kept, so nothing a consumer group handed out is dropped."""
+        if not self.sharded:
+            command = (*head, "BLOCK", block_ms, "STREAMS", *positions, *positions.values())
+            return await self.execute(*command, block=block_ms / 1000)
+        reads = [(key, pack((*head, "STREAMS", key, at))) for key, at in positions.items()]
+        found = _merge_reads(await self._routed(reads))
+        if found is not None:
+            return found
+        return await self._block_on_each(head, positions, block_ms)
 
     async def aclose(self) -> None:
         self._closed = True
-        for link in (self._main, *self._links.values(), *self._side.values()):
+        for link in (self._main, *self._links.values(), *self._readers.values()):
             link.close()
 
     # -- where the server is -------------------------------------------------------------
@@ -276,64 +277,58 @@ class Pipe:
         for i, reply in zip(indexes, replies, strict=True):
             results[i] = reply
 
-    async def _read_many(
-        self,
-        head: Command,
-        positions: Mapping[bytes, bytes | str],
-        block_ms: int,
-        groups: dict[Node, list[int]],
+    def _reader(self, key: bytes) -> _Link:
+        """The connection a blocking read of ``key`` waits on, to the master of its slot (as
+        the slot table says when it connects)."""
+        link = self._readers.get(key)
+        if link is None:
+            slot = key_slot(key)
+
+            async def resolve() -> Address:
+                node = (await self._slot_table()).node(slot)
+                return replace(self.endpoint.address(), host=node[0], port=node[1], path=None)
+
+            link = self._readers[key] = _Link(self, resolve, client_id=True)
+        return link
+
+    async def _block_on_each(
+        self, head: Command, positions: Mapping[bytes, bytes | str], block_ms: int
     ) -> Any:
-        keys = list(positions)
-        ids = list(positions.values())
         block = block_ms / 1000
-        reads: dict[Node, asyncio.Task[Any]] = {}
-        for node, indexes in groups.items():
-            command = (
-                *head, "BLOCK", block_ms, "STREAMS",
-                *(keys[i] for i in indexes), *(ids[i] for i in indexes),
-            )  # fmt: skip
-            reads[node] = asyncio.ensure_future(self._link(node).send(pack(command), 0, block))
+        reads: dict[bytes, asyncio.Future[Any]] = {
+            key: asyncio.ensure_future(
+                self._reader(key).send(
+                    pack((*head, "BLOCK", block_ms, "STREAMS", key, at)), 0, block
+                )
+            )
+            for key, at in positions.items()
+        }
         try:
             _, pending = await asyncio.wait(reads.values(), return_when=asyncio.FIRST_COMPLETED)
             if pending:
                 await asyncio.gather(
-                    *(self._unblock(node, task) for node, task in reads.items() if task in pending)
+                    *(self._unblock(key, read) for key, read in reads.items() if read in pending)
                 )
         finally:
             answers = await asyncio.gather(*reads.values(), return_exceptions=True)
-        merged: list[Any] = []
-        failure: BaseException | None = None
-        for answer in answers:
-            if isinstance(answer, BaseException) or isinstance(answer, ResponseError):
-                if redirect_of(answer) is not None:
-                    self._forget_table()
-                elif failure is None:
-                    failure = answer
-                if isinstance(answer, RedisConnectionError):
-                    self._forget_table()
-            elif answer:
-                merged.extend(answer)
-        if merged:  # what was read is handed out now; a failed node fails the next read
-            return merged
-        if failure is not None:
-            raise failure
-        return None
+        for key, answer in zip(reads, answers, strict=True):
+            if isinstance(answer, BaseException) or redirect_of(answer) is not None:
+                self._readers.pop(key).close()  # reconnects to the slot's master, as it is now
+                self._forget_table()
+        return _merge_reads(answers)
 
-    async def _unblock(self, node: Node, read: asyncio.Future[Any]) -> None:
-        """End a blocked read early; it may not have reached the server yet, so try a few
-        times while it is still pending."""
-        link = self._links[node]
-        side = self._side.get(node)
-        if side is None:
-            side = self._side[node] = _Link(self, link.resolve)
+    async def _unblock(self, key: bytes, read: asyncio.Future[Any]) -> None:
+        """End a blocked read early. It may not have reached the server yet: try again while
+        it is still pending, a few times; at worst it ends by its own timeout."""
+        reader = self._readers[key]
         for _ in range(3):
-            client_id = link.client_id
-            if client_id is None or read.done():
+            node = reader.node
+            if reader.client_id is None or node is None or read.done():
                 return
             try:
-                await side.send(pack(("CLIENT", "UNBLOCK", client_id)), 0, 0.0)
+                await self._link(node).send(pack(("CLIENT", "UNBLOCK", reader.client_id)), 0, 0.0)
             except RedisError:
-                return  # the read ends by its own timeout
+                return
             done, _ = await asyncio.wait({read}, timeout=0.05)
             if done:
                 return
@@ -355,6 +350,7 @@ class _Link:
         self.check_role = check_role
         self.want_id = client_id
         self.client_id: int | None = None
+        self.node: Node | None = None  # where it is connected
         # Only a Sentinel's primary or a cluster master can turn into a replica under us.
         self.watch = pipe.endpoint.mode != "standalone"
         self._connection: _Connection | None = None
@@ -383,6 +379,7 @@ class _Link:
                 raise RedisConnectionError("pipe is closed")
             address = await self.resolve()
             connection = await self._open(address)
+            self.node = (address.host, address.port)
             hello = self._hello(address)
             try:
                 replies = await connection.send(pack_many(hello), len(hello), 0.0)
@@ -434,6 +431,24 @@ class _Link:
         elif self.want_id:
             hello.append(("CLIENT", "ID"))
         return hello or [("PING",)]
+
+
+def _merge_reads(answers: Sequence[object]) -> Any:
+    """Stream reads of several slots as one ``XREAD`` reply: ``None`` if none read anything.
+    A failed read is raised only when no other read brought entries (those must be handed
+    out now; the failure shows again on the next read)."""
+    merged: list[Any] = []
+    failure: BaseException | None = None
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            failure = failure or answer
+        elif answer:
+            merged.extend(answer)  # type: ignore[arg-type]
+    if merged:
+        return merged
+    if failure is not None and redirect_of(failure) is None:
+        raise failure
+    return None
 
 
 def _wrong_server(reply: object) -> bool:

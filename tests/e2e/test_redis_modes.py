@@ -1,0 +1,77 @@
+"""The official JS client's core cases, unchanged, on Redis Sentinel and on Redis Cluster.
+
+The test functions are the ones of :mod:`tests.e2e.test_js_client` (all, group, user,
+connection, excluded, user groups before connecting, invocations, leaving every set, drain to
+the other gateway), imported so they run here against this module's fixtures: two gateways and
+two workers on a Sentinel-managed primary with a replica, or on a Redis Cluster of three
+masters with a replica each (``hubbub.dev.topologies``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from hubbub.dev.topologies import RedisClusterProcesses, SentinelProcesses
+from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.settings import Settings
+from tests.e2e.test_js_client import (  # noqa: F401  (fixtures and tests run here again)
+    _js_installed,
+    js,
+    test_js_client_receives_all_group_user_connection,
+    test_js_reconnects_to_other_gateway_after_drain,
+    test_js_stop_removes_connection_from_every_set,
+    test_js_user_in_group_before_connecting_and_invocations,
+)
+from tests.support.processes import Deployment
+
+pytestmark = pytest.mark.e2e
+
+Topology = RedisClusterProcesses | SentinelProcesses
+
+
+@pytest.fixture(scope="module", params=["sentinel", "cluster"])
+def topology(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Topology]:
+    directory = str(tmp_path_factory.mktemp(request.param))
+    servers: Topology
+    if request.param == "sentinel":
+        servers = SentinelProcesses(directory)
+    else:
+        servers = RedisClusterProcesses(masters=3, replicas=1, directory=directory)
+    servers.start()
+    yield servers
+    servers.stop()
+
+
+def topology_settings(topology: Topology, **overrides: object) -> Settings:
+    """The settings a process gets from the topology's environment variables."""
+    values: dict[str, object] = {
+        name.removeprefix("HUBBUB_").lower(): value for name, value in topology.nodes_env().items()
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def redis(topology: Topology) -> AsyncIterator[Redis]:
+    client = RedisEndpoint.from_settings(topology_settings(topology)).redis()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def deployment(
+    topology: Topology, tmp_path: Path, prefix: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Deployment]:
+    env = topology.nodes_env()
+    dep = Deployment(env["HUBBUB_REDIS_URL"], tmp_path, prefix)
+    dep.settings.update(env)
+    yield dep
+    dep.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(dep.logs())
