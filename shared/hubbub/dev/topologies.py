@@ -169,6 +169,7 @@ class RedisClusterProcesses:
         self.directory = os.path.abspath(directory or tempfile.mkdtemp(prefix="hubbub-cluster-"))
         self.processes: list[RedisProcess] = []
         self._ids: dict[int, str] = {}  # port -> node id (stable across restarts: nodes.conf)
+        self._taken: set[int] = set()  # ports handed out, client and bus alike
         self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -190,9 +191,16 @@ class RedisClusterProcesses:
             self.stop()
             raise
 
+    def _free_port(self) -> int:
+        """A free port not already handed to another node (the kernel may offer one twice)."""
+        while (port := free_port()) in self._taken:
+            pass
+        self._taken.add(port)
+        return port
+
     def _new_process(self) -> RedisProcess:
-        port = free_port()
-        bus_port = free_port()  # explicit: port + 10000 may be over 65535 or taken
+        port = self._free_port()
+        bus_port = self._free_port()  # explicit: port + 10000 may be over 65535 or taken
         directory = os.path.join(self.directory, f"node-{port}")
         os.makedirs(directory, exist_ok=True)
         return RedisProcess(
@@ -343,6 +351,7 @@ class RedisClusterProcesses:
         slots = {s for n in self._view() if n.port == process.port for s in n.slots}
         if not slots:
             raise ValueError(f"node on port {process.port} is not a master owning slots")
+        self.replica_of(process)  # LookupError now, rather than a TimeoutError later
         dead_id = self.node_id(process)
         _kill(process)
         if not wait:
@@ -385,7 +394,12 @@ class RedisClusterProcesses:
         on the target first (it bumps its epoch), the source, and every other master.
         MIGRATE moves each key's serialized value, so streams keep their consumer groups.
         """
+        slots = list(slots)
         source_id, target_id = self.node_id(source), self.node_id(target)
+        owned = {s for n in self._view() if n.port == source.port and n.is_master for s in n.slots}
+        strays = [s for s in slots if s not in owned]
+        if strays:
+            raise ValueError(f"slots {strays[:5]} are not served by the node on {source.port}")
         others = [m for m in self.masters() if m.port not in (source.port, target.port)]
         for slot in slots:
             _call(target.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
@@ -632,6 +646,8 @@ class SentinelProcesses:
         """SIGKILL the primary; with ``wait``, return the replica once every sentinel reports it
         as the master and it reports ``role:master`` itself."""
         old, successor = self.primary(), self.replica()
+        if not _alive(successor):
+            raise LookupError(f"the replica on {successor.port} is down: restart() it first")
         _kill(old)
         if not wait:
             return None
