@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,22 +30,35 @@ SLOTS = 16384
 _Connection: Callable[..., Any] = redis.Connection
 
 
-def _call(port: int, *args: str | int, timeout: float = 2.0) -> Any:
-    """One command on a fresh connection, the reply unparsed (no redis-py response callbacks).
+class _Link:
+    """A connection to one node, replies unparsed (no redis-py response callbacks), RESP2.
 
-    Fresh each time: these are admin commands to nodes that come and go, and a pooled
-    connection to a killed node would only add stale-socket errors to every poll.
+    Opened per command for polls (nodes come and go, and a pooled connection to a killed node
+    would only add stale-socket errors), kept for a burst such as a slot migration.
     """
-    conn = _Connection(
-        host=HOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
-        decode_responses=True, protocol=2,  # RESP2: flat lists, whatever the client default
-    )  # fmt: skip
+
+    def __init__(self, port: int, timeout: float = 2.0) -> None:
+        self._conn = _Connection(
+            host=HOST, port=port, socket_timeout=timeout, socket_connect_timeout=timeout,
+            decode_responses=True, protocol=2,  # flat lists, whatever the client default
+        )  # fmt: skip
+        self._conn.connect()
+
+    def __call__(self, *args: str | int) -> Any:
+        self._conn.send_command(*args)
+        return self._conn.read_response()
+
+    def close(self) -> None:
+        self._conn.disconnect()
+
+
+def _call(port: int, *args: str | int, timeout: float = 2.0) -> Any:
+    """One command on a fresh connection."""
+    link = _Link(port, timeout)
     try:
-        conn.connect()
-        conn.send_command(*args)
-        return conn.read_response()
+        return link(*args)
     finally:
-        conn.disconnect()
+        link.close()
 
 
 def _parse_info(text: str) -> dict[str, str]:
@@ -401,19 +415,21 @@ class RedisClusterProcesses:
         if strays:
             raise ValueError(f"slots {strays[:5]} are not served by the node on {source.port}")
         others = [m for m in self.masters() if m.port not in (source.port, target.port)]
-        for slot in slots:
-            _call(target.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-            _call(source.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
-            while True:
-                keys: list[str] = _call(source.port, "CLUSTER", "GETKEYSINSLOT", slot, batch)
-                if not keys:
-                    break
-                _call(
-                    source.port, "MIGRATE", HOST, target.port, "", 0, 10_000, "KEYS", *keys,
-                    timeout=15.0,
-                )  # fmt: skip
-            for node in (target, source, *others):
-                _call(node.port, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        with ExitStack() as links:
+            to_source = _Link(source.port, timeout=15.0)  # MIGRATE waits for the target
+            links.callback(to_source.close)
+            to_target = _Link(target.port)
+            links.callback(to_target.close)
+            to_others = [_Link(m.port) for m in others]
+            for link in to_others:
+                links.callback(link.close)
+            for slot in slots:
+                to_target("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+                to_source("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+                while keys := to_source("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                    to_source("MIGRATE", HOST, target.port, "", 0, 10_000, "KEYS", *keys)
+                for link in (to_target, to_source, *to_others):
+                    link("CLUSTER", "SETSLOT", slot, "NODE", target_id)
         _until(self._healthy, timeout, "every cluster node to agree on the migrated slots")
 
     def migrate_key_slot(self, key: str, target: RedisProcess) -> None:
