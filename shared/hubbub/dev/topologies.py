@@ -505,12 +505,23 @@ class SentinelProcess:
         self.process = None
 
 
+# SENTINEL DEBUG <name> <ms> pairs; see SentinelProcesses. Not lower: a sentinel trusts a
+# replica's INFO for 5 ping periods while the master is down, and asks for it once a second
+# then, so a ping period under ~250 ms leaves no replica fit to promote.
+_FAST_SENTINEL_TIMERS = ("ping-period", 300, "publish-period", 200, "info-period", 1000)
+
+
 class SentinelProcesses:
     """A primary, one replica and ``sentinels`` sentinels watching them, on loopback.
 
     The replica is linked before any sentinel starts: a sentinel lists the replicas it finds in
-    its first INFO of the primary, and otherwise would find one only at its next INFO, ten
-    seconds later.
+    its first INFO of the primary, and otherwise would find one only at its next INFO.
+
+    ``fast_timers`` shortens sentinel's internal periods (``SENTINEL DEBUG``, Redis 7.0+):
+    ping and reconnect 1 s -> 300 ms, hello 2 s -> 200 ms, INFO 10 s -> 1 s. Not only for
+    speed: with the stock 1 s reconnect period and a ``down_after_ms`` under it, sentinels can
+    reach the freshly promoted primary too late, mark it down and start another failover.
+    ``failover_timeout_ms`` is short because a failed election is retried only after twice it.
     """
 
     def __init__(
@@ -519,9 +530,11 @@ class SentinelProcesses:
         sentinels: int = 3,
         master_name: str = "hubbub",
         down_after_ms: int = 500,
-        failover_timeout_ms: int = 5000,
+        failover_timeout_ms: int = 2000,
+        fast_timers: bool = True,
     ) -> None:
         self.sentinel_count = sentinels
+        self.fast_timers = fast_timers
         self.master_name = master_name
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
@@ -559,6 +572,8 @@ class SentinelProcesses:
                 sentinel = SentinelProcess(self._subdir(f"sentinel-{i}"), config)
                 self.sentinels.append(sentinel)
                 sentinel.start()
+                if self.fast_timers:
+                    _call(sentinel.port, "SENTINEL", "DEBUG", *_FAST_SENTINEL_TIMERS)
             _until(self._sentinels_agree, timeout, "every sentinel to know the whole topology")
         except BaseException:
             self.stop()
@@ -637,7 +652,12 @@ class SentinelProcesses:
             replicas = [
                 _pairs(r) for r in _call(sentinel.port, "SENTINEL", "REPLICAS", self.master_name)
             ]
-            if not any(r.get("port") == str(replica.port) for r in replicas):
+            if not any(
+                r.get("port") == str(replica.port)
+                and r.get("flags") == "slave"  # not s_down, not disconnected
+                and r.get("master-link-status") == "ok"
+                for r in replicas
+            ):
                 return False
         return True
 
@@ -660,7 +680,7 @@ class SentinelProcesses:
 
     def kill_primary(self, wait: bool = True, timeout: float = 30.0) -> RedisProcess | None:
         """SIGKILL the primary; with ``wait``, return the replica once every sentinel reports it
-        as the master and it reports ``role:master`` itself."""
+        as the master (and is linked to it) and it reports ``role:master`` itself."""
         old, successor = self.primary(), self.replica()
         if not _alive(successor):
             raise LookupError(f"the replica on {successor.port} is down: restart() it first")
@@ -669,15 +689,21 @@ class SentinelProcesses:
             return None
 
         def promoted() -> bool:
-            if any(self._reported_primary_port(s) != successor.port for s in self.sentinels):
-                return False
+            for sentinel in self.sentinels:
+                if self._reported_primary_port(sentinel) != successor.port:
+                    return False
+                # Linked to it, and not about to fail it over again.
+                master = _pairs(_call(sentinel.port, "SENTINEL", "MASTER", self.master_name))
+                if master.get("flags") != "master":
+                    return False
             return _info(successor.port, "replication").get("role") == "master"
 
         _until(promoted, timeout, f"sentinels to promote the replica on {successor.port}")
         return successor
 
     def restart(self, process: RedisProcess, timeout: float = 30.0) -> None:
-        """Bring a killed server back as a replica of the current primary, and wait until synced.
+        """Bring a killed server back as a replica of the current primary; wait until it is
+        synced and every sentinel sees it as a healthy replica.
 
         Told ``--replicaof`` directly: left to the sentinels, a returning old primary is
         converted only after it has claimed to be master for several seconds.
@@ -688,6 +714,8 @@ class SentinelProcesses:
         process.extra_args = (*_FAST_SYNC, "--replicaof", HOST, str(primary.port))
         process.start()
         self.wait_replica_synced(timeout)
+        # Until the sentinels see it up and linked, they would not pick it in a failover.
+        _until(self._sentinels_agree, timeout, f"sentinels to see the replica on {process.port}")
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
