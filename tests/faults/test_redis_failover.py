@@ -2,7 +2,8 @@
 replica takes over; with ``HUBBUB_REDIS_WAIT_REPLICAS=1`` nothing accepted is lost.
 
 The fault makes the loss certain when it can happen at all: the replica is frozen (SIGSTOP)
-and the workers too, then numbered probes are published, then the primary is killed and the
+and cut off (``CLIENT KILL TYPE replica``), the workers frozen too, then numbered probes are
+published, then the primary is killed and the
 replica thawed and promoted. Without ``WAIT`` the probes are accepted (``202``) while only the
 primary has them, and the failover loses them; with ``WAIT 1`` the replica cannot confirm
 them, so they are refused (``503 Error.Redis.NotReplicated``), never accepted and lost. Around
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis import Redis as SyncRedis
 
 from hubbub.dev.embedded import RedisProcess
 from hubbub.dev.topologies import RedisClusterProcesses, SentinelProcesses
@@ -92,6 +94,10 @@ async def _lose_the_primary(
         else topology.replica_of(primary)
     )
     _signal(replica, signal.SIGSTOP)
+    # Cut the replication link too: what the primary had already written to the frozen
+    # replica's socket would still reach it, so it gets nothing written from now on.
+    with SyncRedis(port=primary.port) as admin:
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "replica") == 1
     for worker in dep.workers:
         worker.signal(signal.SIGSTOP)
     probes = Outcome()
@@ -159,10 +165,12 @@ async def test_failover_without_wait_loses_what_only_the_primary_had(
         await api.send_to_group("ga", "seq", ["after", 0])
         await collector.wait_for("after", {0}, timeout=60)
         # "after" went through the same partition after the probes: had any probe survived,
-        # it would have arrived first.
-        assert collector.got["p"] == []
+        # it would have arrived first. The first probe may have reached the frozen worker
+        # (its blocked read returned it as it froze), which then routed it; the rest are lost.
+        assert collector.got["p"] in ([], [0]), collector.got["p"]
+        lost = PROBES - len(collector.got["p"])
         await collector.stop()
-    print(f"\n{type(topology).__name__}, no WAIT: {PROBES} accepted, {PROBES} lost")
+    print(f"\n{type(topology).__name__}, no WAIT: {PROBES} accepted, {lost} lost")
 
 
 @pytest.fixture

@@ -182,6 +182,7 @@ class RedisClusterProcesses:
         self._owns_directory = directory is None
         self.directory = os.path.abspath(directory or tempfile.mkdtemp(prefix="hubbub-cluster-"))
         self.processes: list[RedisProcess] = []
+        self._a_slot_of: dict[int, int] = {}  # port of a killed master -> one of its slots
         self._ids: dict[int, str] = {}  # port -> node id (stable across restarts: nodes.conf)
         self._taken: set[int] = set()  # ports handed out, client and bus alike
         self._stopped = False
@@ -367,12 +368,19 @@ class RedisClusterProcesses:
         slots = {s for n in self._view() if n.port == process.port for s in n.slots}
         if not slots:
             raise ValueError(f"node on port {process.port} is not a master owning slots")
-        self.replica_of(process)  # LookupError now, rather than a TimeoutError later
-        dead_id = self.node_id(process)
+        if wait:  # (without: the caller may have frozen the replica, to thaw it later)
+            self.replica_of(process)  # LookupError now, rather than a TimeoutError later
+        self._a_slot_of[process.port] = min(slots)
         _kill(process)
         if not wait:
             return None
-        slot = min(slots)
+        return self.wait_failed_over(process, timeout)
+
+    def wait_failed_over(self, process: RedisProcess, timeout: float = 30.0) -> RedisProcess:
+        """Wait until another node serves the slots of ``process``, a master :meth:`kill_master`
+        killed (with ``wait=False``: a test may thaw a frozen replica first), and every
+        surviving node serves all slots again; that node."""
+        slot, dead_id = self._a_slot_of[process.port], self.node_id(process)
 
         def failed_over() -> bool:
             return self._healthy() and self.node_id(self.slot_owner(slot)) != dead_id
@@ -689,6 +697,12 @@ class SentinelProcesses:
         _kill(old)
         if not wait:
             return None
+        self.wait_promoted(successor, timeout)
+        return successor
+
+    def wait_promoted(self, successor: RedisProcess, timeout: float = 30.0) -> None:
+        """Wait until every sentinel reports ``successor`` as the master (and is linked to it)
+        and it reports ``role:master`` itself."""
 
         def promoted() -> bool:
             for sentinel in self.sentinels:
@@ -701,7 +715,6 @@ class SentinelProcesses:
             return _info(successor.port, "replication").get("role") == "master"
 
         _until(promoted, timeout, f"sentinels to promote the replica on {successor.port}")
-        return successor
 
     def restart(self, process: RedisProcess, timeout: float = 30.0) -> None:
         """Bring a killed server back as a replica of the current primary; wait until it is

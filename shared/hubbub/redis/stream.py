@@ -121,7 +121,7 @@ class PublishStream:
         else:
             command = self._xadd[n].pack(message.fields())
         if self.wait_replicas:
-            (reply, _) = await self._replicated([(key, command)])
+            (reply,) = await self._replicated([(key, command)])
         else:
             (reply,) = await self.pipe.execute_packed(command, 1, key)
         return _text(reply) if idempotency_key is not None else message_id(n, reply)
