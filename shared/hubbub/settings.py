@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     # watch. The URL then gives only the credentials, the database and TLS (rediss://).
     redis_sentinels: str = ""
     redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str | None = None  # when the Sentinels themselves ask for one
     # Cluster mode: more nodes to discover the cluster from ("host:port,..."), beside the URL's.
     redis_cluster_nodes: str = ""
     # After each accepted message is appended: WAIT until this many replicas have it, else

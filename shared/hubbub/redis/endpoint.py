@@ -96,6 +96,7 @@ class RedisEndpoint:
     mode: Mode = "standalone"
     sentinels: tuple[Node, ...] = ()
     sentinel_master: str = "mymaster"
+    sentinel_password: str | None = None
     cluster_nodes: tuple[Node, ...] = ()  # more seeds than the URL's node
 
     @classmethod
@@ -105,6 +106,7 @@ class RedisEndpoint:
             mode=settings.redis_mode,
             sentinels=parse_nodes(settings.redis_sentinels),
             sentinel_master=settings.redis_sentinel_master,
+            sentinel_password=settings.redis_sentinel_password,
             cluster_nodes=parse_nodes(settings.redis_cluster_nodes),
             name=name,
             tls_ca_file=settings.redis_tls_ca_file,
@@ -209,6 +211,7 @@ class RedisEndpoint:
             sentinel_kwargs={
                 "socket_connect_timeout": self.connect_timeout,
                 "socket_timeout": self.timeout,
+                "password": self.sentinel_password,
             },
             username=address.username,
             password=address.password,

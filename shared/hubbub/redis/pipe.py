@@ -151,6 +151,10 @@ class Pipe:
                 async with asyncio.timeout(endpoint.connect_timeout):
                     reader, writer = await asyncio.open_connection(host, port)
                     try:
+                        if endpoint.sentinel_password:
+                            writer.write(pack(("AUTH", endpoint.sentinel_password)))
+                            if isinstance(auth := await _read_one(reader), ResponseError):
+                                raise InvalidResponse(f"AUTH: {auth}")
                         writer.write(
                             pack(("SENTINEL", "GET-MASTER-ADDR-BY-NAME", endpoint.sentinel_master))
                         )
