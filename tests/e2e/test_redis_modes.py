@@ -2,7 +2,10 @@
 
 The test functions are the ones of :mod:`tests.e2e.test_js_client` (all, group, user,
 connection, excluded, user groups before connecting, invocations, leaving every set, drain to
-the other gateway), imported so they run here against this module's fixtures: two gateways and
+the other gateway), plus a stateful reconnect to the other gateway after a SIGKILL (the claim
+script, the read-back of the dead gateway's inbox) and the way back (an upstream service's
+handlers, client results across gateways), imported so they run here against this module's
+fixtures: two gateways and
 two workers on a Sentinel-managed primary with a replica, or on a Redis Cluster of three
 masters with a replica each (``hubbub.dev.topologies``).
 """
@@ -25,6 +28,16 @@ from tests.e2e.test_js_client import (  # noqa: F401  (fixtures and tests run he
     test_js_reconnects_to_other_gateway_after_drain,
     test_js_stop_removes_connection_from_every_set,
     test_js_user_in_group_before_connecting_and_invocations,
+)
+from tests.e2e.test_stateful_reconnect import (  # noqa: F401
+    proxy,
+    test_gateway_killed_resumes_on_the_other_gateway,
+)
+from tests.e2e.test_upstream import (  # noqa: F401
+    clients,
+    service,
+    test_client_results_across_gateways,
+    test_invoke_returns_the_handlers_value_and_send_reaches_it,
 )
 from tests.support.processes import Deployment
 

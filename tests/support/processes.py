@@ -65,6 +65,10 @@ class Deployment(LocalDeployment):
             "lease_ms": 2000,
             "lease_interval": 0.25,
         }
+        # The Redis mode too (Sentinel, Cluster), as the children get it.
+        for name, value in self.settings.items():
+            if name.startswith("HUBBUB_REDIS_"):
+                values[name.removeprefix("HUBBUB_").lower()] = value
         return Settings(**{**values, **overrides})
 
     async def upstream_services_seen(self, n: int = 1, timeout: float = 15.0) -> None:
