@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from redis.crc import key_slot as _crc_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterDownError, ResponseError
 
 from hubbub.redis.resp import Arg, Command
 
@@ -100,8 +100,8 @@ class SlotTable:
 
     def node(self, slot: int) -> Node:
         node = self._owner[slot]
-        if node is None:
-            raise LookupError(f"slot {slot} is not served by any master")
+        if node is None:  # a cluster that lost a master and its replicas: nothing to retry
+            raise ClusterDownError(f"CLUSTERDOWN slot {slot} is not served by any master")
         return node
 
     def moved(self, slot: int, node: Node) -> None:
