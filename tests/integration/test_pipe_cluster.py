@@ -87,8 +87,8 @@ async def test_a_blocking_read_over_three_masters_answers_with_the_first(
     started = time.monotonic()
     with SyncRedis(port=servers.master_for(keys[1]).port) as node:
         node.xadd(keys[1], {"n": "1"})
-    answer = streams_reply(await asyncio.wait_for(read, 3))
-    assert time.monotonic() - started < 1.0  # not the 5 s block of the other two
+    answer = streams_reply(await asyncio.wait_for(read, 4))
+    assert time.monotonic() - started < 2.5  # not the 5 s block of the other two
     assert [(stream, [f for _, f in entries]) for stream, entries in answer] == [
         (keys[1].encode(), [{b"n": b"1"}])
     ]
