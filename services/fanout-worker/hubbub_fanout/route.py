@@ -28,8 +28,8 @@ from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 
 from hubbub.metrics import Metrics
 from hubbub.redis.pipe import Pipe
-from hubbub.redis.resp import Command, Prefix, pack
-from hubbub.redis.stream import NotReplicated, message_id
+from hubbub.redis.resp import Command, Prefix
+from hubbub.redis.stream import GroupWait, message_id
 from hubbub.settings import Settings
 from hubbub.telemetry import (
     CONSUMER_GROUP,
@@ -88,9 +88,10 @@ class Router:
         self._inboxes: dict[bytes, Destination] = {}
         # Cluster mode: acknowledge only after the deliveries are in (and replicated).
         self.sharded = pipe.sharded
-        self.wait_replicas = settings.redis_wait_replicas if pipe.sharded else 0
-        self.wait_timeout = settings.redis_wait_timeout
-        self._wait = pack(("WAIT", self.wait_replicas, max(1, int(self.wait_timeout * 1000))))
+        replicas = settings.redis_wait_replicas if pipe.sharded else 0
+        self._replicas = (
+            GroupWait(pipe, replicas, settings.redis_wait_timeout) if replicas else None
+        )
 
     async def route(self, partition: int, entries: list[Entry]) -> None:
         """Deliver a batch, then acknowledge it. A crash in between means a redelivery,
@@ -128,14 +129,12 @@ class Router:
         self.metrics.stage.labels("route").observe(time.perf_counter() - started)
 
     async def _deliver(self, commands: list[tuple[str, bytes]]) -> None:
-        """The appends, then (when asked) a ``WAIT`` on each master they went to."""
-        if not self.wait_replicas:
+        """The appends, and (when asked) their replicas' confirmation (a failure raises, and
+        the batch is routed again)."""
+        if self._replicas is None:
             await self.pipe.execute_keyed(commands)
-            return
-        waits = [(key, self._wait) for key in dict.fromkeys(key for key, _ in commands)]
-        replies = await self.pipe.execute_keyed([*commands, *waits], block=self.wait_timeout)
-        if min(replies[len(commands) :], default=self.wait_replicas) < self.wait_replicas:
-            raise NotReplicated("deliveries not confirmed by the replicas; routed again")
+        else:
+            await self._replicas.submit(commands)
 
     def _parse(self, entries: list[Entry]) -> list[tuple[bytes, MessageEntry]]:
         parsed: list[tuple[bytes, MessageEntry]] = []

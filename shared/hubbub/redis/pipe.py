@@ -100,17 +100,24 @@ class Pipe:
         return _raise_first(await self._main.send(commands, count, 0.0))
 
     async def execute_keyed(
-        self, commands: Sequence[tuple[Arg, bytes]], *, block: float = 0.0
+        self,
+        commands: Sequence[tuple[Arg, bytes]],
+        *,
+        block: float = 0.0,
+        raise_errors: bool = True,
     ) -> list[Any]:
         """Packed commands, each with the key that places it: one write per master (a
-        standalone server gets them all in one), replies in order, the first error raised.
-        ``block``: how long a blocking command among them (``WAIT``) may take."""
+        standalone server gets them all in one), replies in order, the first error raised
+        (else returned among them). ``block``: how long a blocking command among them
+        (``WAIT``) may take."""
         if not commands:
             return []
         if self.sharded:
-            return _raise_first(await self._routed(commands, block))
-        packed = b"".join(c for _, c in commands)
-        return _raise_first(await self._main.send(packed, len(commands), block))
+            replies = await self._routed(commands, block)
+        else:
+            packed = b"".join(c for _, c in commands)
+            replies = await self._main.send(packed, len(commands), block)
+        return _raise_first(replies) if raise_errors else replies
 
     async def read_streams(
         self, head: Command, positions: Mapping[bytes, bytes | str], block_ms: int

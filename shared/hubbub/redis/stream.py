@@ -7,6 +7,7 @@ time, in order. The message id is ``<partition>:<entry id>``, unique across part
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from hubbub.redis.pipe import Pipe
-from hubbub.redis.resp import Prefix, pack
+from hubbub.redis.resp import Prefix, first_error, pack
 from hubbub.settings import Settings
 from hubbub.wire.envelopes import Kind, MessageEntry
 from hubbub.wire.keys import KeySchema
@@ -55,6 +56,75 @@ return id
 """
 
 
+class GroupWait:
+    """Appends answered only once ``replicas`` replicas have them (``WAIT``), gathered per
+    event-loop turn: every append of the turn in one write, then one ``WAIT`` per master they
+    went to (which confirms all of them), instead of one ``WAIT`` each holding the connection
+    in turn. An append that failed fails alone; too few replicas fail the whole turn with
+    :class:`NotReplicated`."""
+
+    def __init__(self, pipe: Pipe, replicas: int, timeout: float) -> None:
+        self.pipe = pipe
+        self.replicas = replicas
+        self.timeout = timeout
+        self._wait = pack(("WAIT", replicas, max(1, int(timeout * 1000))))
+        self._queue: list[tuple[list[tuple[str, bytes]], asyncio.Future[list[Any]]]] = []
+        self._running: set[asyncio.Task[None]] = set()
+
+    def submit(self, commands: list[tuple[str, bytes]]) -> asyncio.Future[list[Any]]:
+        """The replies of ``commands`` (packed, with their keys), once replicated."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((commands, future))
+        if len(self._queue) == 1:
+            loop.call_soon(self._start)
+        return future
+
+    def _start(self) -> None:
+        batch, self._queue = self._queue, []
+        task = asyncio.ensure_future(self._run(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(
+        self, batch: list[tuple[list[tuple[str, bytes]], asyncio.Future[list[Any]]]]
+    ) -> None:
+        commands = [command for part, _ in batch for command in part]
+        keys = [key for key, _ in commands]
+        # One server: one WAIT after everything. A cluster: one per master, placed by a key
+        # that went there (a second WAIT on a master returns at once).
+        masters = dict.fromkeys(keys) if self.pipe.sharded else keys[-1:]
+        waits = [(key, self._wait) for key in masters]
+        try:
+            replies = await self.pipe.execute_keyed(
+                [*commands, *waits], block=self.timeout, raise_errors=False
+            )
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        counted = [n for n in replies[len(commands) :] if isinstance(n, int)]
+        replicated = len(counted) == len(waits) and min(counted) >= self.replicas
+        at = 0
+        for part, future in batch:
+            answer, at = replies[at : at + len(part)], at + len(part)
+            if future.done():
+                continue
+            error = first_error(answer)
+            if error is not None:
+                future.set_exception(error)
+            elif not replicated:
+                future.set_exception(
+                    NotReplicated(
+                        f"appended, but not confirmed by {self.replicas} replica(s) within "
+                        f"{self.timeout:g}s; a retry with the same Idempotency-Key is safe"
+                    )
+                )
+            else:
+                future.set_result(answer)
+
+
 class PublishStream:
     """Appends accepted messages to their partition; returns the message id.
 
@@ -65,8 +135,8 @@ class PublishStream:
     ``EVAL`` with the script's text, not ``EVALSHA``: nothing to reload after Redis restarts,
     so a batch never half-fails on ``NOSCRIPT``.
 
-    With ``wait_replicas``, each append is followed by ``WAIT`` on the same master (one per
-    master a batch touched), and fewer confirmations than asked raise :class:`NotReplicated`.
+    With ``wait_replicas``, appends are answered once that many replicas have them
+    (:class:`GroupWait`); fewer confirmations than asked raise :class:`NotReplicated`.
     """
 
     def __init__(
@@ -86,9 +156,7 @@ class PublishStream:
         self.keys = [schema.publish_partition(n) for n in range(partitions)]
         self.maxlen = maxlen
         self.window_ms = window_ms
-        self.wait_replicas = wait_replicas
-        self.wait_timeout = wait_timeout
-        self._wait = pack(("WAIT", wait_replicas, max(1, int(wait_timeout * 1000))))
+        self._replicas = GroupWait(pipe, wait_replicas, wait_timeout) if wait_replicas else None
         self._xadd = [Prefix("XADD", key, "MAXLEN", "~", maxlen, "*") for key in self.keys]
 
     @classmethod
@@ -120,24 +188,11 @@ class PublishStream:
             command = self._append_once(n, message, idempotency_key)
         else:
             command = self._xadd[n].pack(message.fields())
-        if self.wait_replicas:
-            (reply,) = await self._replicated([(key, command)])
+        if self._replicas is not None:
+            (reply,) = await self._replicas.submit([(key, command)])
         else:
             (reply,) = await self.pipe.execute_packed(command, 1, key)
         return _text(reply) if idempotency_key is not None else message_id(n, reply)
-
-    async def _replicated(self, commands: list[tuple[str, bytes]]) -> list[Any]:
-        """``commands``, then a ``WAIT`` on each master they went to; raises
-        :class:`NotReplicated` when a ``WAIT`` counted fewer replicas than asked."""
-        waits = [(key, self._wait) for key in dict.fromkeys(key for key, _ in commands)]
-        replies = await self.pipe.execute_keyed([*commands, *waits], block=self.wait_timeout)
-        confirmed = replies[len(commands) :]
-        if min(int(n) for n in confirmed) < self.wait_replicas:
-            raise NotReplicated(
-                f"appended, but not confirmed by {self.wait_replicas} replica(s) within "
-                f"{self.wait_timeout:g}s; a retry with the same Idempotency-Key is safe"
-            )
-        return replies[: len(commands)]
 
     async def append_many(
         self, messages: list[MessageEntry], idempotency_keys: Sequence[str | None] = ()
@@ -154,8 +209,8 @@ class PublishStream:
             )
             for n, m, key in zip(parts, messages, keys, strict=True)
         ]
-        if self.wait_replicas:
-            ids = await self._replicated(commands)
+        if self._replicas is not None:
+            ids = await self._replicas.submit(commands)
         else:
             ids = await self.pipe.execute_keyed(commands)
         return [
