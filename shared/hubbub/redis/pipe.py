@@ -320,8 +320,11 @@ class Pipe:
                 await asyncio.gather(
                     *(self._unblock(key, read) for key, read in reads.items() if read in pending)
                 )
-        finally:
-            answers = await asyncio.gather(*reads.values(), return_exceptions=True)
+        except BaseException:  # cancelled (shutting down): what was read stays pending
+            for read in reads.values():
+                read.cancel()
+            raise
+        answers = await asyncio.gather(*reads.values(), return_exceptions=True)
         for key, answer in zip(reads, answers, strict=True):
             if isinstance(answer, BaseException) or redirect_of(answer) is not None:
                 self._readers.pop(key).close()  # reconnects to the slot's master, as it is now
@@ -446,20 +449,18 @@ class _Link:
 
 def _merge_reads(answers: Sequence[object]) -> Any:
     """Stream reads of several slots as one ``XREAD`` reply: ``None`` if none read anything.
-    A failed read is raised only when no other read brought entries (those must be handed
-    out now; the failure shows again on the next read)."""
+    A failed read fails the whole call, even when others brought entries: a consumer
+    group's entries read and not handed out stay pending, and the caller's recovery after
+    an error takes them again (an ``XREAD`` caller reads them again from its positions). A
+    redirection is no failure: that stream was not read, and is read where it lives next."""
     merged: list[Any] = []
-    failure: BaseException | None = None
     for answer in answers:
         if isinstance(answer, BaseException):
-            failure = failure or answer
+            if redirect_of(answer) is None:
+                raise answer
         elif answer:
             merged.extend(answer)  # type: ignore[arg-type]
-    if merged:
-        return merged
-    if failure is not None and redirect_of(failure) is None:
-        raise failure
-    return None
+    return merged or None
 
 
 def _wrong_server(reply: object) -> bool:
