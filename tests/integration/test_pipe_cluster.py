@@ -107,3 +107,19 @@ async def test_moved_and_ask_are_followed(
     assert await pipe.execute("XADD", key, "*", "n", "2")
     with SyncRedis(port=target.port) as node:
         assert node.xlen(key) == 2
+
+
+async def test_redis_py_callers_wait_for_a_free_connection(
+    servers: RedisClusterProcesses, prefix: str
+) -> None:
+    """A burst larger than the pool (hundreds of unregisters when clients leave at once) waits
+    its turn, as on one server; redis-py's own cluster pool would raise MaxConnectionsError."""
+    env = servers.nodes_env()
+    endpoint = RedisEndpoint(env["HUBBUB_REDIS_URL"], mode="cluster", max_connections=4)
+    client = endpoint.redis()
+    try:
+        key = f"{prefix}:burst"
+        results = await asyncio.gather(*(client.incr(key) for _ in range(300)))
+        assert sorted(results) == list(range(1, 301))
+    finally:
+        await client.aclose()

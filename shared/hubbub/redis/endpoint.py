@@ -26,6 +26,7 @@ again is safe) and the slot map is read again after a redirection or a lost node
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -231,12 +232,13 @@ class RedisEndpoint:
 
     def _cluster_client(self) -> RedisCluster:
         address = self.address()
-        return RedisCluster(
+        return _WaitingCluster(
+            self.max_connections,
             startup_nodes=[ClusterNode(host, port) for host, port in self.seeds()],
             username=address.username,
             password=address.password,
             client_name=self.name,
-            max_connections=self.max_connections,
+            max_connections=2 * self.max_connections,  # room for pipelines beside them
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.timeout,
             socket_keepalive=True,
@@ -245,3 +247,19 @@ class RedisEndpoint:
             ssl=address.tls,
             **self._tls_kwargs(),
         )
+
+
+class _WaitingCluster(RedisCluster):
+    """A ``RedisCluster`` whose callers wait for a free connection, as the standalone pool's
+    do (``BlockingConnectionPool``): redis-py's cluster pool raises ``MaxConnectionsError``
+    instead, which a burst of disconnects (hundreds of unregister scripts at once) turned
+    into failed calls. At most ``in_flight`` commands run at once; each node's pool holds
+    more, so pipelines (which take connections directly) find room too."""
+
+    def __init__(self, in_flight: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._in_flight = asyncio.Semaphore(in_flight)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._in_flight:
+            return await super().execute_command(*args, **kwargs)
