@@ -511,6 +511,7 @@ KEPT_SECTIONS = (
     "## REST ingest",  # bench/ingest.py
     "## Stateful reconnect and MessagePack",  # python -m bench --client-protocol ...
     "## The way back",  # python -m bench.upstream
+    "## Redis Cluster",  # python -m bench --redis ...
 )
 
 
@@ -519,7 +520,7 @@ def kept_sections(path: Path) -> str:
     kept = [
         found.group(0).rstrip("\n") + "\n"
         for heading in KEPT_SECTIONS
-        if (found := re.search(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", text, re.S | re.M))
+        if (found := re.search(rf"^{re.escape(heading)}.*?(?=^## |\Z)", text, re.S | re.M))
     ]
     return "".join("\n" + section for section in kept)
 
