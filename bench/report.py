@@ -113,6 +113,12 @@ def master_share(r: dict[str, Any], pick: Callable[[list[float]], float]) -> flo
     return pick(parts) / received * 1e6
 
 
+def redis_bytes(per_process: dict[str, float | None]) -> float | None:
+    """The redis-server figure of W4: ``redis``, or the sum over a cluster's masters."""
+    parts = [v for k, v in per_process.items() if k.startswith("redis") and v is not None]
+    return sum(parts) if parts else None
+
+
 def header_rows(labels: list[str], ratio_label: str = "Hubbub / peer") -> list[str]:
     """A markdown table's header: one column per system, and Hubbub / peer when there are two."""
     two = len(labels) == 2
@@ -407,7 +413,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
             ),
             (
                 "redis-server RSS growth per connection (KB)",
-                lambda r: kb(r["other_bytes_per_connection"].get("redis")),
+                lambda r: kb(redis_bytes(r["other_bytes_per_connection"])),
                 ".2f",
             ),
             ("server idle CPU with them open (cores)", lambda r: r["server_idle_cores"], ".3f"),
