@@ -26,6 +26,12 @@ the machine's other load weighs on both alike:
   spread over both gateways. With ``--all`` and ``direct``, one extra short phase, **W3 via
   REST**, repeats W3 for Hubbub alone through the REST API, so the REST ingest cost stays
   visible.
+  ``--redis cluster:N`` runs Hubbub on a Redis Cluster of N masters (no replicas;
+  :class:`hubbub.dev.topologies.RedisClusterProcesses`, ``HUBBUB_REDIS_MODE=cluster`` for the
+  gateways, workers and direct publishers) instead of one redis-server; repeated (e.g.
+  ``--redis standalone --redis cluster:1 --redis cluster:3``), one Hubbub deployment per value,
+  phases in turn, like ``--client-protocol``. The server CPU then counts every master
+  (``redis-m1`` ... ``redis-mN``, in slot order), in total and per master.
 - **socketio** (the peer): its own ``redis-server`` (the same binary), two uvicorn processes
   serving ``socketio.ASGIApp(socketio.AsyncServer(client_manager=AsyncRedisManager))``
   (``bench/peer_socketio.py``); messages are injected by a write-only

@@ -21,7 +21,7 @@ from bench.clients import CLIENT_IMPLS, CLIENT_PROTOCOLS
 from bench.common import log, run_loop
 from bench.phases import run_all
 from bench.report import kept_sections, machine_and_versions, print_details, results_markdown
-from bench.targets import TARGETS
+from bench.targets import TARGETS, cluster_masters
 from bench.workloads import DEFAULT_RATES, WORKLOADS
 
 
@@ -40,6 +40,15 @@ def client_protocol_arg(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{value!r}: one of {', '.join(CLIENT_PROTOCOLS)}, or several joined by '+'"
         )
+    return value
+
+
+def redis_arg(value: str) -> str:
+    """``standalone`` or ``cluster:N``."""
+    try:
+        cluster_masters(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return value
 
 
@@ -113,6 +122,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "json+messagepack: the load-client processes take the protocols in turn (half each "
         "with 2 processes), each protocol's deliveries and latency reported apart",
     )
+    parser.add_argument(
+        "--redis",
+        type=redis_arg,
+        metavar="{standalone,cluster:N}",
+        action="append",
+        help="Hubbub's Redis: one redis-server (default) or a Redis Cluster of N masters "
+        "(HUBBUB_REDIS_MODE=cluster; no replicas). Repeated: one Hubbub deployment per value, "
+        "all up at once, each phase run on each in turn, like --client-protocol; W4 idle uses "
+        "the first. The server CPU counts every master (redis-m1, ...)",
+    )
     parser.add_argument("--drain-timeout", type=float, default=5.0)
     parser.add_argument("--ramp-start", type=float, default=50.0, help="first W1 rate, msg/s")
     parser.add_argument("--ramp-seconds", type=float, default=3.0, help="publishing per step")
@@ -171,6 +190,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.workloads = list(dict.fromkeys(args.workloads or []))
     args.client_protocols = list(dict.fromkeys(args.client_protocols or ["json"]))
     args.client_protocol = args.client_protocols[0]
+    args.redis = list(dict.fromkeys(args.redis or ["standalone"]))
     args.idle = args.idle or 0
     if args.hubbub_publish is None:
         args.hubbub_publish = "direct" if args.compare else "rest"

@@ -257,6 +257,7 @@ async def open_session(
     cleanup: list[Callable[[], None]],
     client_protocol: str | None = None,
     key: str | None = None,
+    redis: str = "standalone",
 ) -> Session:
     """Start one system, connect its load clients (Hubbub's in ``client_protocol``, by default
     the first ``--client-protocol``), put them in groups, start its publishers. ``key`` names
@@ -275,6 +276,7 @@ async def open_session(
     cleanup.append(publishers.terminate)
     if isinstance(target, HubbubTarget):
         target.publish_mode = args.hubbub_publish
+        target.redis_topology = redis
     rest_publishers = None
     if key == "hubbub" and args.rest_phase:
         rest_publishers = PublisherPool(args.publisher_procs)
@@ -284,6 +286,9 @@ async def open_session(
     client_protocol = client_protocol_of(target, args, client_protocol)
     out: dict[str, Any] = {"target": name, "label": target.label, "phases": {},
                            "client_protocol": client_protocol}  # fmt: skip
+    if isinstance(target, HubbubTarget):
+        out["redis"] = redis
+        out["redis_pids"] = {k: v for k, v in target.server_pids().items() if "redis" in k}
     publishers.start(target.publisher_config(), args.publishers)
     out["publish_path"] = publishers.kind
     if rest_publishers is not None:
@@ -353,17 +358,20 @@ def client_protocol_of(
     return client_protocol or str(args.client_protocol)
 
 
-def session_keys(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
-    """(session key, system, Hubbub client protocol) of every session: one per system, and
-    Hubbub once per ``--client-protocol`` (``hubbub`` for the first, ``hubbub/<protocol>``
-    for the others)."""
-    keys: list[tuple[str, str, str | None]] = []
+def session_keys(args: argparse.Namespace) -> list[tuple[str, str, str | None, str]]:
+    """(session key, system, Hubbub client protocol, Redis topology) of every session: one per
+    system, and Hubbub once per ``--client-protocol`` and ``--redis`` (``hubbub`` for the
+    first of each, else ``hubbub/<protocol>``, ``hubbub/<redis>`` or
+    ``hubbub/<protocol>/<redis>``)."""
+    keys: list[tuple[str, str, str | None, str]] = []
     for name in args.targets:
         if name == "hubbub":
             for i, proto in enumerate(args.client_protocols):
-                keys.append((name if i == 0 else f"{name}/{proto}", name, proto))
+                for j, redis in enumerate(args.redis):
+                    parts = [name] + [proto] * (i > 0) + [redis] * (j > 0)
+                    keys.append(("/".join(parts), name, proto, redis))
         else:
-            keys.append((name, name, None))
+            keys.append((name, name, None, "standalone"))
     return keys
 
 
@@ -398,10 +406,10 @@ async def run_sessions(
     which goes first), so both see the same machine; then each is stopped."""
     sessions: dict[str, Session] = {}
     keys = session_keys(args)
-    names = [key for key, _, _ in keys]
+    names = [key for key, _, _, _ in keys]
     try:
-        for key, name, proto in keys:
-            sessions[key] = await open_session(name, args, workdir, cleanup, proto, key)
+        for key, name, proto, redis in keys:
+            sessions[key] = await open_session(name, args, workdir, cleanup, proto, key, redis)
         turn = 0
         for workload in args.workloads:
             rate = args.rates[workload]
@@ -461,6 +469,8 @@ async def run_idle(
     target = TARGETS[name](
         workdir / f"{name}-idle", gateways=args.gateways, workers=args.workers, profile=False
     )
+    if isinstance(target, HubbubTarget):
+        target.redis_topology = args.redis[0]
     cleanup.append(target.stop_processes)
     procs = max(args.client_procs, -(-args.idle // 5000))
     pool = ClientPool(procs)

@@ -136,7 +136,13 @@ class HubbubDirectPublisher:
         from hubbub.sdk.publisher import Publisher
         from hubbub.settings import Settings
 
-        settings = Settings(redis_url=config["redis_url"], key_prefix=config["key_prefix"])
+        # The cluster's settings (HUBBUB_REDIS_MODE, ...) as the gateways get them, by name.
+        redis = {
+            k.removeprefix("HUBBUB_").lower(): v for k, v in config.get("redis_env", {}).items()
+        }
+        settings = Settings.model_validate(
+            {"redis_url": config["redis_url"], "key_prefix": config["key_prefix"], **redis}
+        )
         self.publisher = Publisher.from_settings(settings, HUB)
 
     async def publish(self, n: int, recipient: tuple[str, str], payload: dict[str, Any]) -> None:

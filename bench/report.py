@@ -72,6 +72,8 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], float | None], str]] = [
     ("… of which gateway / uvicorn processes", lambda r: cpu_share(r, ("gw", "sio")), ".1f"),
     ("… of which fan-out workers", lambda r: cpu_share(r, ("worker",)), ".1f"),
     ("… of which redis-server", lambda r: cpu_share(r, ("redis",)), ".1f"),
+    ("… … busiest Redis Cluster master", lambda r: master_share(r, max), ".1f"),
+    ("… … least busy Redis Cluster master", lambda r: master_share(r, min), ".1f"),
     ("server CPU µs / published message", lambda r: r["server_cpu_us_per_message"], ".0f"),
     ("server CPU, cores (average)", lambda r: r["server_cpu_cores"], ".2f"),
     ("latency p50 (ms)", lambda r: r["latency_ms"]["p50"], ".1f"),
@@ -99,6 +101,22 @@ def cpu_share(r: dict[str, Any], prefixes: tuple[str, ...]) -> float | None:
     if not parts or not received:
         return None
     return sum(parts) / received * 1e6
+
+
+def master_share(r: dict[str, Any], pick: Callable[[list[float]], float]) -> float | None:
+    """Server CPU µs per delivery of one Redis Cluster master (``redis-m1`` ...), the one
+    ``pick`` (max or min) chooses; None with one redis-server."""
+    parts = [v for k, v in r["server_cpu_by_process"].items() if k.startswith("redis-m")]
+    received: int = r["received"]
+    if not parts or not received:
+        return None
+    return pick(parts) / received * 1e6
+
+
+def redis_bytes(per_process: dict[str, float | None]) -> float | None:
+    """The redis-server figure of W4: ``redis``, or the sum over a cluster's masters."""
+    parts = [v for k, v in per_process.items() if k.startswith("redis") and v is not None]
+    return sum(parts) if parts else None
 
 
 def header_rows(labels: list[str], ratio_label: str = "Hubbub / peer") -> list[str]:
@@ -180,7 +198,9 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     names = [k for t in args.targets for k in [*sessions, *report["idle"]] if k.split("/")[0] == t]
     names = list(dict.fromkeys(names))
     labels = {n: TARGETS[n.split("/")[0]].label for n in names}
-    protocols = len(getattr(args, "client_protocols", [])) > 1 and "hubbub" in args.targets
+    protocols = "hubbub" in args.targets and (
+        len(getattr(args, "client_protocols", [])) > 1 or len(getattr(args, "redis", [])) > 1
+    )
     paths = {  # the publish path of each system, in the column headers
         n: PUBLISH_PATHS.get(sessions[n].get("publish_path", ""), "")
         for n in names
@@ -193,6 +213,10 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
         if proto and proto != "socket.io":
             head = labels[n]
             labels[n] = f"{head[:-1]}, {proto})" if head.endswith(")") else f"{head} ({proto})"
+        redis = (sessions.get(n) or {}).get("redis", "standalone")
+        if redis != "standalone" or len(getattr(args, "redis", [])) > 1:
+            head, tag = labels[n], f"Redis {redis}"
+            labels[n] = f"{head[:-1]}, {tag})" if head.endswith(")") else f"{head} ({tag})"
     out: list[str] = []
     hub = sessions.get("hubbub")
     peer = sessions.get("socketio")
@@ -247,7 +271,10 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     for w in all_phases:
         runs = [(labels[n], sessions[n]["phases"].get(w)) for n in names if n in sessions]
         short = [
-            sessions[n].get("client_protocol", n)
+            "/".join(
+                [sessions[n].get("client_protocol", n)]
+                + [sessions[n]["redis"]] * (len(getattr(args, "redis", [])) > 1)
+            )
             for n in names
             if n in sessions and sessions[n]["phases"].get(w) is not None
         ]
@@ -386,7 +413,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
             ),
             (
                 "redis-server RSS growth per connection (KB)",
-                lambda r: kb(r["other_bytes_per_connection"].get("redis")),
+                lambda r: kb(redis_bytes(r["other_bytes_per_connection"])),
                 ".2f",
             ),
             ("server idle CPU with them open (cores)", lambda r: r["server_idle_cores"], ".3f"),
@@ -490,6 +517,7 @@ KEPT_SECTIONS = (
     "## REST ingest",  # bench/ingest.py
     "## Stateful reconnect and MessagePack",  # python -m bench --client-protocol ...
     "## The way back",  # python -m bench.upstream
+    "## Redis Cluster",  # python -m bench --redis ...
 )
 
 
@@ -498,7 +526,7 @@ def kept_sections(path: Path) -> str:
     kept = [
         found.group(0).rstrip("\n") + "\n"
         for heading in KEPT_SECTIONS
-        if (found := re.search(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", text, re.S | re.M))
+        if (found := re.search(rf"^{re.escape(heading)}.*?(?=^## |\Z)", text, re.S | re.M))
     ]
     return "".join("\n" + section for section in kept)
 

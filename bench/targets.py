@@ -19,9 +19,24 @@ import httpx
 from bench.common import ACCESS_KEY, BENCH_DIR, HUB, ClientSpec, log
 from hubbub.dev.embedded import RedisProcess, free_port
 from hubbub.dev.launcher import ChildProcess, LocalDeployment, start_process, stop_all
+from hubbub.dev.topologies import RedisClusterProcesses
 from hubbub.sdk.client import HubbubClient
 
 STOP_TIMEOUT = 20.0  # seconds a server process gets to drain before it is killed
+# A cluster node that does not answer pings this long is flagged failing: long, so that a
+# busy 2-core box does not flag a master (the benchmark's masters have no replica to fail
+# over to).
+CLUSTER_NODE_TIMEOUT_MS = 15000
+
+
+def cluster_masters(redis: str) -> int:
+    """``--redis``: 0 for ``standalone``, N for ``cluster:N``."""
+    if redis == "standalone":
+        return 0
+    kind, _, count = redis.partition(":")
+    if kind != "cluster" or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{redis!r}: standalone or cluster:N (N masters, N >= 1)")
+    return int(count)
 
 
 class Target(abc.ABC):
@@ -41,13 +56,24 @@ class Target(abc.ABC):
         self.n_gateways = gateways
         self.n_workers = workers
         self.redis: RedisProcess | None = None
+        self.cluster: RedisClusterProcesses | None = None  # Hubbub, --redis cluster:N
         self.gateways: list[ChildProcess] = []
         self.workers: list[ChildProcess] = []
 
     @property
     def redis_url(self) -> str:
+        if self.cluster is not None:
+            return self.cluster.nodes_env()["HUBBUB_REDIS_URL"]
         assert self.redis is not None, "not started"
         return self.redis.url
+
+    def redis_env(self) -> dict[str, str]:
+        """The Redis settings a Hubbub process needs (besides ``HUBBUB_REDIS_URL``)."""
+        if self.cluster is None:
+            return {}
+        env = self.cluster.nodes_env()
+        del env["HUBBUB_REDIS_URL"]
+        return env
 
     def _start_redis(self) -> None:
         self.redis = RedisProcess(directory=str(self.workdir / "redis"))
@@ -69,11 +95,19 @@ class Target(abc.ABC):
                 log(f"{proc.name} did not stop within {STOP_TIMEOUT:g}s: killed it")
         if self.redis is not None:
             self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
 
     def server_pids(self) -> dict[str, int]:
+        """Every server-side process: gateways, workers, and ``redis`` (one redis-server) or
+        ``redis-m1`` .. ``redis-mN`` (the cluster's masters, in slot order)."""
         pids = {p.name: p.pid for p in self.gateways + self.workers}
         if self.redis is not None and self.redis.process is not None:
             pids["redis"] = self.redis.process.pid
+        if self.cluster is not None:
+            for n, master in enumerate(self.cluster.masters(), 1):
+                assert master.process is not None
+                pids[f"redis-m{n}"] = master.process.pid
         return pids
 
     def gateway_pids(self) -> dict[str, int]:
@@ -86,6 +120,8 @@ class Target(abc.ABC):
         files = [p.log for p in self.gateways + self.workers if p.log is not None]
         if self.redis is not None:
             files.append(Path(self.redis.directory) / "server.log")
+        if self.cluster is not None:
+            files += [Path(p.directory) / "server.log" for p in self.cluster.processes]
         return files
 
     @abc.abstractmethod
@@ -111,6 +147,19 @@ class HubbubTarget(Target):
         super().__init__(*args, **kwargs)
         self.rest: list[HubbubClient] = []  # one per gateway
         self.publish_mode = "rest"  # or "direct" (--hubbub-publish)
+        self.redis_topology = "standalone"  # or "cluster:N" (--redis)
+
+    def _start_redis(self) -> None:
+        masters = cluster_masters(self.redis_topology)
+        if not masters:
+            super()._start_redis()
+            return
+        # No replicas: the benchmark measures the masters' work (a replica would only add
+        # replication traffic, and share the same cores).
+        self.cluster = RedisClusterProcesses(
+            masters, 0, str(self.workdir / "redis-cluster"), CLUSTER_NODE_TIMEOUT_MS
+        )
+        self.cluster.start()
 
     async def start(self) -> None:
         self._start_redis()
@@ -119,6 +168,7 @@ class HubbubTarget(Target):
             ACCESS_KEY,
             workdir=self.workdir,
             settings={
+                **self.redis_env(),
                 "HUBBUB_LOG_LEVEL": "WARNING",
                 "HUBBUB_METRICS_PORT": "0",  # workers: no /metrics listener (two would share one)
                 "PYTHONUNBUFFERED": "1",
@@ -151,7 +201,8 @@ class HubbubTarget(Target):
     def publisher_config(self, mode: str | None = None) -> dict[str, Any]:
         mode = mode or self.publish_mode
         if mode == "direct":  # the gateways run with the default key prefix (hubbub)
-            return {"kind": "hubbub-direct", "redis_url": self.redis_url, "key_prefix": "hubbub"}
+            return {"kind": "hubbub-direct", "redis_url": self.redis_url, "key_prefix": "hubbub",
+                    "redis_env": self.redis_env()}  # fmt: skip
         return {"kind": "hubbub-rest", "urls": self.client_endpoints()}
 
     async def prepare_groups(self, specs: list[ClientSpec], connected: dict[int, str]) -> None:

@@ -189,3 +189,33 @@ def test_sentinel_failover_keeps_replicated_data(tmp_path: Path) -> None:
         with _client(primary) as direct:
             assert direct.get("hubbub:sentinel") == "kept"
     topology.stop()  # a second stop is harmless
+
+
+def test_one_master_cluster_without_replicas(tmp_path: Path) -> None:
+    """Fewer than 3 masters: assembled by hand (redis-cli --cluster create refuses them)."""
+    with RedisClusterProcesses(1, 0, str(tmp_path / "one")) as one:
+        (master,) = one.masters()
+        assert len(one.processes) == 1 and one.slot_owner(0).port == master.port
+        assert one.slot_owner(16383).port == master.port
+        client = _cluster_client(one)
+        keys = {f"one:{i}": str(i) for i in range(16)}
+        for key, value in keys.items():
+            client.set(key, value)
+        assert {key: client.get(key) for key in keys} == keys
+        client.close()
+
+
+def test_two_master_cluster_with_replicas(tmp_path: Path) -> None:
+    with RedisClusterProcesses(2, 1, str(tmp_path / "two")) as two:
+        masters = two.masters()
+        assert len(masters) == 2 and len(two.processes) == 4
+        assert two.slot_owner(0).port == masters[0].port
+        assert two.slot_owner(16383).port == masters[1].port
+        for master in masters:
+            assert two.replica_of(master).port not in {m.port for m in masters}
+        client = _cluster_client(two)
+        keys = {f"two:{i}": str(i) for i in range(32)}  # both masters
+        for key, value in keys.items():
+            client.set(key, value)
+        assert {key: client.get(key) for key in keys} == keys
+        client.close()

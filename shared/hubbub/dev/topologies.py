@@ -159,6 +159,8 @@ def _parse_nodes(text: str) -> list[_Node]:
 
 class RedisClusterProcesses:
     """A Redis Cluster of ``masters`` masters with ``replicas`` replicas each, on loopback.
+    Three or more masters are created by ``redis-cli --cluster create``; 1 or 2 (which it
+    refuses) by hand, the same way (:meth:`_assemble`).
 
     Settings chosen for quick, certain failover in tests: a short node timeout; replica
     validity factor 0 (a replica always may take over, however long its link was down); and
@@ -174,8 +176,8 @@ class RedisClusterProcesses:
         directory: str | None = None,
         node_timeout_ms: int = 1000,
     ) -> None:
-        if masters < 3:
-            raise ValueError("redis-cli --cluster create needs at least 3 masters")
+        if masters < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least 1 master and 0 or more replicas")
         self.master_count = masters
         self.replicas_per_master = replicas
         self.node_timeout_ms = node_timeout_ms
@@ -185,6 +187,7 @@ class RedisClusterProcesses:
         self._a_slot_of: dict[int, int] = {}  # port of a killed master -> one of its slots
         self._ids: dict[int, str] = {}  # port -> node id (stable across restarts: nodes.conf)
         self._taken: set[int] = set()  # ports handed out, client and bus alike
+        self._bus_ports: dict[int, int] = {}  # port -> cluster bus port
         self._stopped = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -218,6 +221,7 @@ class RedisClusterProcesses:
     def _new_process(self) -> RedisProcess:
         port = self._free_port()
         bus_port = self._free_port()  # explicit: port + 10000 may be over 65535 or taken
+        self._bus_ports[port] = bus_port
         directory = os.path.join(self.directory, f"node-{port}")
         os.makedirs(directory, exist_ok=True)
         return RedisProcess(
@@ -237,6 +241,9 @@ class RedisClusterProcesses:
         )  # fmt: skip
 
     def _create(self, timeout: float) -> None:
+        if self.master_count < 3:  # redis-cli --cluster create refuses fewer than 3 masters
+            self._assemble(timeout)
+            return
         cli = shutil.which("redis-cli") or os.path.join(
             os.path.dirname(find_server_binary()), "redis-cli"
         )
@@ -247,6 +254,37 @@ class RedisClusterProcesses:
         result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+
+    def _assemble(self, timeout: float) -> None:
+        """What ``redis-cli --cluster create`` does, by hand (it refuses 1 or 2 masters): the
+        first ``masters`` nodes each take an even share of the slots, every node meets the
+        first, and the rest are spread as replicas over the masters in turn."""
+        masters = self.processes[: self.master_count]
+        replicas = self.processes[self.master_count :]
+        for n, process in enumerate(masters):
+            first = SLOTS * n // len(masters)
+            last = SLOTS * (n + 1) // len(masters) - 1
+            _call(process.port, "CLUSTER", "ADDSLOTSRANGE", first, last)
+        seed = self.processes[0].port
+        for process in self.processes[1:]:  # the bus port too: it is not port + 10000
+            _call(process.port, "CLUSTER", "MEET", HOST, seed, self._bus_ports[seed])
+        ids = {self._ids[p.port] for p in self.processes}
+
+        def all_known() -> bool:  # a replica may only REPLICATE a master it knows
+            for process in self.processes:
+                known = {n.node_id for n in _parse_nodes(_call(process.port, "CLUSTER", "NODES"))}
+                if not ids <= known:
+                    return False
+            return True
+
+        _until(all_known, timeout, "every cluster node to know every other")
+        for n, process in enumerate(replicas):
+            master_id = self._ids[masters[n % len(masters)].port]
+
+            def replicates(port: int = process.port, master: str = master_id) -> bool:
+                return bool(_call(port, "CLUSTER", "REPLICATE", master) == "OK")
+
+            _until(replicates, timeout, f"the node on {process.port} to replicate {master_id}")
 
     def stop(self) -> None:
         """Stop every node; safe to call twice, and after a failed start."""
