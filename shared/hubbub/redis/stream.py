@@ -57,10 +57,11 @@ return id
 
 
 class GroupWait:
-    """Appends answered only once ``replicas`` replicas have them (``WAIT``), gathered per
-    event-loop turn: every append of the turn in one write, then one ``WAIT`` per master they
-    went to (which confirms all of them), instead of one ``WAIT`` each holding the connection
-    in turn. An append that failed fails alone; too few replicas fail the whole turn with
+    """Appends answered only once ``replicas`` replicas have them (``WAIT``), by group commit:
+    a caller with nothing in flight sends its appends and a ``WAIT`` at once; callers that come
+    while that is in flight are gathered and sent together when it ends, with one ``WAIT`` per
+    master (which confirms all of them), instead of each ``WAIT`` holding the connection in
+    turn. An append that failed fails alone; too few replicas fail the whole group with
     :class:`NotReplicated`."""
 
     def __init__(self, pipe: Pipe, replicas: int, timeout: float) -> None:
@@ -69,22 +70,43 @@ class GroupWait:
         self.timeout = timeout
         self._wait = pack(("WAIT", replicas, max(1, int(timeout * 1000))))
         self._queue: list[tuple[list[tuple[str, bytes]], asyncio.Future[list[Any]]]] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._busy = False
+        self._flushing: set[asyncio.Task[None]] = set()
 
-    def submit(self, commands: list[tuple[str, bytes]]) -> asyncio.Future[list[Any]]:
+    async def submit(self, commands: list[tuple[str, bytes]]) -> list[Any]:
         """The replies of ``commands`` (packed, with their keys), once replicated."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        self._queue.append((commands, future))
-        if len(self._queue) == 1:
-            loop.call_soon(self._start)
-        return future
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if self._busy:
+            self._queue.append((commands, future))
+            return await future
+        self._busy = True
+        try:
+            await self._run([(commands, future)])
+        finally:
+            self._next()
+        return future.result()
 
-    def _start(self) -> None:
-        batch, self._queue = self._queue, []
-        task = asyncio.ensure_future(self._run(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+    def _next(self) -> None:
+        """Hand the callers gathered meanwhile to a task, which sends them (and whoever comes
+        while it does) group by group; idle once nobody waits."""
+        if not self._queue:
+            self._busy = False
+            return
+        task = asyncio.ensure_future(self._flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                await self._run(batch)
+        finally:
+            self._busy = False
+            for _, future in self._queue:  # cancelled mid-way: nobody is left waiting
+                if not future.done():
+                    future.set_exception(RedisError("publishing stopped"))
+            self._queue = []
 
     async def _run(
         self, batch: list[tuple[list[tuple[str, bytes]], asyncio.Future[list[Any]]]]
