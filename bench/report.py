@@ -518,6 +518,7 @@ KEPT_SECTIONS = (
     "## Stateful reconnect and MessagePack",  # python -m bench --client-protocol ...
     "## The way back",  # python -m bench.upstream
     "## Redis Cluster",  # python -m bench --redis ...
+    "## WAIT for replicas",  # python -m bench.wait
 )
 
 
