@@ -122,9 +122,9 @@ class Settings(BaseSettings):
     # Seconds a send's Idempotency-Key is remembered: a retry within it appends nothing.
     idempotency_window: float = Field(default=300.0, gt=0)
 
-    # Liveness of gateways.
-    heartbeat_interval: float = 2.0
-    gateway_ttl: float = 10.0
+    # Liveness of gateways: one silent for gateway_ttl is reaped (see gateway_lease).
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    gateway_ttl: float = Field(default=10.0, gt=0)
     # How often a gateway makes Redis's record of its connections match its live sockets
     # (ghosts of failed unregisters removed, connections Redis lost restored).
     reconcile_interval: float = Field(default=10.0, gt=0)
@@ -219,10 +219,31 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _heartbeat_fits_the_grace(self) -> Settings:
+        if self.heartbeat_interval >= self.gateway_grace:
+            raise ValueError(
+                "HUBBUB_HEARTBEAT_INTERVAL must be below half of HUBBUB_GATEWAY_TTL "
+                "(a live gateway must heartbeat within the reaper's grace)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _jwks_needs_issuer_and_audience(self) -> Settings:
         if self.jwks_url and not (self.jwt_issuer and self.jwt_audience):
             raise ValueError("HUBBUB_JWKS_URL needs HUBBUB_JWT_ISSUER and HUBBUB_JWT_AUDIENCE")
         return self
+
+    @property
+    def gateway_lease(self) -> float:
+        """How far ahead a heartbeat sets its gateway's deadline: half the TTL. The reaper
+        waits out the other half on its own clock, so a deadline that a Redis failover sent
+        back in time cannot get a live gateway reaped (``hubbub_fanout.reap``)."""
+        return self.gateway_ttl / 2
+
+    @property
+    def gateway_grace(self) -> float:
+        """How long a worker must itself see a gateway's deadline expired before reaping it."""
+        return self.gateway_ttl - self.gateway_lease
 
     @property
     def access_keys(self) -> tuple[str, ...]:

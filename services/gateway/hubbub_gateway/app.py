@@ -46,7 +46,7 @@ async def _heartbeat(state: GatewayState, reader: InboxReader) -> None:
         try:
             now = time.time()
             added = await redis.zadd(
-                schema.gateways, {settings.gateway_id: now + settings.gateway_ttl}
+                schema.gateways, {settings.gateway_id: now + settings.gateway_lease}
             )
             # Workers heartbeat into their own set, scored by when their heartbeat expires.
             workers = await redis.zcount(schema.workers, now, "+inf")
