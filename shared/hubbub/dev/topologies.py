@@ -373,9 +373,10 @@ class RedisClusterProcesses:
     # -- health ------------------------------------------------------------------------------
 
     def _healthy(self) -> bool:
-        """Every live node: state ok, all slots served, and the same slot map as the others;
-        every live replica linked to its master (so WAIT and failover have a replica to use)."""
-        maps: list[dict[int, str]] = []
+        """Every live node: state ok, all slots served, and the same slot map and roles (who
+        replicates whom) as the others; every live replica linked to its master (so WAIT and
+        failover have a replica to use)."""
+        maps: list[tuple[dict[int, str], dict[int, str | None]]] = []
         for process in self._live():
             info = _parse_info(_call(process.port, "CLUSTER", "INFO"))
             if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != str(SLOTS):
@@ -387,7 +388,8 @@ class RedisClusterProcesses:
             owners = {s: n.node_id for n in nodes if n.is_master and not n.failing for s in n.slots}
             if len(owners) != SLOTS:
                 return False
-            maps.append(owners)
+            roles = {n.port: n.master_id for n in nodes if n.port in live_ports}
+            maps.append((owners, roles))
             replication = _info(process.port, "replication")
             if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
                 return False
