@@ -33,6 +33,11 @@ class Metrics:
             "hubbub_routed", "Deliveries appended to gateway inboxes by workers", ["kind"],
             registry=r,
         )  # fmt: skip
+        self.lookups = Counter(
+            "hubbub_route_lookups",
+            "Targets a worker looked up in Redis (it knew the others)",
+            registry=r,
+        )
         self.drops = Counter(
             "hubbub_drops", "Messages or connections dropped, by reason", ["reason"], registry=r
         )

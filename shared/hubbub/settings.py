@@ -14,6 +14,8 @@ from hubbub.urls import public_origin
 # Membership): one value, here.
 DEFAULT_MAX_EXCLUDED = 1000
 DEFAULT_MAX_GROUPS_PER_CONNECTION = 1000
+DEFAULT_PUBLISH_PARTITIONS = 16
+DEFAULT_PUBLISH_STREAM_MAXLEN = 1_000_000
 
 
 def _new_gateway_id() -> str:
@@ -130,7 +132,7 @@ class Settings(BaseSettings):
     reconcile_interval: float = Field(default=10.0, gt=0)
 
     # Streams.
-    publish_stream_maxlen: int = 1_000_000
+    publish_stream_maxlen: int = DEFAULT_PUBLISH_STREAM_MAXLEN
     inbox_maxlen: int = 100_000
     # A gateway cut off from Redis for longer than this misses the broadcasts of that time.
     broadcast_retention_ms: int = 60_000
@@ -141,7 +143,7 @@ class Settings(BaseSettings):
 
     # Publish stream partitions: fixed for the life of a deployment's data (changing it
     # reorders in-flight messages); more partitions than workers lets work spread.
-    publish_partitions: int = 16
+    publish_partitions: int = DEFAULT_PUBLISH_PARTITIONS
 
     # The way back (client -> service, see hubbub.upstream). Upstream stream partitions, by
     # connection: fixed for the life of a deployment's data, like publish_partitions.
@@ -170,6 +172,10 @@ class Settings(BaseSettings):
     lease_ms: int = 5000
     lease_interval: float = 1.0
     reap_interval: float = 2.0
+    # Targets (groups, users) whose gateways a worker remembers, so a send to a known target
+    # needs no lookup; kept exact by GrownEntry markers in the publish stream (see
+    # hubbub_fanout.targets). 0: look every target up.
+    route_cache_size: int = Field(default=100_000, ge=0)
     gauge_interval: float = 5.0  # how often the lag / pending gauges are measured
     metrics_port: int = 9102  # the worker's /metrics (gateways serve it on their own port)
 

@@ -51,7 +51,7 @@ class Reaper:
         # in the gateways set, no more).
         self.expired_since: dict[str, float] = {}
         self.schema = KeySchema(settings.key_prefix)
-        self.membership = Membership(redis, self.schema)
+        self.membership = Membership.from_settings(redis, settings)
         self.upstream = UpstreamStream(
             pipe, self.schema, settings.upstream_partitions, settings.upstream_stream_maxlen
         )

@@ -1,9 +1,11 @@
 """Route: a fan-out worker turns publish-stream entries into gateway deliveries.
 
-Per batch of entries it makes two pipelined round trips on the worker's
-:class:`~hubbub.redis.pipe.Pipe`: one to resolve every entry's target to the gateways that hold its
-recipients (group -> gateways, user -> gateways, connection -> gateway, all kept as small
-hashes in Redis), one to append each delivery to its gateway's inbox and ``XACK`` the batch.
+Per batch of entries it makes at most two pipelined round trips on the worker's
+:class:`~hubbub.redis.pipe.Pipe`: one to resolve the targets it does not know yet to the
+gateways that hold their recipients (group -> gateways, user -> gateways, connection ->
+gateway, all kept as small hashes in Redis; groups and users it has looked up are remembered,
+exactly, see :mod:`.targets`), one to append each delivery to its gateway's inbox and ``XACK``
+the batch.
 In Redis Cluster the inboxes and the partition live on different masters, so the ``XACK`` waits
 for the appends' replies (and, with ``HUBBUB_REDIS_WAIT_REPLICAS``, for their replicas): an
 entry is never acknowledged on one master while its deliveries are lost on another.
@@ -22,7 +24,6 @@ import logging
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from typing import Any
 
 from opentelemetry.trace import Span, SpanKind, Tracer, set_span_in_context
 
@@ -41,8 +42,10 @@ from hubbub.telemetry import (
     span,
     traceparent_of,
 )
-from hubbub.wire.envelopes import Fields, Kind, MessageEntry
+from hubbub.wire.envelopes import GROWN, KIND, Fields, GrownEntry, Kind, MessageEntry
 from hubbub.wire.keys import CONNECTION_GATEWAY, KeySchema
+
+from .targets import Gateways, Target, Targets
 
 log = logging.getLogger("hubbub.fanout.route")
 
@@ -86,6 +89,7 @@ class Router:
         feed = schema.broadcast_feed
         self._to_feed = [Destination(feed, Prefix("XADD", feed, *self._cap))]
         self._inboxes: dict[bytes, Destination] = {}
+        self.targets = Targets(settings.route_cache_size)
         # Cluster mode: acknowledge only after the deliveries are in (and replicated).
         self.sharded = pipe.sharded
         replicas = settings.redis_wait_replicas if pipe.sharded else 0
@@ -99,10 +103,11 @@ class Router:
         if not entries:
             return
         started = time.perf_counter()
-        messages = self._parse(entries)
-        found = iter(await self.pipe.execute_many(self._lookups(messages)))
-        stream = self.streams[partition]
         epoch = self.epochs.get(partition, 0)
+        known = self.targets.of(partition, epoch)
+        messages = self._parse(entries, known)
+        gateways = await self._resolve(messages, known)
+        stream = self.streams[partition]
         routed = self.metrics.routed
         commands: list[tuple[str, bytes]] = []
         with ExitStack() as spans:  # a traced batch's spans end once its deliveries are in
@@ -113,7 +118,7 @@ class Router:
                 if m.kind is Kind.ALL:
                     destinations = self._to_feed
                 else:
-                    destinations = self._inboxes_of(next(found))
+                    destinations = self._inboxes_of(gateways[_target(m)])
                 for d in destinations:
                     send = self._send_span(spans, process, d.key)
                     via = fields if send is None else _via(send, m, mid, epoch)
@@ -136,37 +141,65 @@ class Router:
         else:
             await self._replicas.submit(commands)
 
-    def _parse(self, entries: list[Entry]) -> list[tuple[bytes, MessageEntry]]:
+    def _parse(
+        self, entries: list[Entry], known: dict[Target, Gateways]
+    ) -> list[tuple[bytes, MessageEntry]]:
+        """The batch's messages; its markers make ``known`` forget their targets first (so
+        the lookups, made after the batch was read, see every change they mark)."""
         parsed: list[tuple[bytes, MessageEntry]] = []
         for entry_id, fields in entries:
             if not fields:  # trimmed away while pending
                 continue
             try:
-                parsed.append((entry_id, MessageEntry.decode(fields)))
+                if fields.get(KIND) == GROWN:
+                    grown = GrownEntry.decode(fields)
+                    self.targets.forget(known, (grown.hub, grown.kind, grown.target))
+                else:
+                    parsed.append((entry_id, MessageEntry.decode(fields)))
             except (KeyError, ValueError, UnicodeDecodeError):
                 self.metrics.drops.labels("malformed").inc()
                 log.error("dropping malformed publish entry %r", entry_id)
         return parsed
 
-    def _lookups(self, messages: list[tuple[bytes, MessageEntry]]) -> list[Command]:
-        """One lookup per message that is not a broadcast: the gateways of its target."""
-        lookups: list[Command] = []
+    async def _resolve(
+        self, messages: list[tuple[bytes, MessageEntry]], known: dict[Target, Gateways]
+    ) -> dict[Target, Gateways]:
+        """The gateways of every target in the batch: remembered, or looked up (each target
+        once, all in one round trip); groups and users looked up are remembered."""
+        found: dict[Target, Gateways] = {}
+        missing: list[Target] = []
         for _, m in messages:
             if m.kind is Kind.ALL:
                 continue
-            hk = self.schema.hub(m.hub)
-            if m.kind is Kind.GROUP:
-                lookups.append(("HKEYS", hk.group_gateways(m.target)))
-            elif m.kind is Kind.USER:
-                lookups.append(("HKEYS", hk.user_gateways(m.target)))
+            target = _target(m)
+            if target in found:
+                continue
+            gateways = known.get(target)
+            if gateways is None:
+                missing.append(target)
+                found[target] = ()
             else:
-                lookups.append(("HGET", hk.connection(m.target), CONNECTION_GATEWAY))
-        return lookups
+                found[target] = gateways
+        if missing:
+            self.metrics.lookups.inc(len(missing))
+            replies = await self.pipe.execute_many([self._lookup(t) for t in missing])
+            for target, reply in zip(missing, replies, strict=True):
+                gateways = (reply,) if isinstance(reply, bytes) else tuple(reply or ())
+                found[target] = gateways
+                if target[1] is not Kind.CONNECTION:
+                    self.targets.remember(known, target, gateways)
+        return found
 
-    def _inboxes_of(self, found: Any) -> list[Destination]:
-        """The inboxes of the gateways a lookup found (``HKEYS``: a list; ``HGET``: one or
-        ``None``)."""
-        gateways: list[bytes] = [found] if isinstance(found, bytes) else found or []
+    def _lookup(self, target: Target) -> Command:
+        hub, kind, name = target
+        hk = self.schema.hub(hub)
+        if kind is Kind.GROUP:
+            return ("HKEYS", hk.group_gateways(name))
+        if kind is Kind.USER:
+            return ("HKEYS", hk.user_gateways(name))
+        return ("HGET", hk.connection(name), CONNECTION_GATEWAY)
+
+    def _inboxes_of(self, gateways: Gateways) -> list[Destination]:
         if not gateways:
             self.metrics.drops.labels("no_recipient").inc()
         return [self._inbox(gateway) for gateway in gateways]
@@ -219,6 +252,10 @@ class Router:
                 attributes={SYSTEM: "redis", OPERATION: "send", DESTINATION: destination},
             )
         )
+
+
+def _target(m: MessageEntry) -> Target:
+    return (m.hub, m.kind, m.target)
 
 
 def _via(send: Span, m: MessageEntry, mid: bytes, epoch: int) -> list[bytes]:

@@ -94,6 +94,7 @@ class Supervisor:
         )
         self.recovery = Recovery(settings, redis=redis, router=router, name=name)
         self.consumer = Consumer(settings, pipe=pipe, router=router, name=name)
+        self.router = router
         reaper = Reaper(settings, redis=redis, pipe=pipe, name=name)
         gauges = Gauges(settings, redis=redis, metrics=metrics)
         consumer, leases = self.consumer, self.leases
@@ -131,6 +132,9 @@ class Supervisor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 self.recovering |= self.leases.owned  # a read batch may be unacknowledged
+                # A failover may have lost the markers of changes it kept (replication is
+                # asynchronous and the markers come after the changes): relearn every target.
+                self.router.targets.forget_all()
         try:
             await self.leases.release_all()
         except RedisError as exc:

@@ -4,7 +4,10 @@ Every change runs as one Lua script on the hub's hash slot, so it is atomic: a f
 nothing half-applied, and a connection that registers while a user is being added to a group
 either joins through the user's binding or through the add, never neither. Scripts return the
 (gateway, connection) pairs they touched so the caller can tell those gateways, through their
-inboxes, to update their local indexes.
+inboxes, to update their local indexes. A change that may add a gateway to a group's or a
+user's recipients is followed, before the call returns, by a
+:class:`~hubbub.wire.envelopes.GrownEntry` on that target's publish partition, so workers that
+remember targets' gateways forget that one (``hubbub_fanout.targets``).
 
 Limits: a connection is in at most ``max_groups`` groups (``HUBBUB_MAX_GROUPS_PER_CONNECTION``),
 checked by the scripts that join; and leaving all of a connection's or a user's groups
@@ -19,9 +22,15 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from hubbub.settings import DEFAULT_MAX_GROUPS_PER_CONNECTION
+from hubbub.redis.stream import target_partition
+from hubbub.settings import (
+    DEFAULT_MAX_GROUPS_PER_CONNECTION,
+    DEFAULT_PUBLISH_PARTITIONS,
+    DEFAULT_PUBLISH_STREAM_MAXLEN,
+    Settings,
+)
 from hubbub.wire import keys as k
-from hubbub.wire.envelopes import ControlEntry, Op
+from hubbub.wire.envelopes import ControlEntry, GrownEntry, Kind, Op
 from hubbub.wire.keys import HubKeys, KeySchema
 
 # Every key comes through KEYS, built by the key schema; a family prefix (``hk.x("")``) stands
@@ -65,8 +74,8 @@ end
 # max connections of the user (0 = no limit), hub protocol of a resumable connection ('' = not
 # resumable).
 # Returns false if the connection id is live, 0 (and changes nothing) if the user has max
-# connections already, else the groups it joined through its user (at most max groups: the
-# user's other bindings skip this connection).
+# connections already, else {1 if the user's gateways grew else 0, the groups it joined through
+# its user...} (at most max groups: the user's other bindings skip this connection).
 _REGISTER = (
     _HELPERS
     + """
@@ -81,9 +90,10 @@ redis.call('HSET', KEYS[1], GW, gw, USER, user)
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], RP, ARGV[7], SQ, 1, RX, 0) end
 redis.call('SADD', KEYS[3], conn)
 local joined = {}
+local grew = 0
 if user ~= '' then
   redis.call('SADD', KEYS[4], conn)
-  redis.call('HINCRBY', KEYS[5], gw, 1)
+  if redis.call('HINCRBY', KEYS[5], gw, 1) == 1 then grew = 1 end
   for _, group in ipairs(live_user_groups(KEYS[6], now)) do
     if #joined >= max then break end
     if join(conn, gw, group, KEYS[2], KEYS[7] .. group, KEYS[8] .. group, max) then
@@ -91,6 +101,7 @@ if user ~= '' then
     end
   end
 end
+table.insert(joined, 1, grew)
 return joined
 """
 )
@@ -399,9 +410,14 @@ class Membership:
         max_groups: int = DEFAULT_MAX_GROUPS_PER_CONNECTION,
         max_user_connections: int = 0,
         resume_memory: float = 300.0,
+        *,
+        partitions: int = DEFAULT_PUBLISH_PARTITIONS,
+        stream_maxlen: int = DEFAULT_PUBLISH_STREAM_MAXLEN,
     ) -> None:
         self.redis = redis
         self.schema = schema
+        self.partitions = partitions  # of the publish stream, where GrownEntry markers go
+        self.stream_maxlen = stream_maxlen
         self.max_groups = max_groups
         self.max_user_connections = max_user_connections
         # Seconds a resumable connection's end is remembered (a re-attach is refused with why):
@@ -415,6 +431,18 @@ class Membership:
         self._add_user_group = redis.register_script(_ADD_USER_GROUP)
         self._remove_user_group = redis.register_script(_REMOVE_USER_GROUP)
         self._user_in_group = redis.register_script(_USER_IN_GROUP)
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> Membership:
+        return cls(
+            redis,
+            KeySchema(settings.key_prefix),
+            settings.max_groups_per_connection,
+            settings.max_connections_per_user,
+            settings.connection_token_ttl,
+            partitions=settings.publish_partitions,
+            stream_maxlen=settings.publish_stream_maxlen,
+        )
 
     # ------------------------------------------------------------ connection lifecycle
 
@@ -450,7 +478,12 @@ class Membership:
             raise ConnectionExists(conn)
         if result == 0:
             raise TooManyConnections(name, self.max_user_connections)
-        return Registration(tuple(g.decode() for g in result))
+        groups = tuple(g.decode() for g in result[1:])
+        grown = [(Kind.GROUP, g) for g in groups]
+        if result[0] == 1:
+            grown.append((Kind.USER, name))
+        await self._announce(hub, grown=grown)
+        return Registration(groups)
 
     async def unregister(self, hub: str, conn: str, why: str = ENDED) -> str | None:
         """``why``: for a resumable connection, what a later re-attach is told."""
@@ -502,14 +535,20 @@ class Membership:
             (int(entry_id.partition(b"-")[2]), fields[1], fields[3])
             for entry_id, fields in reply[8]
         ]
+        previous, groups = _text(reply[1]), tuple(_text(g) for g in reply[7])
+        if previous != gateway:  # moved here: its user's and groups' gateways grew
+            grown = [(Kind.GROUP, g) for g in groups]
+            if user:
+                grown.append((Kind.USER, user))
+            await self._announce(hub, grown=grown)
         return Claimed(
-            previous=_text(reply[1]),
+            previous=previous,
             protocol=_text(reply[2]),
             next_seq=int(reply[3]),
             received=int(reply[4]),
             inbox_at=reply[5],
             feed_at=reply[6],
-            groups=tuple(_text(g) for g in reply[7]),
+            groups=groups,
             entries=entries,
         )
 
@@ -563,7 +602,8 @@ class Membership:
         if not gw:
             return False
         op = Op.JOIN if add else Op.LEAVE
-        await self._notify({gw.decode(): [conn]}, op, hub, group)
+        grown = [(Kind.GROUP, group)] if add else []
+        await self._announce(hub, {gw.decode(): [conn]}, op, group, grown)
         return True
 
     async def remove_connection_from_all_groups(self, hub: str, conn: str) -> bool:
@@ -578,7 +618,7 @@ class Membership:
             pass
         if not gw:
             return False
-        await self._notify({gw.decode(): [conn]}, Op.LEAVE, hub, "")
+        await self._announce(hub, {gw.decode(): [conn]}, Op.LEAVE, "")
         return True
 
     async def add_user_to_group(
@@ -595,7 +635,8 @@ class Membership:
         touched = await self._add_user_group(
             keys=_user_keys(hk, user), args=[group, expiry, self.max_groups]
         )
-        await self._notify(_pairs(touched), Op.JOIN, hub, group)
+        grown = [(Kind.GROUP, group)] if touched else []
+        await self._announce(hub, _pairs(touched), Op.JOIN, group, grown)
 
     async def remove_user_from_group(self, hub: str, user: str, group: str) -> None:
         await self._remove_user(hub, user, group)
@@ -613,18 +654,36 @@ class Membership:
                 keys=_user_keys(hk, user), args=[group, LEAVE_CHUNK]
             )
             more = result[0] == 1
-            await self._notify(_pairs(result[1:]), Op.LEAVE, hub, group)
+            await self._announce(hub, _pairs(result[1:]), Op.LEAVE, group)
 
-    async def _notify(self, by_gateway: dict[str, list[str]], op: Op, hub: str, group: str) -> None:
-        """Tell each gateway to update its local index. Idempotent, so a retry is safe."""
-        if not by_gateway:
+    async def _announce(
+        self,
+        hub: str,
+        by_gateway: dict[str, list[str]] | None = None,
+        op: Op = Op.JOIN,
+        group: str = "",
+        grown: list[tuple[Kind, str]] | None = None,
+    ) -> None:
+        """After a change, in one round trip: tell each gateway in ``by_gateway`` to update
+        its local index (``op`` its connections to or from ``group``), and mark on each
+        ``grown`` target's publish partition that its gateways may have grown. Both are
+        idempotent, so a retry is safe."""
+        if not by_gateway and not grown:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for gw, conns in by_gateway.items():
+            for gw, conns in (by_gateway or {}).items():
                 pipe.xadd(
                     self.schema.inbox(gw),
                     ControlEntry(op, hub, tuple(conns), group).mapping(),
                     nomkstream=True,
+                )
+            for kind, target in grown or ():
+                partition = target_partition(hub, kind, target, self.partitions)
+                pipe.xadd(
+                    self.schema.publish_partition(partition),
+                    GrownEntry(kind, hub, target).mapping(),
+                    maxlen=self.stream_maxlen,
+                    approximate=True,
                 )
             await pipe.execute()
 

@@ -42,7 +42,6 @@ from hubbub.sdk.publisher import Publisher
 from hubbub.settings import Settings
 from hubbub.telemetry import setup_tracing
 from hubbub.wire.envelopes import Event, UpstreamEntry
-from hubbub.wire.keys import KeySchema
 
 from .consumer import Answer, UpstreamConsumer, arguments_of
 
@@ -291,12 +290,7 @@ class Upstream:
         if self._members is None:
             settings = self.settings
             redis = RedisEndpoint.from_settings(settings, f"hubbub-upstream-{self.name}").redis()
-            self._members = Membership(
-                redis,
-                KeySchema(settings.key_prefix),
-                settings.max_groups_per_connection,
-                settings.max_connections_per_user,
-            )
+            self._members = Membership.from_settings(redis, settings)
         return self._members
 
     async def _close(self) -> None:

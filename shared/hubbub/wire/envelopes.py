@@ -44,6 +44,7 @@ CLAIMS = b"cl"  # the client's token claims, a JSON object
 GATEWAY = b"gw"  # the gateway holding the connection
 ARGUMENTS = b"a"  # the invocation's arguments, a JSON array
 ERROR = b"er"  # disconnected: the close error, if any
+TARGET_KIND = b"tk"  # grown: the kind of the target (group or user)
 
 
 class Kind(bytes, enum.Enum):
@@ -96,6 +97,7 @@ class Op(bytes, enum.Enum):
 
 
 RESULT = b"R"  # the kind of a :class:`ResultEntry`
+GROWN = b"N"  # the kind of a :class:`GrownEntry`
 
 
 def _join_ids(ids: tuple[str, ...]) -> bytes:
@@ -278,6 +280,31 @@ class UpstreamEntry:
             error=error.decode() if error is not None else None,
             traceparent=tp.decode() if tp else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class GrownEntry:
+    """Publish stream: the gateways holding the recipients of ``target`` (a group or a user of
+    ``hub``) may have grown, so a worker forgets what it remembered of them. Written after the
+    change, to the partition that target's sends go to: every send accepted after the change
+    is read after it (``hubbub_fanout.targets``)."""
+
+    kind: Kind
+    hub: str
+    target: str
+
+    def fields(self) -> list[bytes]:
+        return [KIND, GROWN, HUB, self.hub.encode(), TARGET, self.target.encode(),
+                TARGET_KIND, self.kind.value]  # fmt: skip
+
+    def mapping(self) -> dict[FieldT, EncodableT]:
+        """The fields as redis-py's ``xadd`` takes them."""
+        flat = self.fields()
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    @classmethod
+    def decode(cls, fields: Fields) -> GrownEntry:
+        return cls(Kind(fields[TARGET_KIND]), fields[HUB].decode(), fields[TARGET].decode())
 
 
 Entry = MessageEntry | ControlEntry | ResultEntry
