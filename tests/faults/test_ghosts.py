@@ -76,6 +76,10 @@ async def test_connections_redis_lost_are_restored_with_their_groups(
         hk = KeySchema(prefix).hub("chat")
         membership = Membership(redis, KeySchema(prefix))
         assert await membership.unregister("chat", client.connection_id)
+        # ... and the gateway's record of its hubs (which the reaper reads), which the gateway
+        # writes once per hub, not per connection.
+        hubs = KeySchema(prefix).gateway_hubs(f"{prefix}-gw1")
+        assert await redis.delete(hubs) == 1
         assert not await api.user_exists("ana")
 
         async def restored() -> bool:
@@ -84,6 +88,7 @@ async def test_connections_redis_lost_are_restored_with_their_groups(
         await eventually(restored, timeout=INTERVAL + 5, interval=0.2)
         assert await api.user_exists("ana")
         assert await redis.sismember(hk.group_connections("room"), client.connection_id)
+        assert await redis.smembers(hubs) == {b"chat"}
         await api.send_to_group("room", "still-here", [1])
         message = await client.recv()
         assert message["target"] == "still-here", message

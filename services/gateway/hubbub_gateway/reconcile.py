@@ -64,8 +64,12 @@ class Reconciler:
             if conn.pending is None and not conn.closing  # started: registered in Redis
         }
         hubs = {conn.hub for conn in registered.values()}
-        for raw in await state.redis.smembers(state.schema.gateway_hubs(gateway)):
-            hubs.add(_text(raw))
+        recorded = {
+            _text(raw) for raw in await state.redis.smembers(state.schema.gateway_hubs(gateway))
+        }
+        if hubs - recorded:  # Redis lost them (registrations record each hub only once)
+            await state.redis.sadd(state.schema.gateway_hubs(gateway), *(hubs - recorded))
+        hubs |= recorded
         removed = restored = 0
         for hub in sorted(hubs):
             key = state.schema.hub(hub).gateway_connections(gateway)

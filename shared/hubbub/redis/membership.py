@@ -310,6 +310,10 @@ return 0
 # connection in fewer groups, consistently, and a retry finishes the job.
 LEAVE_CHUNK = 100
 
+# Hub names may come from clients (when HUBBUB_HUBS allows any): the memory of the hubs a
+# gateway recorded starts over past this many.
+_HUBS_RECORDED = 1024
+
 
 def _user_keys(hk: HubKeys, user: str) -> list[str]:
     """KEYS of the user-group scripts."""
@@ -418,6 +422,10 @@ class Membership:
         self.schema = schema
         self.partitions = partitions  # of the publish stream, where GrownEntry markers go
         self.stream_maxlen = stream_maxlen
+        # (gateway, hub) pairs already in the gateway's set of hubs (the reaper reads it):
+        # one SADD per hub, not per connection. Reconcile adds them again to a Redis that
+        # lost them.
+        self._hubs_recorded: set[tuple[str, str]] = set()
         self.max_groups = max_groups
         self.max_user_connections = max_user_connections
         # Seconds a resumable connection's end is remembered (a re-attach is refused with why):
@@ -446,12 +454,20 @@ class Membership:
 
     # ------------------------------------------------------------ connection lifecycle
 
+    async def _record_hub(self, gateway: str, hub: str) -> None:
+        if (gateway, hub) in self._hubs_recorded:
+            return
+        await self.redis.sadd(self.schema.gateway_hubs(gateway), hub)
+        if len(self._hubs_recorded) >= _HUBS_RECORDED:
+            self._hubs_recorded.clear()
+        self._hubs_recorded.add((gateway, hub))
+
     async def register(
         self, hub: str, conn: str, gateway: str, user: str | None, protocol: str | None = None
     ) -> Registration:
         """``protocol``: the hub protocol of a resumable connection (stateful reconnect)."""
         hk = self.schema.hub(hub)
-        await self.redis.sadd(self.schema.gateway_hubs(gateway), hub)
+        await self._record_hub(gateway, hub)
         name = user or ""
         result = await self._register(
             keys=[
@@ -511,7 +527,7 @@ class Membership:
         is no such connection (a first connect); :class:`NotResumable` when it ended;
         :class:`ConnectionExists` when a connection that is not resumable holds the id."""
         hk = self.schema.hub(hub)
-        await self.redis.sadd(self.schema.gateway_hubs(gateway), hub)
+        await self._record_hub(gateway, hub)
         reply = await self._claim(
             keys=[
                 hk.connection(conn),
