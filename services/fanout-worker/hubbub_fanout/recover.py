@@ -15,6 +15,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from hubbub.redis.stream import id_after
 from hubbub.settings import Settings
 from hubbub.wire.keys import KeySchema
 
@@ -50,7 +51,19 @@ class Recovery:
             if start_id in (b"0-0", "0-0"):
                 break
             start = start_id
+        await self._trim_delivered(stream)
         await self._forget_idle_consumers(stream)
+
+    async def _trim_delivered(self, stream: str) -> None:
+        """Nothing is pending now, so every entry the group handed out is acknowledged: drop
+        them. The previous owner trims only while it owns the partition, so its last entries
+        would stay until more came."""
+        for group in await self.redis.xinfo_groups(stream):
+            if _text(group["name"]) == self.group:
+                last = group["last-delivered-id"]
+                await self.redis.xtrim(
+                    stream, minid=id_after(last if isinstance(last, bytes) else last.encode())
+                )
 
     async def _ensure_group(self, stream: str) -> None:
         """Create the consumer group from the stream's start, so nothing accepted is skipped."""
