@@ -316,7 +316,11 @@ def parser() -> argparse.ArgumentParser:
         default=settings.metrics_port,
         help="first worker's /metrics port, the next ones follow (0: none)",
     )
-    d.add_argument("--workdir", default=".hubbub", help="where the embedded Redis keeps data")
+    d.add_argument(
+        "--workdir",
+        default=".hubbub",
+        help="where the embedded Redis keeps its data (one hubbub dev at a time)",
+    )
     d.set_defaults(func=dev)
 
     common = argparse.ArgumentParser(add_help=False)
