@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 
@@ -197,6 +198,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def health(request: Request) -> Response:
         state: GatewayState = request.app.state.hubbub
         ready, body = state.health.report(state.draining)
+        # Which process answered: a launcher checks that its own child, not another one on
+        # the same port, is the one that became healthy (hubbub.dev.launcher).
+        body["gatewayId"] = state.settings.gateway_id
+        body["pid"] = os.getpid()
         if state.identity is not None:
             # Reported, not a reason to leave the load balancer: access-key clients and the
             # REST API do not need the identity provider, and every gateway sees the same one.

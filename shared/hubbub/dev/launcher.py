@@ -7,10 +7,12 @@
   (``python -m hubbub_gateway.main``, ``python -m hubbub_fanout.main``);
 - :func:`start_process` / :func:`start_service` start a child with a given environment, its
   output appended to a log file (or left on this process's stdout/stderr), optionally in its own
-  session or under cProfile;
-- :class:`ChildProcess` waits until it is healthy (``/api/health`` answers 200; a child that
-  exits first is reported with its output), signals, stops (SIGTERM, then SIGKILL after a
-  timeout) and reads its log;
+  session, in a :class:`~hubbub.dev.lifetime.ChildGroup` (dies with this process) or under
+  cProfile;
+- :class:`ChildProcess` waits until it is healthy (``/api/health`` answers 200 from that very
+  child, by the ``pid`` of the body; a child that exits first is reported with its output,
+  another process answering on its port as :class:`NotOurs`), signals, stops (SIGTERM, then
+  SIGKILL after a timeout) and reads its log;
 - :class:`LocalDeployment` runs gateways and workers around one Redis with shared settings
   (``HUBBUB_*`` variables) and per-child overrides, and stops them all at once.
 """
@@ -26,10 +28,12 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from hubbub.dev.embedded import free_port
+from hubbub.dev.lifetime import ChildGroup
 
 SERVICES: dict[str, str] = {"gateway": "hubbub_gateway.main", "worker": "hubbub_fanout.main"}
 HEALTH_PATH = "/api/health"
@@ -51,6 +55,16 @@ class ProcessExited(RuntimeError):
         super().__init__(f"{name} exited (code {returncode})" + (f":\n{output}" if output else ""))
         self.name = name
         self.returncode = returncode
+
+
+class NotOurs(RuntimeError):
+    """Another process answered the health check on a child's port (it holds the port)."""
+
+    def __init__(self, name: str, url: str, pid: object) -> None:
+        super().__init__(f"{url} is answered by another process (pid {pid}), not {name}")
+        self.name = name
+        self.url = url
+        self.pid = pid
 
 
 class NotHealthy(TimeoutError):
@@ -121,18 +135,33 @@ class ChildProcess:
         if self.process.poll() is not None:
             raise ProcessExited(self.name, self.process.returncode, self.output())
 
+    def _healthy(self, response: httpx.Response) -> bool:
+        """A 200 from this child. A JSON body with a ``pid`` (a gateway's) must name this
+        child: an older process on the same port would otherwise pass for it."""
+        if response.status_code != 200:
+            return False
+        try:
+            body = response.json()
+        except ValueError:
+            return True
+        pid = body.get("pid") if isinstance(body, dict) else None
+        if pid is not None and pid != self.pid:
+            self._check_running()  # it lost the port and exited: say that, with its output
+            raise NotOurs(self.name, self.url, pid)
+        return True
+
     async def wait_healthy(
         self, within: float = 30.0, path: str = HEALTH_PATH, interval: float = 0.05
     ) -> None:
-        """Poll ``path`` until it answers 200 (a child has no other way to say it is ready), for
-        at most ``within`` seconds. Raises :class:`ProcessExited` if the child exits first,
-        :class:`NotHealthy` when the time is up."""
+        """Poll ``path`` until this child answers 200 (it has no other way to say it is ready),
+        for at most ``within`` seconds. Raises :class:`ProcessExited` if the child exits first,
+        :class:`NotOurs` if another process answers, :class:`NotHealthy` when the time is up."""
         deadline = time.monotonic() + within
         async with httpx.AsyncClient() as http:
             while time.monotonic() < deadline:
                 self._check_running()
                 try:
-                    if (await http.get(f"{self.url}{path}", timeout=1)).status_code == 200:
+                    if self._healthy(await http.get(f"{self.url}{path}", timeout=1)):
                         return
                 except httpx.TransportError:
                     pass
@@ -148,7 +177,7 @@ class ChildProcess:
             while time.monotonic() < deadline:
                 self._check_running()
                 try:
-                    if http.get(f"{self.url}{path}", timeout=1).status_code == 200:
+                    if self._healthy(http.get(f"{self.url}{path}", timeout=1)):
                         return
                 except httpx.TransportError:
                     pass
@@ -165,26 +194,32 @@ def start_process(
     port: int | None = None,
     host: str = "127.0.0.1",
     new_session: bool = False,
+    group: ChildGroup | None = None,
     profile: Path | None = None,
 ) -> ChildProcess:
     """Start ``argv`` with exactly ``env``. ``log``: stdout and stderr appended to this file
     (else inherited). ``new_session``: a Ctrl-C in the terminal reaches only this process, which
-    then stops its children in order. ``profile``: ``argv[0]`` is a Python interpreter; run the
-    rest under cProfile, writing its statistics to this file."""
+    then stops its children in order. ``group``: the same, and the child also dies with this
+    process (see :class:`~hubbub.dev.lifetime.ChildGroup`); its stdin is /dev/null, as a
+    background group may not read the terminal. ``profile``: ``argv[0]`` is a Python
+    interpreter; run the rest under cProfile, writing its statistics to this file."""
     if profile is not None:
         argv = [argv[0], "-m", "cProfile", "-o", str(profile), *argv[1:]]
+    grouped = group is not None
+    options: dict[str, Any] = {
+        "env": dict(env),
+        "start_new_session": new_session and not grouped,
+        "preexec_fn": group.preexec() if group is not None else None,
+        "stdin": subprocess.DEVNULL if grouped else None,
+    }
     if log is None:
-        process = subprocess.Popen(argv, env=dict(env), start_new_session=new_session)
+        process = subprocess.Popen(argv, **options)
     else:
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as handle:
-            process = subprocess.Popen(
-                argv,
-                env=dict(env),
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=new_session,
-            )
+            process = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, **options)
+    if group is not None:
+        group.started(process.pid)
     return ChildProcess(name, process, log, port, host)
 
 
@@ -197,6 +232,7 @@ def start_service(
     port: int | None = None,
     host: str = "127.0.0.1",
     new_session: bool = False,
+    group: ChildGroup | None = None,
     profile: Path | None = None,
 ) -> ChildProcess:
     """Start one Hubbub service (``"gateway"`` or ``"worker"``); see :func:`start_process`."""
@@ -208,6 +244,7 @@ def start_service(
         port=port,
         host=host,
         new_session=new_session,
+        group=group,
         profile=profile,
     )
 
@@ -229,6 +266,7 @@ class LocalDeployment:
     then its own variables (port, id) and the keyword overrides of the start call. Children are
     named ``gw1``, ``gw2``, ... and ``worker1``, ...; ``gateway_id`` and ``worker_id`` turn that
     name into ``HUBBUB_GATEWAY_ID`` / ``HUBBUB_WORKER_NAME`` (``"{name}"`` is replaced). With a
+    ``group``, every child is started in it (:func:`start_process`). With a
     ``workdir``, each child's output goes to ``<workdir>/<name>.log`` (and, with ``profile``,
     its cProfile statistics to ``<name>.prof``); without one, to this process's stdout/stderr.
     """
@@ -244,6 +282,7 @@ class LocalDeployment:
         gateway_id: str = "{name}",
         worker_id: str = "{name}",
         new_session: bool = False,
+        group: ChildGroup | None = None,
         profile: bool = False,
     ) -> None:
         self.redis_url = redis_url
@@ -254,6 +293,7 @@ class LocalDeployment:
         self.gateway_id = gateway_id
         self.worker_id = worker_id
         self.new_session = new_session
+        self.group = group
         self.profile = profile
         self.gateways: list[ChildProcess] = []
         self.workers: list[ChildProcess] = []
@@ -282,6 +322,7 @@ class LocalDeployment:
             port=port,
             host=self.host,
             new_session=self.new_session,
+            group=self.group,
             profile=profile,
         )
 
