@@ -302,7 +302,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
         short = [
             "/".join(
                 [sessions[n].get("client_protocol", n)]
-                + [sessions[n]["redis"]] * (len(getattr(args, "redis", [])) > 1)
+                + [sessions[n].get("redis", "standalone")] * (len(getattr(args, "redis", [])) > 1)
             )
             for n in names
             if n in sessions and sessions[n]["phases"].get(w) is not None
@@ -656,16 +656,19 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
 
 
 def publishing_note(args: argparse.Namespace) -> str:
-    peer = (
-        "python-socketio's come from a write-only `AsyncRedisManager` (one Redis PUBLISH that "
-        "both uvicorn processes receive and decode)"
-    )
+    peers = []
+    if "socketio" in args.targets:
+        peers.append(
+            "python-socketio's come from a write-only `AsyncRedisManager` (one Redis PUBLISH "
+            "that both uvicorn processes receive and decode)"
+        )
     if "node" in args.targets:
-        peer += (
-            "; Node Socket.IO's from `@socket.io/redis-emitter` in a Node process (one Redis "
+        peers.append(
+            "Node Socket.IO's from `@socket.io/redis-emitter` in a Node process (one Redis "
             "PUBLISH that both Node processes' Redis adapters receive and decode; the recipients "
             "are drawn in Python before the phase, so the publishers' CPU is the emitter's)"
         )
+    peer = "; ".join(peers) or "no peer ran"
     if args.hubbub_publish == "direct":
         hub = (
             "Hubbub's messages are appended straight to its publish stream by "
