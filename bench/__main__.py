@@ -21,8 +21,17 @@ from bench.clients import CLIENT_IMPLS, CLIENT_PROTOCOLS
 from bench.common import log, run_loop
 from bench.phases import run_all
 from bench.report import kept_sections, machine_and_versions, print_details, results_markdown
-from bench.targets import TARGETS, cluster_masters
+from bench.targets import PEERS, TARGETS, cluster_masters
 from bench.workloads import DEFAULT_RATES, WORKLOADS
+
+# --preset NAME: options put before the command line's own (which win, e.g. --seconds 5).
+PRESETS: dict[str, tuple[str, list[str]]] = {
+    "fanout-1k": (
+        "issue 14's phases: W2 (groups of 10) and W3 (one user) at 500 msg/s, 1,000 clients",
+        ["--clients", "1000", "--workload", "groups", "--workload", "users",
+         "--groups-rate", "500", "--users-rate", "500"],
+    ),
+}  # fmt: skip
 
 
 def raise_fd_limit() -> None:
@@ -57,7 +66,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench", description=(bench.__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument(
-        "--compare", action="store_true", help="run Hubbub and python-socketio (same workloads)"
+        "--compare", action="store_true", help="run Hubbub and the --peer (same workloads)"
+    )
+    parser.add_argument(
+        "--peer",
+        choices=[*PEERS, "both"],
+        default=None,
+        help="the peer(s) Hubbub is compared with (implies --compare; default socketio): "
+        "python-socketio, Node Socket.IO (bench/peer_node, npm ci first), or both",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="; ".join(f"{name}: {text}" for name, (text, _) in PRESETS.items())
+        + " (the command line's own options come after it: they override its values, and a "
+        "--workload adds to its workloads)",
     )
     parser.add_argument("--target", choices=sorted(TARGETS), action="append", dest="targets",
                         help="system(s) to run (repeatable; default hubbub)")  # fmt: skip
@@ -173,13 +196,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, help="write the report (markdown) to this file")
     parser.add_argument("--json", type=Path, help="write every figure (JSON) to this file")
     parser.add_argument("--details", action="store_true", help="print every figure of each phase")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        argv = PRESETS[preset][1] + argv
     args = parser.parse_args(argv)
+    if args.peer:
+        args.compare = True
     if args.compare:
-        args.targets = ["hubbub", "socketio"]
+        peer = args.peer or "socketio"
+        args.targets = ["hubbub", *(PEERS if peer == "both" else [peer])]
     elif not args.targets:
         args.targets = ["hubbub"]
     else:  # Hubbub first (its ramp sets the latency check's rate), no repeats
-        args.targets = sorted(set(args.targets), key=lambda n: n != "hubbub")
+        args.targets = sorted(set(args.targets), key=list(TARGETS).index)
     if args.all:
         args.workloads = args.workloads or list(DEFAULT_RATES)
         args.ramp = True

@@ -1,5 +1,5 @@
 """Load-client processes: each holds its share of the WebSocket connections (SignalR for Hubbub,
-in the hub protocol ``--client-protocol`` names, Engine.IO / Socket.IO for the peer), counts what
+in the hub protocol ``--client-protocol`` names, Engine.IO / Socket.IO for the peers), counts what
 arrives, and reports it per phase.
 
 Hubbub's client protocols (:data:`CLIENT_PROTOCOLS`), each a :class:`Receiver` subclass that

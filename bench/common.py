@@ -20,9 +20,10 @@ RS = b"\x1e"
 GROUP_SIZE = 10
 CLIENT_PING_INTERVAL = 10.0  # the gateway closes clients it has not heard from for 30 s
 ACCESS_KEY = "bench-access-key-0123456789abcdef0123456789"
-USER_ROOM = "user:"  # python-socketio: the per-user room (bench/peer_socketio.py joins it)
+USER_ROOM = "user:"  # the peers' per-user room (peer_socketio.py, peer_node/server.js join it)
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
+NODE_PEER_DIR = BENCH_DIR / "peer_node"  # the Node peer: server.js, publisher.js, package.json
 
 
 def log(message: str) -> None:

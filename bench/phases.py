@@ -46,7 +46,7 @@ class Session:
     phase_no: int = 0
     out: dict[str, Any] = field(default_factory=dict)  # what the report says of this system
     rest_publishers: PublisherPool | None = None  # Hubbub, direct: for the W3 via REST phase
-    client_protocol: str = "-"  # Hubbub: --client-protocol; the peer: Socket.IO, always
+    client_protocol: str = "-"  # Hubbub: --client-protocol; the peers: Socket.IO, always
 
 
 def sample_frame_bytes(protocol: str, pad: int, client_protocol: str = "json") -> int:
@@ -352,7 +352,7 @@ def client_protocol_of(
     target: Target, args: argparse.Namespace, client_protocol: str | None = None
 ) -> str:
     """The load clients' protocol on this system: ``client_protocol`` or the first
-    ``--client-protocol`` for SignalR (Hubbub), ``socket.io`` for the peer."""
+    ``--client-protocol`` for SignalR (Hubbub), ``socket.io`` for the peers."""
     if target.protocol != "signalr":
         return "socket.io"
     return client_protocol or str(args.client_protocol)

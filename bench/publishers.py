@@ -1,12 +1,14 @@
 """Publisher processes: each sends its share of a phase's messages, on schedule, through one
-publish path (Hubbub's REST API, Hubbub's publish stream, or python-socketio's Redis
-manager), and reports what it published, when, and its own CPU."""
+publish path (Hubbub's REST API, Hubbub's publish stream, python-socketio's Redis manager, or
+the Node peer's ``@socket.io/redis-emitter`` in a Node child process), and reports what it
+published, when, and its own CPU (for the Node peer: the Node process's)."""
 
 from __future__ import annotations
 
 import array
 import asyncio
 import contextlib
+import json
 import multiprocessing
 import multiprocessing.connection
 import signal
@@ -15,7 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import ACCESS_KEY, HUB, TARGET_METHOD, USER_ROOM, ClientSpec, pipe_recv, run_loop
+from bench.common import (
+    ACCESS_KEY,
+    HUB,
+    NODE_PEER_DIR,
+    TARGET_METHOD,
+    USER_ROOM,
+    ClientSpec,
+    pipe_recv,
+    run_loop,
+)
 from bench.workloads import WORKLOADS, Workload
 
 
@@ -186,16 +197,102 @@ class SocketIOPublisher:
             await redis.aclose()
 
 
+class NodePublisher:
+    """The Node peer's publisher: ``@socket.io/redis-emitter`` in a Node child process
+    (``bench/peer_node/publisher.js``), as a Node service would publish to Socket.IO servers.
+
+    Publishing from Node measures the emitter itself, not a Python imitation of it. This
+    process draws the recipients (the same workload and seed as the other publishers) and hands
+    the child its whole share of a phase before the phase starts; the child runs the same
+    schedule (message ``k`` due at ``start + k / rate``), stamps ``t`` with the wall clock just
+    before each emit, and reports its own CPU over the share, so the publisher CPU is the
+    emitter's and this process only waits meanwhile (publisher.js says the line protocol)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.redis_url: str = config["redis_url"]
+        self.child: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        from bench.targets import node_binary
+
+        self.child = await asyncio.create_subprocess_exec(
+            node_binary(),
+            str(NODE_PEER_DIR / "publisher.js"),
+            "--redis-url",
+            self.redis_url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=1 << 26,  # a share's answer holds every publish call's time
+        )
+        if json.loads(await self._readline(60)) != {"ready": True}:
+            raise RuntimeError("publisher.js did not start")
+
+    async def _readline(self, within: float) -> bytes:
+        assert self.child is not None and self.child.stdout is not None
+        line = await asyncio.wait_for(self.child.stdout.readline(), within)
+        if not line:
+            raise RuntimeError(f"publisher.js exited ({await self.child.wait()})")
+        return line
+
+    async def publish_share(
+        self,
+        workload: Workload,
+        *,
+        rate: float,
+        seconds: float,
+        seq_base: int,
+        start_at: float,
+        index: int,
+        procs: int,
+        pad: int,
+    ) -> dict[str, Any]:
+        """:func:`publish_share`'s counterpart, with the same answer."""
+        assert self.child is not None and self.child.stdin is not None
+        total = max(1, int(rate * seconds))
+        messages: list[list[Any]] = []
+        expected: dict[int, int] = {}
+        for k in range(index, total, procs):
+            (kind, name), check, n = workload.next()
+            room = {"all": None, "group": name, "user": USER_ROOM + name}[kind]
+            key, value = next(iter(check.items()), (None, None))
+            messages.append([k, room, seq_base + k, key, value])
+            expected[k] = n
+        body = {"cmd": "publish", "start_at": start_at, "rate": rate, "pad": pad,
+                "messages": messages}  # fmt: skip
+        self.child.stdin.write(json.dumps(body).encode() + b"\n")
+        await self.child.stdin.drain()
+        answer: dict[str, Any] = json.loads(await self._readline(seconds * 4 + 120))
+        failed = set(answer.pop("failed_ks"))
+        answer["expected"] = sum(n for k, n in expected.items() if k not in failed)
+        answer["request_latencies"] = array.array("d", answer["request_latencies"]).tobytes()
+        return answer
+
+    async def aclose(self) -> None:
+        if self.child is None or self.child.returncode is not None:
+            return
+        assert self.child.stdin is not None
+        with contextlib.suppress(Exception):
+            self.child.stdin.write(b'{"cmd": "stop"}\n')
+            self.child.stdin.close()
+        try:
+            await asyncio.wait_for(self.child.wait(), 5)
+        except TimeoutError:
+            self.child.kill()
+            await self.child.wait()
+
+
 AnyPublisher = HubbubPublisher | HubbubDirectPublisher | SocketIOPublisher
-PUBLISHERS: dict[str, Callable[[dict[str, Any]], AnyPublisher]] = {
+PUBLISHERS: dict[str, Callable[[dict[str, Any]], AnyPublisher | NodePublisher]] = {
     "hubbub-rest": HubbubPublisher,
     "hubbub-direct": HubbubDirectPublisher,
     "socketio": SocketIOPublisher,
+    "node": NodePublisher,
 }
 PUBLISH_PATHS = {  # how each publisher process reaches its system, for the report
     "hubbub-rest": "REST API",
     "hubbub-direct": "direct to stream",
     "socketio": "AsyncRedisManager",
+    "node": "redis-emitter",
 }
 
 
@@ -288,8 +385,10 @@ async def _publisher_process(
     publisher = PUBLISHERS[config["kind"]](config)
     specs: list[ClientSpec] = []
     connected: dict[int, str] = {}
-    conn.send("ready")
     try:
+        if isinstance(publisher, NodePublisher):
+            await publisher.start()
+        conn.send("ready")
         while True:
             command, body = await loop.run_in_executor(None, conn.recv)
             if command == "setup":
@@ -297,20 +396,18 @@ async def _publisher_process(
                 connected = body["connected"]
             elif command == "publish":
                 workload = WORKLOADS[body["workload"]](specs, connected, body["seed"])
-                conn.send(
-                    await publish_share(
-                        publisher,
-                        workload,
-                        rate=body["rate"],
-                        seconds=body["seconds"],
-                        seq_base=body["seq_base"],
-                        start_at=body["start_at"],
-                        index=config["index"],
-                        procs=config["procs"],
-                        concurrency=config["concurrency"],
-                        pad=body["pad"],
+                share = {"rate": body["rate"], "seconds": body["seconds"],
+                         "seq_base": body["seq_base"], "start_at": body["start_at"],
+                         "index": config["index"], "procs": config["procs"],
+                         "pad": body["pad"]}  # fmt: skip
+                if isinstance(publisher, NodePublisher):
+                    conn.send(await publisher.publish_share(workload, **share))
+                else:
+                    conn.send(
+                        await publish_share(
+                            publisher, workload, concurrency=config["concurrency"], **share
+                        )
                     )
-                )
             elif command == "stop":
                 break
     finally:

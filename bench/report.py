@@ -1,5 +1,6 @@
 """The report: warnings in the server logs, the markdown tables (one column per system and the
-Hubbub / peer ratio), the machine and versions, and RESULTS.md's sections."""
+Hubbub / peer ratio, one per peer when there are two), the machine and versions, and
+RESULTS.md's sections."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.clients import protocol_label
-from bench.common import ROOT, fmt
+from bench.common import NODE_PEER_DIR, ROOT, fmt
 from bench.publishers import PUBLISH_PATHS
 from bench.targets import TARGETS
 from bench.workloads import WORKLOADS
@@ -69,11 +70,21 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], float | None], str]] = [
     ("closed by server", lambda r: r["closed_by_server"], "d"),
     ("deliveries / s", lambda r: r["deliveries_per_s"], ".0f"),
     ("**server CPU µs / delivery**", lambda r: r["server_cpu_us_per_delivery"], ".1f"),
-    ("… of which gateway / uvicorn processes", lambda r: cpu_share(r, ("gw", "sio")), ".1f"),
+    (
+        "… of which gateway / uvicorn / Node processes",
+        lambda r: cpu_share(r, ("gw", "sio", "node")),
+        ".1f",
+    ),
     ("… of which fan-out workers", lambda r: cpu_share(r, ("worker",)), ".1f"),
     ("… of which redis-server", lambda r: cpu_share(r, ("redis",)), ".1f"),
     ("… … busiest Redis Cluster master", lambda r: master_share(r, max), ".1f"),
     ("… … least busy Redis Cluster master", lambda r: master_share(r, min), ".1f"),
+    ("publishers' CPU µs / delivery (not in server CPU)", lambda r: publisher_share(r), ".1f"),
+    (
+        "server + publishers' CPU µs / delivery",
+        lambda r: sum_or_none(r["server_cpu_us_per_delivery"], publisher_share(r)),
+        ".1f",
+    ),
     ("server CPU µs / published message", lambda r: r["server_cpu_us_per_message"], ".0f"),
     ("server CPU, cores (average)", lambda r: r["server_cpu_cores"], ".2f"),
     ("latency p50 (ms)", lambda r: r["latency_ms"]["p50"], ".1f"),
@@ -103,6 +114,17 @@ def cpu_share(r: dict[str, Any], prefixes: tuple[str, ...]) -> float | None:
     return sum(parts) / received * 1e6
 
 
+def publisher_share(r: dict[str, Any]) -> float | None:
+    """The publisher processes' CPU (each over its own share of the phase) per delivery: issue
+    14 counts the publishing process in the server CPU, the rows above do not."""
+    received: int = r["received"]
+    return sum(r["publisher_cpu_seconds"]) / received * 1e6 if received else None
+
+
+def sum_or_none(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
 def master_share(r: dict[str, Any], pick: Callable[[list[float]], float]) -> float | None:
     """Server CPU µs per delivery of one Redis Cluster master (``redis-m1`` ...), the one
     ``pick`` (max or min) chooses; None with one redis-server."""
@@ -119,13 +141,23 @@ def redis_bytes(per_process: dict[str, float | None]) -> float | None:
     return sum(parts) if parts else None
 
 
-def header_rows(labels: list[str], ratio_label: str = "Hubbub / peer") -> list[str]:
-    """A markdown table's header: one column per system, and Hubbub / peer when there are two."""
-    two = len(labels) == 2
+def header_rows(
+    labels: list[str], ratio_label: str = "Hubbub / peer", short: list[str] | None = None
+) -> list[str]:
+    """A markdown table's header: one column per system, and Hubbub / peer when there are two;
+    with more, a ratio column for each after the first, to the first, named with ``short``
+    names when given (see :func:`ratio_cells`)."""
+    names = short or labels
+    ratios = [ratio_label] if len(labels) == 2 else [f"{names[0]} / {n}" for n in names[1:]]
     return [
-        "| | " + " | ".join(labels) + (f" | {ratio_label} |" if two else " |"),
-        "|---" * (len(labels) + 1 + two) + "|",
+        "| | " + " | ".join([*labels, *ratios]) + " |",
+        "|---" * (len(labels) + 1 + len(ratios)) + "|",
     ]
+
+
+def ratio_cells(values: list[Any]) -> list[str]:
+    """The ratio cells that go with :func:`header_rows`: the first value over each other."""
+    return [ratio(values[0], v) for v in values[1:]]
 
 
 def phase_table(
@@ -134,9 +166,9 @@ def phase_table(
     against_first: bool = False,
     short: list[str] | None = None,
 ) -> list[str]:
-    """A markdown table, one column per system, and Hubbub/peer when there are two (with
-    ``against_first``: a ratio column for each column after the first, to the first, named
-    with ``short`` names when given)."""
+    """A markdown table, one column per system, and Hubbub/peer when there are two, Hubbub/each
+    peer when there are more, named with ``short`` names when given (with ``against_first``: a
+    ratio column for each column after the first, each over the first)."""
     if against_first and len(runs) >= 2:
         names = short or [label for label, _ in runs]
         lines = [
@@ -154,8 +186,7 @@ def phase_table(
             cells = [fmt(v, spec) for v in values] + [ratio(v, values[0]) for v in values[1:]]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return lines
-    two = len(runs) == 2
-    lines = header_rows([label for label, _ in runs], ratio_label)
+    lines = header_rows([label for label, _ in runs], ratio_label, short)
     for name, get, spec in ROWS:
         values = []
         for _, r in runs:
@@ -163,9 +194,7 @@ def phase_table(
                 values.append(get(r) if r else None)
             except (KeyError, TypeError):
                 values.append(None)
-        cells = [fmt(v, spec) for v in values]
-        if two:
-            cells.append(ratio(values[0], values[1]))
+        cells = [fmt(v, spec) for v in values] + ratio_cells(values)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -273,7 +302,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
         short = [
             "/".join(
                 [sessions[n].get("client_protocol", n)]
-                + [sessions[n]["redis"]] * (len(getattr(args, "redis", [])) > 1)
+                + [sessions[n].get("redis", "standalone")] * (len(getattr(args, "redis", [])) > 1)
             )
             for n in names
             if n in sessions and sessions[n]["phases"].get(w) is not None
@@ -294,6 +323,8 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{r0['seconds']:g} s"
             )
         out += [f"## {title}", ""]
+        if not protocols:
+            short = [plain[n] for n in names if n in sessions and sessions[n]["phases"].get(w)]
         out += phase_table(runs, against_first=protocols, short=short)
         notes = [(label, describe_phase(r)) for label, r in runs if r and describe_phase(r)]
         out += [""] + [f"- {label}: {note}" for label, note in notes] + ([""] if notes else [])
@@ -330,8 +361,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
             "(both runs are listed).",
             "",
         ]
-        two = len(ramps) == 2
-        out += header_rows([labels[n] for n, _ in ramps])
+        out += header_rows([labels[n] for n, _ in ramps], short=[plain[n] for n, _ in ramps])
 
         def at(r: dict[str, Any], get: Callable[[dict[str, Any]], Any]) -> Any:
             return get(r["at_sustainable"]) if r["at_sustainable"] else None
@@ -364,9 +394,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
         ]
         for row, get, spec in ramp_rows:
             values = [get(r) for _, r in ramps]
-            cells = [fmt(v, spec) for v in values]
-            if two:
-                cells.append(ratio(values[0], values[1]))
+            cells = [fmt(v, spec) for v in values] + ratio_cells(values)
             out.append(f"| {row} | " + " | ".join(cells) + " |")
         out.append("")
         for n, r in ramps:
@@ -387,8 +415,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
     idles = [(n, r) for n, r in idles if r]
     if idles:
         out += [f"## W4 idle: {args.idle} connections over {args.gateways} server processes", ""]
-        two = len(idles) == 2
-        out += header_rows([labels[n] for n, _ in idles])
+        out += header_rows([labels[n] for n, _ in idles], short=[plain[n] for n, _ in idles])
 
         def kb(v: float | None) -> float | None:
             return None if v is None else v / 1024
@@ -420,9 +447,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
         ]
         for row, get, spec in idle_rows:
             values = [get(r) for _, r in idles]
-            cells = [fmt(v, spec) for v in values]
-            if two:
-                cells.append(ratio(values[0], values[1]))
+            cells = [fmt(v, spec) for v in values] + ratio_cells(values)
             out.append(f"| {row} | " + " | ".join(cells) + " |")
         out.append("")
         for n, r in idles:
@@ -508,7 +533,30 @@ def machine_and_versions(args: argparse.Namespace, command: str) -> dict[str, st
         "websockets": version("websockets"),
         "uvloop": version("uvloop"),
         "redis-server": redis_version,
+        "node": node_versions(),
     }
+
+
+def node_versions() -> str:
+    """Node's version and the Node peer's packages, as its package-lock.json pins them."""
+    try:
+        node = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        node = "not installed"
+    try:
+        lock = json.loads((NODE_PEER_DIR / "package-lock.json").read_text())["packages"]
+    except (OSError, ValueError, KeyError):
+        return f"Node {node}"
+    names = ("socket.io", "@socket.io/redis-adapter", "@socket.io/redis-emitter", "redis",
+             "engine.io", "ws")  # fmt: skip
+    packages = ", ".join(
+        f"{name} {lock[f'node_modules/{name}']['version']}"
+        for name in names
+        if f"node_modules/{name}" in lock
+    )
+    return f"Node {node}: {packages}"
 
 
 # Sections that other benchmarks write into the same file, kept when this one rewrites it.
@@ -556,8 +604,9 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
     )
     if any("users_rest" in s["phases"] for s in report["sessions"].values()):
         publish_paths += "; Hubbub's W3 via REST phase: REST API"
+    peers = " and ".join(TARGETS[t].label for t in args.targets if t != "hubbub")
     lines = [
-        "# Hubbub vs python-socketio: benchmark results",
+        f"# Hubbub vs {peers or 'python-socketio'}: benchmark results",
         "",
         "Produced by `bench/run` (`python -m bench`); see the docstring of `bench/__init__.py` "
         "for what each figure means. Absolute figures drift on a shared machine: read the "
@@ -573,6 +622,7 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
         f"- python-socketio {info['python-socketio']} (python-engineio {info['python-engineio']}),"
         f" uvicorn {info['uvicorn']} (uvloop {info['uvloop']}, httptools, websockets-sansio), "
         f"websockets {info['websockets']}",
+        *([f"- {info['node']} (the Node peer)"] if "node" in args.targets else []),
         f"- {info['redis-server']} (a separate server per system)",
         f"- setup: {args.gateways} server processes per system (Hubbub also {args.workers} "
         f"fan-out workers), {args.clients} clients from {args.client_procs} load-client "
@@ -606,10 +656,19 @@ def results_markdown(report: dict[str, Any], args: argparse.Namespace, info: dic
 
 
 def publishing_note(args: argparse.Namespace) -> str:
-    peer = (
-        "python-socketio's come from a write-only `AsyncRedisManager` (one Redis PUBLISH that "
-        "both uvicorn processes receive and decode)"
-    )
+    peers = []
+    if "socketio" in args.targets:
+        peers.append(
+            "python-socketio's come from a write-only `AsyncRedisManager` (one Redis PUBLISH "
+            "that both uvicorn processes receive and decode)"
+        )
+    if "node" in args.targets:
+        peers.append(
+            "Node Socket.IO's from `@socket.io/redis-emitter` in a Node process (one Redis "
+            "PUBLISH that both Node processes' Redis adapters receive and decode; the recipients "
+            "are drawn in Python before the phase, so the publishers' CPU is the emitter's)"
+        )
+    peer = "; ".join(peers) or "no peer ran"
     if args.hubbub_publish == "direct":
         hub = (
             "Hubbub's messages are appended straight to its publish stream by "
@@ -624,7 +683,10 @@ def publishing_note(args: argparse.Namespace) -> str:
             "verified, XADD, a fan-out worker, the gateway's inbox), so its server CPU includes "
             "that ingest"
         )
-    return f"- Publishing: {hub}; {peer}. The publishers' own CPU is not server CPU for either."
+    return (
+        f"- Publishing: {hub}; {peer}. The publishers' own CPU is not server CPU for any system; "
+        "the row server + publishers' CPU adds it (issue 14 counts it as server CPU)."
+    )
 
 
 def print_details(report: dict[str, Any]) -> None:

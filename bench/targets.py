@@ -1,7 +1,8 @@
 """The systems under test: Hubbub (gateways and fan-out workers started by the shared launcher,
-:class:`hubbub.dev.launcher.LocalDeployment`) and the python-socketio peer (uvicorn processes
-running ``bench/peer_socketio.py``, started by the same launcher), each with its own
-``redis-server`` (:class:`hubbub.dev.embedded.RedisProcess`)."""
+:class:`hubbub.dev.launcher.LocalDeployment`) and the peers, whose server processes the same
+launcher starts: python-socketio (uvicorn processes running ``bench/peer_socketio.py``) and Node
+Socket.IO (``node bench/peer_node/server.js``); each system with its own ``redis-server``
+(:class:`hubbub.dev.embedded.RedisProcess`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import abc
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import ACCESS_KEY, BENCH_DIR, HUB, ClientSpec, log
+from bench.common import ACCESS_KEY, BENCH_DIR, HUB, NODE_PEER_DIR, ClientSpec, log
 from hubbub.dev.embedded import RedisProcess, free_port
 from hubbub.dev.launcher import ChildProcess, LocalDeployment, start_process, stop_all
 from hubbub.dev.topologies import RedisClusterProcesses
@@ -244,18 +246,30 @@ class SocketIOTarget(Target):
     name = "socketio"
     label = "python-socketio"
     protocol = "socketio"
+    process_name = "sio"  # the server processes are sio1, sio2, ...
+
+    def server_argv(self, port: int) -> list[str]:
+        return [sys.executable, str(BENCH_DIR / "peer_socketio.py"), "--port", str(port),
+                "--redis-url", self.redis_url]  # fmt: skip
+
+    def server_env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONUNBUFFERED="1")
 
     async def start(self) -> None:
         self._start_redis()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = self.server_env()
         for n in range(1, self.n_gateways + 1):
-            port, name = free_port(), f"sio{n}"
-            argv = [sys.executable, str(BENCH_DIR / "peer_socketio.py"), "--port", str(port),
-                    "--redis-url", self.redis_url]  # fmt: skip
+            port, name = free_port(), f"{self.process_name}{n}"
             profile = self.workdir / f"{name}.prof" if self.profile else None
             log = self.workdir / f"{name}.log"
             peer = start_process(
-                name, argv, env=env, log=log, port=port, new_session=True, profile=profile
+                name,
+                self.server_argv(port),
+                env=env,
+                log=log,
+                port=port,
+                new_session=True,
+                profile=profile,
             )
             self.gateways.append(peer)
         await asyncio.gather(*(gw.wait_healthy(30.0, "/bench/connected") for gw in self.gateways))
@@ -278,4 +292,46 @@ class SocketIOTarget(Target):
                 await asyncio.sleep(0.5)
 
 
-TARGETS: dict[str, type[Target]] = {"hubbub": HubbubTarget, "socketio": SocketIOTarget}
+def node_binary() -> str:
+    """The ``node`` executable, and the peer's packages installed (``npm ci``, as bench/run
+    does), or an error that says what to run."""
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("the Node peer needs node (20 or later) on PATH")
+    if not (NODE_PEER_DIR / "node_modules").is_dir():
+        raise RuntimeError(f"the Node peer's packages are missing: run npm ci in {NODE_PEER_DIR}")
+    return node
+
+
+class NodeTarget(SocketIOTarget):
+    """The second peer: its own Redis + N Node processes running Socket.IO 4 with
+    ``@socket.io/redis-adapter`` (``bench/peer_node/server.js``, the counterpart of
+    ``bench/peer_socketio.py``); published to by ``@socket.io/redis-emitter``."""
+
+    name = "node"
+    label = "Node Socket.IO"
+    process_name = "node"  # node1, node2, ...
+
+    def server_argv(self, port: int) -> list[str]:
+        return [node_binary(), str(NODE_PEER_DIR / "server.js"), "--port", str(port),
+                "--redis-url", self.redis_url]  # fmt: skip
+
+    def server_env(self) -> dict[str, str]:
+        return dict(os.environ, NODE_ENV="production")
+
+    async def start(self) -> None:
+        if self.profile:  # --profile runs Python servers under cProfile; not a Node process
+            log("--profile: the Node peer's processes run without a profiler")
+            self.profile = False
+        await super().start()
+
+    def publisher_config(self, mode: str | None = None) -> dict[str, Any]:
+        return {"kind": "node", "redis_url": self.redis_url}
+
+
+TARGETS: dict[str, type[Target]] = {
+    "hubbub": HubbubTarget,
+    "socketio": SocketIOTarget,
+    "node": NodeTarget,
+}
+PEERS = ("socketio", "node")  # what --peer chooses from (bench/__main__.py)
