@@ -567,6 +567,7 @@ KEPT_SECTIONS = (
     "## The way back",  # python -m bench.upstream
     "## Redis Cluster",  # python -m bench --redis ...
     "## WAIT for replicas",  # python -m bench.wait
+    "## Targeted messages at 1,000 clients",  # python -m bench --peer node --preset fanout-1k
 )
 
 
