@@ -174,8 +174,10 @@ class Settings(BaseSettings):
     reap_interval: float = 2.0
     # Targets (groups, users) whose gateways a worker remembers, so a send to a known target
     # needs no lookup; kept exact by GrownEntry markers in the publish stream (see
-    # hubbub_fanout.targets). 0: look every target up.
-    route_cache_size: int = Field(default=100_000, ge=0)
+    # hubbub_fanout.targets). Off (0, every target looked up) by default: a send accepted just
+    # before a resumable connection moves gateways can still be routed to the old one after
+    # the new one read its inbox back (docs/guarantees.md §1).
+    route_cache_size: int = Field(default=0, ge=0)
     gauge_interval: float = 5.0  # how often the lag / pending gauges are measured
     metrics_port: int = 9102  # the worker's /metrics (gateways serve it on their own port)
 

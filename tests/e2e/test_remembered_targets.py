@@ -48,7 +48,7 @@ class Target:
 
 async def test_remembered_gateways_never_miss_a_join(deployment: Deployment) -> None:
     gateways = [await deployment.start_gateway(), await deployment.start_gateway()]
-    deployment.start_worker()
+    deployment.start_worker(HUBBUB_ROUTE_CACHE_SIZE="100000")  # off by default
     n = 0
     user, rest_group, user_group = Target("u"), Target("g-rest"), Target("g-user")
     targets = (user, rest_group, user_group)

@@ -18,6 +18,9 @@ A send to a known target then needs no lookup round trip. What makes it exact:
   its marker (replication is asynchronous, and the marker is written after the change).
 
 Bounded: at most ``size`` targets in all; past that everything is forgotten and relearnt.
+Off by default (``HUBBUB_ROUTE_CACHE_SIZE=0``): a send accepted just before a resumable
+connection moves to another gateway can be routed to the old one after the new one read the
+old inbox back (docs/guarantees.md §1 says why, and the fix it needs).
 Sans-I/O: the router feeds it lookups and markers.
 """
 
