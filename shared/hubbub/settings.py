@@ -176,7 +176,8 @@ class Settings(BaseSettings):
     # needs no lookup; kept exact by GrownEntry markers in the publish stream (see
     # hubbub_fanout.targets). Off (0, every target looked up) by default: a send accepted just
     # before a resumable connection moves gateways can still be routed to the old one after
-    # the new one read its inbox back (docs/guarantees.md §1).
+    # the new one read its inbox back (docs/guarantees.md §1). Set it on every process: the
+    # gateways write the markers the workers need.
     route_cache_size: int = Field(default=0, ge=0)
     gauge_interval: float = 5.0  # how often the lag / pending gauges are measured
     metrics_port: int = 9102  # the worker's /metrics (gateways serve it on their own port)

@@ -47,8 +47,10 @@ class Target:
 
 
 async def test_remembered_gateways_never_miss_a_join(deployment: Deployment) -> None:
+    # Off by default; on for every process (gateways write the markers, workers read them).
+    deployment.settings["HUBBUB_ROUTE_CACHE_SIZE"] = "100000"
     gateways = [await deployment.start_gateway(), await deployment.start_gateway()]
-    deployment.start_worker(HUBBUB_ROUTE_CACHE_SIZE="100000")  # off by default
+    deployment.start_worker()
     n = 0
     user, rest_group, user_group = Target("u"), Target("g-rest"), Target("g-user")
     targets = (user, rest_group, user_group)

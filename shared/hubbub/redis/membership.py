@@ -417,11 +417,14 @@ class Membership:
         *,
         partitions: int = DEFAULT_PUBLISH_PARTITIONS,
         stream_maxlen: int = DEFAULT_PUBLISH_STREAM_MAXLEN,
+        markers: bool = False,
     ) -> None:
         self.redis = redis
         self.schema = schema
         self.partitions = partitions  # of the publish stream, where GrownEntry markers go
         self.stream_maxlen = stream_maxlen
+        # Write GrownEntry markers: only when workers remember targets (they need them).
+        self.markers = markers
         # (gateway, hub) pairs already in the gateway's set of hubs (the reaper reads it):
         # one SADD per hub, not per connection. Reconcile adds them again to a Redis that
         # lost them.
@@ -450,6 +453,7 @@ class Membership:
             settings.connection_token_ttl,
             partitions=settings.publish_partitions,
             stream_maxlen=settings.publish_stream_maxlen,
+            markers=settings.route_cache_size > 0,
         )
 
     # ------------------------------------------------------------ connection lifecycle
@@ -684,6 +688,8 @@ class Membership:
         its local index (``op`` its connections to or from ``group``), and mark on each
         ``grown`` target's publish partition that its gateways may have grown. Both are
         idempotent, so a retry is safe."""
+        if not self.markers:
+            grown = None
         if not by_gateway and not grown:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
