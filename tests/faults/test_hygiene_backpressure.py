@@ -182,9 +182,11 @@ async def test_slow_consumer_is_cut_off_and_others_keep_pace(deployment: Deploym
         f"\nslow consumer: fast clients got {len(latencies)} messages, p99 {p99 * 1000:.1f} ms; "
         f"slow one closed with: {reasons[-1][:80]}"
     )
-    # 6 MB of fan-out on a 2-core machine shared with the test itself; a stalled client that
-    # held the others up would push this to the close timeout (5 s) or beyond.
-    assert p99 < 1.0
+    # 12 MB of fan-out on a 2-core machine shared with the test itself; a stalled client that
+    # held the others up would push this to the close timeout (5 s) or beyond. (The bound was
+    # 1 s: runs on a slower machine measured 0.8-1.1 s before and after this session's changes,
+    # and 1.9 s with other tests running, so half the close timeout.)
+    assert p99 < 2.5
 
 
 @pytest.fixture(params=["aof", "volatile"])
