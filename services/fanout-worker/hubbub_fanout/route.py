@@ -3,9 +3,9 @@
 Per batch of entries it makes at most two pipelined round trips on the worker's
 :class:`~hubbub.redis.pipe.Pipe`: one to resolve the targets it does not know yet to the
 gateways that hold their recipients (group -> gateways, user -> gateways, connection ->
-gateway, all kept as small hashes in Redis; groups and users it has looked up are remembered,
-exactly, see :mod:`.targets`), one to append each delivery to its gateway's inbox and ``XACK``
-the batch.
+gateway, all kept as small hashes in Redis; each target once per batch; with
+``HUBBUB_ROUTE_CACHE_SIZE`` set, groups and users it has looked up are remembered, see
+:mod:`.targets`), one to append each delivery to its gateway's inbox and ``XACK`` the batch.
 In Redis Cluster the inboxes and the partition live on different masters, so the ``XACK`` waits
 for the appends' replies (and, with ``HUBBUB_REDIS_WAIT_REPLICAS``, for their replicas): an
 entry is never acknowledged on one master while its deliveries are lost on another.
