@@ -267,7 +267,7 @@ async def test_a_health_check_answered_by_another_process_fails(
     answer: the launcher compares the pid of the health body with its child's."""
     gateway = await deployment.start_gateway()
     impostor = start_process(
-        "gw-late", [sys.executable, "-c", "import time; time.sleep(60)"],
+        "gw-late", [sys.executable, "-c", "import signal; signal.pause()"],  # holds no port
         env=dict(os.environ), port=gateway.port,
     )  # fmt: skip
     try:
