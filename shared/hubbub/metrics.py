@@ -2,11 +2,78 @@
 
 Counters move per message or per batch, never per socket write, so the hot path pays a few
 lock-protected additions per message.
+
+A process exports only the metrics of its role (:data:`ROLES`): a worker has no
+``hubbub_connections``. The others still exist as attributes (shared code may count on them)
+but are not registered, so they are never rendered. Labelled counters start at 0 for the
+label values their role knows (:data:`KNOWN_LABELS`), so a dashboard sees a series (and a
+rate of 0) before the first drop or the first routed message.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from hubbub.wire.envelopes import Event, Kind
+
+Role = Literal["gateway", "worker", "service", "all"]
+
+# Which metrics (by attribute) each role exports. "service": an upstream service
+# (hubbub.upstream.app). "all": every one (tests that drive parts of several roles).
+_GATEWAY = {
+    "connections", "accepted", "deliveries", "drops", "redis_errors", "upstream_appended",
+    "invocation_outcomes", "resumes", "resumed_messages", "stage",
+}  # fmt: skip
+_UPSTREAM = {"redis_errors", "upstream_handled", "webhook_responses", "webhook_retries"}
+_WORKER = {"routed", "lookups", "drops", "stream_lag", "stream_pending", "stage"} | _UPSTREAM
+ROLES: dict[str, set[str] | None] = {
+    "gateway": _GATEWAY, "worker": _WORKER, "service": _UPSTREAM, "all": None,
+}  # fmt: skip
+
+# Label values each role starts at 0, by metric (the values the code counts under).
+_KINDS = tuple((kind.label,) for kind in Kind)
+_GATEWAY_LABELS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "accepted": _KINDS,
+    "drops": tuple(
+        (reason,)
+        for reason in (
+            "slow_consumer",
+            "resume_overflow",
+            "duplicate",
+            "stale_epoch",
+            "too_many_asked",
+            "late_completion",
+            "not_transcoded",
+        )
+    ),
+    "redis_errors": tuple(
+        (c,) for c in ("heartbeat", "inbox", "reconcile", "resume", "unregister", "upstream")
+    ),
+    "upstream_appended": tuple((e.name.lower(),) for e in Event),
+    "invocation_outcomes": (("answered",), ("timeout",), ("refused",)),
+    "resumes": tuple((e,) for e in ("detached", "resumed", "adopted", "refused", "ended")),
+    "stage": (("ingest",), ("deliver",)),
+}
+_UPSTREAM_LABELS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "redis_errors": (("upstream",),),
+    "webhook_responses": (("timeout",), ("error",)),
+}
+_WORKER_LABELS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "routed": _KINDS,
+    "drops": (("malformed",), ("no_recipient",)),
+    "redis_errors": (("worker",), ("upstream",)),
+    "stage": (("route",),),
+    "webhook_responses": _UPSTREAM_LABELS["webhook_responses"],
+}
+KNOWN_LABELS: dict[str, dict[str, tuple[tuple[str, ...], ...]]] = {
+    "gateway": _GATEWAY_LABELS,
+    "worker": _WORKER_LABELS,
+    "service": _UPSTREAM_LABELS,
+    "all": {},
+}
 
 # Distinct hub label values a process reports; later hubs are counted under "_other", so a
 # client that makes up hub names cannot grow /metrics without bound (pin hubs: HUBBUB_HUBS).
@@ -16,10 +83,12 @@ STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, role: Role = "all") -> None:
+        self.role = role
         self.registry = CollectorRegistry()
         self._hub_labels: set[str] = set()
-        r = self.registry
+        # Created unregistered; _register() adds those of the role.
+        r = None
         self.connections = Gauge(
             "hubbub_connections", "Open client connections", ["hub"], registry=r
         )
@@ -86,6 +155,17 @@ class Metrics:
             "hubbub_stage_seconds", "Time spent per stage of a message's path", ["stage"],
             buckets=STAGE_BUCKETS, registry=r,
         )  # fmt: skip
+        self._register()
+
+    def _register(self) -> None:
+        exported = ROLES[self.role]
+        for name, metric in vars(self).items():
+            if isinstance(metric, MetricWrapperBase) and (exported is None or name in exported):
+                self.registry.register(metric)
+        for name, values in KNOWN_LABELS[self.role].items():
+            metric = getattr(self, name)
+            for labels in values:
+                metric.labels(*labels)
 
     def hub_label(self, hub: str) -> str:
         """``hub`` as a label value: itself for the first :data:`MAX_HUB_LABELS` hubs seen,

@@ -16,6 +16,9 @@ DEFAULT_MAX_EXCLUDED = 1000
 DEFAULT_MAX_GROUPS_PER_CONNECTION = 1000
 DEFAULT_PUBLISH_PARTITIONS = 16
 DEFAULT_PUBLISH_STREAM_MAXLEN = 1_000_000
+# The access key a fresh checkout runs with: anyone who read the README can sign tokens with
+# it, so a gateway started with it says so (hubbub dev says it in its banner instead).
+DEFAULT_ACCESS_KEY = "hubbub-development-access-key-change-me"
 
 
 def _new_gateway_id() -> str:
@@ -55,7 +58,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8080
     gateway_id: str = Field(default_factory=_new_gateway_id)
-    access_key: str = "hubbub-development-access-key-change-me"
+    access_key: str = DEFAULT_ACCESS_KEY
+    # One WARNING line at start when access_key is DEFAULT_ACCESS_KEY (off under hubbub dev,
+    # whose banner says it once for all its gateways).
+    warn_default_access_key: bool = True
     access_key_secondary: str | None = None
     # Browser origins allowed to call the REST API and open WebSockets (JSON list): [] = none
     # (pages served from the gateway's own origin always work), ["*"] = any (hubbub dev).
@@ -181,6 +187,9 @@ class Settings(BaseSettings):
     route_cache_size: int = Field(default=0, ge=0)
     gauge_interval: float = 5.0  # how often the lag / pending gauges are measured
     metrics_port: int = 9102  # the worker's /metrics (gateways serve it on their own port)
+    # The interface of the worker's /metrics, /livez, /readyz: every one by default (a
+    # Kubernetes probe comes from outside the pod); hubbub dev uses 127.0.0.1.
+    metrics_host: str = "0.0.0.0"
 
     # Identity-provider (OIDC) client tokens, RS256/ES256 verified against a JWKS (see
     # hubbub.identity and docs/security.md). Unset URL: only access-key tokens. With a URL, the

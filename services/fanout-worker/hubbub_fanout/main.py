@@ -31,6 +31,7 @@ from hubbub.redis.endpoint import RedisEndpoint
 from hubbub.redis.pipe import Pipe
 from hubbub.runtime import tune_gc
 from hubbub.settings import Settings
+from hubbub.startup import add_version, load_settings, require_redis
 from hubbub.telemetry import setup_tracing
 from hubbub.upstream.consumer import UpstreamConsumer
 from hubbub.upstream.webhook import InvalidRules, Webhooks
@@ -87,14 +88,15 @@ async def _mark_health(health: Health, task: asyncio.Task[None], interval: float
 async def serve(settings: Settings, mode: Mode = "both") -> None:
     name = worker_name(settings)
     settings = settings.model_copy(update={"worker_name": name})
-    metrics = Metrics()
+    metrics = Metrics("worker")
     health = Health.for_settings(settings)
     if settings.metrics_port:
         try:
-            serve_probes("0.0.0.0", settings.metrics_port, metrics.registry, health)
+            serve_probes(settings.metrics_host, settings.metrics_port, metrics.registry, health)
         except OSError as exc:  # e.g. two workers on one machine: route anyway
             log.warning(
-                "no /metrics, /livez, /readyz: port %d unavailable (%s)",
+                "no /metrics, /livez, /readyz: %s:%d unavailable (%s)",
+                settings.metrics_host,
                 settings.metrics_port,
                 exc,
             )
@@ -150,11 +152,20 @@ def _describe(mode: Mode) -> str:
             "upstream": "upstream dispatcher only"}[mode]  # fmt: skip
 
 
-def parse_mode(argv: Sequence[str], settings: Settings) -> Mode:
-    parser = argparse.ArgumentParser(
-        prog="hubbub-fanout", description="Hubbub fan-out worker (and HTTP upstream dispatcher)."
+PROG = "hubbub-fanout"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run one Hubbub fan-out worker (and the HTTP upstream dispatcher when "
+        "HUBBUB_UPSTREAM_URL or HUBBUB_UPSTREAM_RULES is set), with Redis at HUBBUB_REDIS_URL; "
+        "/metrics, /livez and /readyz on HUBBUB_METRICS_HOST:HUBBUB_METRICS_PORT.",
+        epilog="Configured by HUBBUB_* environment variables (shared/hubbub/settings.py, "
+        "docs/operations.md). Exits 2, with one line, when Redis is unusable.",
     )
-    group = parser.add_mutually_exclusive_group()
+    add_version(p)
+    group = p.add_mutually_exclusive_group()
     group.add_argument(
         "--upstream-only",
         action="store_true",
@@ -163,23 +174,34 @@ def parse_mode(argv: Sequence[str], settings: Settings) -> Mode:
     group.add_argument(
         "--no-upstream", action="store_true", help="run only routing, never the dispatcher"
     )
-    args = parser.parse_args(argv)
+    return p
+
+
+def mode_of(args: argparse.Namespace, settings: Settings, p: argparse.ArgumentParser) -> Mode:
     configured = upstream_configured(settings)
     if args.upstream_only:
         if not configured:
-            parser.error("--upstream-only needs HUBBUB_UPSTREAM_URL or HUBBUB_UPSTREAM_RULES")
+            p.error("--upstream-only needs HUBBUB_UPSTREAM_URL or HUBBUB_UPSTREAM_RULES")
         return "upstream"
     if args.no_upstream or not configured:
         return "route"
     return "both"
 
 
+def parse_mode(argv: Sequence[str], settings: Settings) -> Mode:
+    p = parser()
+    return mode_of(p.parse_args(argv), settings, p)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    settings = Settings()
-    mode = parse_mode(sys.argv[1:] if argv is None else argv, settings)
+    p = parser()
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)  # --help starts nothing
+    settings = load_settings(PROG)
+    mode = mode_of(args, settings, p)
     configure(settings.log_level, "fanout", settings.log_format)
     # httpx logs every request at INFO: one line per webhook call is too many.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    require_redis(PROG, settings, "hubbub-fanout-check")
     tune_gc()
     try:
         uvloop.run(serve(settings, mode))

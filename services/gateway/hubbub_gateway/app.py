@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         inbox_pipe = Pipe(endpoint)
         schema = KeySchema(settings.key_prefix)
         telemetry = setup_tracing("hubbub-gateway")
-        metrics = Metrics()
+        metrics = Metrics("gateway")
         publish = PublishStream.from_settings(publish_pipe, settings)
         index = LocalIndex(
             metrics,
@@ -215,8 +215,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.api_route("/api/live", methods=["GET", "HEAD"], tags=["health"])
     async def live() -> Response:
-        """Liveness: the process answers. Not tied to Redis, so an outage restarts nothing."""
-        return Response(status_code=200)
+        """Liveness: the process answers. Not tied to Redis, so an outage restarts nothing.
+        A small JSON body for people and scripts; HEAD gets the headers alone."""
+        return JSONResponse({"status": "ok"})
 
     # Innermost first: each add_middleware wraps what was added before, so the send shortcut
     # sits behind the body limit, CORS and anything added later, like every route.

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import signal
 import socket
+import sys
+from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
@@ -11,7 +15,8 @@ from fastapi import FastAPI
 
 from hubbub.logs import configure
 from hubbub.runtime import tune_gc
-from hubbub.settings import Settings
+from hubbub.settings import DEFAULT_ACCESS_KEY, Settings
+from hubbub.startup import add_version, bind_port, load_settings, require_redis
 
 from .app import create_app, drain
 from .edge import EdgeLimits, raise_fd_limit
@@ -45,8 +50,27 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def main() -> None:
-    settings = Settings()
+PROG = "hubbub-gateway"
+log = logging.getLogger("hubbub.gateway")
+
+
+def parser() -> argparse.ArgumentParser:
+    """Options are only --help and --version: a gateway reads its settings from HUBBUB_*
+    variables, the same ones in every deployment (docs/operations.md)."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run one Hubbub gateway: the SignalR endpoints for clients and the REST "
+        "API, on HUBBUB_HOST:HUBBUB_PORT, with Redis at HUBBUB_REDIS_URL.",
+        epilog="Configured by HUBBUB_* environment variables (shared/hubbub/settings.py, "
+        "docs/operations.md). Exits 2, with one line, when Redis or the port is unusable.",
+    )
+    add_version(p)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser().parse_args(sys.argv[1:] if argv is None else argv)
+    settings = load_settings(PROG)
     configure(
         settings.log_level,
         f"gateway[{settings.gateway_id}]" if settings.log_format == "text" else "gateway",
@@ -59,6 +83,14 @@ def main() -> None:
     # the app refuses WebSocket connections beyond the fitted max_connections.
     limits = EdgeLimits.fit(settings, raise_fd_limit())
     settings = settings.model_copy(update={"max_connections": limits.max_connections})
+    # Before anything is logged as ready: the port is ours and Redis answers, or one line.
+    sock = bind_port(PROG, settings.host, settings.port)
+    require_redis(PROG, settings, f"hubbub-gateway-{settings.gateway_id}")
+    if settings.access_key == DEFAULT_ACCESS_KEY and settings.warn_default_access_key:
+        log.warning(
+            "HUBBUB_ACCESS_KEY is the development default, which anyone can read in the "
+            "README: set a secret key outside hubbub dev"
+        )
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -83,7 +115,7 @@ def main() -> None:
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
     )
     tune_gc()  # after start-up imports: they live for good
-    DrainingServer(config, app, settings).run()
+    DrainingServer(config, app, settings).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``hubbub``: run a local deployment (``dev``), publish (``send``), mint tokens (``token``)."""
+"""``hubbub``: run a local deployment (``dev``), publish (``send``), watch (``listen``), mint
+tokens (``token``), print Redis ACL rules (``redis-acl``)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ import httpx
 from hubbub.dev.embedded import RedisProcess, server_version
 from hubbub.dev.launcher import ChildProcess, LocalDeployment, NotHealthy, NotOurs, ProcessExited
 from hubbub.dev.lifetime import ChildGroup, DirectoryLock, DirectoryTaken, port_in_use
+from hubbub.dev.listen import Listener, listen
 from hubbub.redis.acl import COMMANDS, rules
-from hubbub.sdk.client import HubbubClient
-from hubbub.settings import Settings
+from hubbub.sdk.client import HubbubClient, HubbubError
+from hubbub.settings import DEFAULT_ACCESS_KEY, Settings
+from hubbub.startup import EXIT_STARTUP, StartupError, add_version, check_redis, load_settings
 from hubbub.tokens import mint_token
 
 
@@ -73,9 +76,9 @@ def _check_ports(args: argparse.Namespace) -> None:
     race for them, and the process holding them would answer its health check."""
     wanted = [(args.host, args.port + i, f"gateway {i + 1}") for i in range(args.gateways)]
     if args.metrics_port:
-        # Workers serve /metrics on every interface.
+        # Workers serve /metrics on the loopback interface (HUBBUB_METRICS_HOST, below).
         wanted += [
-            ("0.0.0.0", args.metrics_port + i, f"worker {i + 1} /metrics")
+            (DEV_METRICS_HOST, args.metrics_port + i, f"worker {i + 1} /metrics")
             for i in range(args.workers)
         ]
     if args.redis_url is None and args.redis_port is not None:
@@ -86,6 +89,9 @@ def _check_ports(args: argparse.Namespace) -> None:
                 f"port {port} ({what}) is already in use, by another hubbub dev? "
                 "stop it, or choose other ports (--port, --metrics-port, --redis-port)"
             )
+
+
+DEV_METRICS_HOST = "127.0.0.1"
 
 
 def _wait_healthy(gateway: ChildProcess) -> None:
@@ -107,7 +113,8 @@ def dev(args: argparse.Namespace) -> int:
     the gateways and workers while Redis still answers them, then Redis. SIGTERM and SIGHUP (a
     closed terminal) do the same; after a SIGKILL, Linux SIGTERMs the children.
     """
-    settings = Settings()
+    settings = load_settings("hubbub dev")
+    access_key = args.access_key or settings.access_key
     workdir = Path(args.workdir)
     embedded = args.redis_url is None
     # The embedded Redis's directory (its AOF) belongs to one hubbub dev at a time.
@@ -118,6 +125,14 @@ def dev(args: argparse.Namespace) -> int:
     try:
         if embedded:
             lock.acquire()
+        else:  # the user's Redis: a bad URL or no answer is one line, before any child starts
+            try:
+                asyncio.run(
+                    check_redis(settings.model_copy(update={"redis_url": redis_url}), "hubbub-dev")
+                )
+            except StartupError as exc:
+                print(f"hubbub dev: {exc}", file=sys.stderr)
+                return EXIT_STARTUP
         _check_ports(args)
         if embedded:
             redis_dir = workdir / "redis"
@@ -141,12 +156,18 @@ def dev(args: argparse.Namespace) -> int:
     on_signal = _StopOnSignal(group)
     deployment = LocalDeployment(
         redis_url,
-        settings.access_key,
+        access_key,
         host=args.host,
         gateway_id="dev-{name}",
         worker_id="dev-{name}",
-        # Any page may talk to a local deployment; production allows none unless configured.
-        settings={"HUBBUB_CORS_ORIGINS": os.environ.get("HUBBUB_CORS_ORIGINS", '["*"]')},
+        settings={
+            # Any page may talk to a local deployment; production allows none unless configured.
+            "HUBBUB_CORS_ORIGINS": os.environ.get("HUBBUB_CORS_ORIGINS", '["*"]'),
+            # Nothing of a development machine's is served beyond it.
+            "HUBBUB_METRICS_HOST": DEV_METRICS_HOST,
+            # The banner says it once, rather than each gateway.
+            "HUBBUB_WARN_DEFAULT_ACCESS_KEY": "false",
+        },
         group=group,
     )
     code = 0
@@ -164,7 +185,7 @@ def dev(args: argparse.Namespace) -> int:
             deployment.start_worker(HUBBUB_METRICS_PORT=str(port))
         for gateway in deployment.gateways:
             _wait_healthy(gateway)
-        _print_banner(args, deployment, redis, redis_url, settings.access_key)
+        _print_banner(args, deployment, redis, redis_url, access_key)
         code = _wait(deployment, redis)
     except _Stopped:
         code = 0
@@ -224,6 +245,12 @@ def _print_banner(
         ports = range(args.metrics_port, args.metrics_port + args.workers)
         metrics += "; " + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in ports) + " (workers)"
     client = mint_token(key, f"{first}/client", user_id="alice")
+    warning = (
+        "\nThe access key is the development default: anyone can sign tokens with it. Set\n"
+        "HUBBUB_ACCESS_KEY to a secret of your own before this is reachable by others.\n"
+        if key == DEFAULT_ACCESS_KEY
+        else ""
+    )
     send_url = f"{first}/api/hubs/chat/:send"
     service = mint_token(key, send_url, minutes=60)
     hubbub = _own_command()
@@ -237,6 +264,9 @@ Hubbub is running.
 For `hubbub send` / `hubbub token` in another terminal, and the Python SDK:
   export HUBBUB_REDIS_URL={shlex.quote(redis_url)} HUBBUB_ACCESS_KEY={shlex.quote(key)}
 
+Watch hub "chat" in another terminal (one JSON line per message):
+  {hubbub} listen --url {urls[-1]} --hub chat --user alice
+
 Connect a SignalR client to {urls[-1]}/hubs/chat with this access token (user "alice"):
   {client}
 
@@ -246,6 +276,7 @@ or with curl (token valid 60 minutes):
   curl -i -X POST '{send_url}' -H 'Authorization: Bearer {service}' \\
        -H 'Content-Type: application/json' -d '{{"target":"newMessage","arguments":["hi"]}}'
 
+{warning}
 Ctrl-C stops everything.
 """,
         flush=True,
@@ -254,7 +285,7 @@ Ctrl-C stops everything.
 
 async def _send(args: argparse.Namespace) -> str:
     arguments = [_json_or_text(a) for a in args.arguments]
-    async with HubbubClient(args.url, args.access_key, args.hub) as client:
+    async with HubbubClient(args.url, args.access_key or Settings().access_key, args.hub) as client:
         if args.group:
             return await client.send_to_group(args.group, args.target, arguments, args.exclude)
         if args.user:
@@ -267,11 +298,11 @@ async def _send(args: argparse.Namespace) -> str:
 def send(args: argparse.Namespace) -> int:
     try:
         message_id = asyncio.run(_send(args))
-    except httpx.HTTPStatusError as exc:
-        print(f"error {exc.response.status_code}: {exc.response.text}", file=sys.stderr)
+    except HubbubError as exc:
+        print(f"hubbub send: {exc}", file=sys.stderr)
         return 1
     except httpx.TransportError as exc:
-        print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(f"hubbub send: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     print(message_id)
     return 0
@@ -281,7 +312,7 @@ def token(args: argparse.Namespace) -> int:
     audience = args.audience or f"{args.url.rstrip('/')}/client"
     print(
         mint_token(
-            args.access_key,
+            args.access_key or Settings().access_key,
             audience,
             minutes=args.minutes,
             user_id=args.user,
@@ -298,62 +329,131 @@ def redis_acl(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    settings = Settings()
-    p = argparse.ArgumentParser(prog="hubbub", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def listen_command(args: argparse.Namespace) -> int:
+    listener = Listener(
+        url=args.url,
+        hub=args.hub,
+        access_key=args.access_key or Settings().access_key,
+        user=args.user,
+        groups=args.group,
+    )
+    return listen(listener)
 
-    d = sub.add_parser("dev", help="run Redis, 2 gateways and 2 workers locally")
-    d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=settings.port, help="first gateway port")
-    d.add_argument("--gateways", type=int, default=2)
-    d.add_argument("--workers", type=int, default=2)
-    d.add_argument("--redis-url", help="use this Redis instead of an embedded one")
-    d.add_argument("--redis-port", type=int, default=None, help="embedded Redis port")
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, unless there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser() -> argparse.ArgumentParser:
+    settings = load_settings("hubbub")
+    p = argparse.ArgumentParser(
+        prog="hubbub",
+        description="Hubbub's command line: run a local deployment (dev), publish (send), "
+        "watch a hub (listen), mint client tokens (token), print Redis ACL rules (redis-acl).",
+        formatter_class=_HelpFormatter,
+    )
+    add_version(p)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, **kwargs: Any) -> argparse.ArgumentParser:
+        c = sub.add_parser(
+            name, help=summary, description=summary, formatter_class=_HelpFormatter, **kwargs
+        )
+        add_version(c)
+        return c
+
+    d = command("dev", "Run Redis, gateways and fan-out workers on this machine, until Ctrl-C.")
+    d.add_argument("--host", default="127.0.0.1", help="interface the gateways listen on")
+    d.add_argument("--port", type=int, default=settings.port, help="first gateway's port")
+    d.add_argument("--gateways", type=int, default=2, help="how many gateways")
+    d.add_argument("--workers", type=int, default=2, help="how many fan-out workers")
+    d.add_argument(
+        "--redis-url", help="use this Redis instead of starting one (default: an embedded one)"
+    )
+    d.add_argument(
+        "--redis-port", type=int, default=None, help="embedded Redis's port (default: a free one)"
+    )
     d.add_argument(
         "--metrics-port",
         type=int,
         default=settings.metrics_port,
-        help="first worker's /metrics port, the next ones follow (0: none)",
+        help="first worker's /metrics port on 127.0.0.1, the next ones follow (0: none)",
     )
     d.add_argument(
         "--workdir",
         default=".hubbub",
         help="where the embedded Redis keeps its data (one hubbub dev at a time)",
     )
+    d.add_argument(
+        "--access-key",
+        default=None,
+        help="key the gateways sign and verify tokens with (default: $HUBBUB_ACCESS_KEY, "
+        "else the development key)",
+    )
     d.set_defaults(func=dev)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=f"http://127.0.0.1:{settings.port}")
-    common.add_argument("--hub", default="chat")
     common.add_argument(
-        "--access-key", default=settings.access_key, help="default: $HUBBUB_ACCESS_KEY"
+        "--url", default=f"http://127.0.0.1:{settings.port}", help="a gateway's base URL"
+    )
+    common.add_argument("--hub", default="chat", help="hub name")
+    common.add_argument(
+        "--access-key",
+        default=None,
+        help="key to sign tokens with (default: $HUBBUB_ACCESS_KEY, else the development key)",
     )
 
-    s = sub.add_parser("send", parents=[common], help="publish a message through the REST API")
+    s = command("send", "Publish a message through the REST API.", parents=[common])
     who = s.add_mutually_exclusive_group()
-    who.add_argument("--group")
-    who.add_argument("--user")
-    who.add_argument("--connection")
-    s.add_argument("--exclude", action="append", default=[], help="connection id to leave out")
+    who.add_argument("--group", help="send to this group's connections")
+    who.add_argument("--user", help="send to this user's connections")
+    who.add_argument("--connection", help="send to this connection")
+    s.add_argument(
+        "--exclude", action="append", default=[], help="connection id to leave out (repeatable)"
+    )
     s.add_argument("target", help="client method, e.g. newMessage")
-    s.add_argument("arguments", nargs="*", help="arguments (JSON, else taken as strings)")
+    # default=[]: argparse would otherwise list it as required when nothing is given.
+    s.add_argument(
+        "arguments", nargs="*", default=[], help="its arguments (JSON, else taken as strings)"
+    )
     s.set_defaults(func=send)
 
-    t = sub.add_parser("token", parents=[common], help="mint a client access token")
-    t.add_argument("--user")
-    t.add_argument("--minutes", type=float, default=60)
-    t.add_argument("--role", action="append", help="e.g. hubbub.joinLeaveGroup")
-    t.add_argument("--audience")
+    listen_ = command(
+        "listen",
+        "Connect to a hub as a SignalR client and print each message it receives as one JSON "
+        "line on stdout (status lines go to stderr); Ctrl-C stops.",
+        parents=[common],
+    )
+    listen_.add_argument("--user", help="user id in the client token (default: anonymous)")
+    listen_.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        help="join this group after connecting (repeatable; the token gets the role to)",
+    )
+    listen_.set_defaults(func=listen_command)
+
+    t = command("token", "Mint a client access token.", parents=[common])
+    t.add_argument("--user", help="user id (the token's sub claim)")
+    t.add_argument("--minutes", type=float, default=60, help="lifetime")
+    t.add_argument(
+        "--role", action="append", help="a role, e.g. hubbub.joinLeaveGroup (repeatable)"
+    )
+    t.add_argument("--audience", help="the token's aud (default: <url>/client)")
     t.set_defaults(func=token)
 
-    a = sub.add_parser(
+    a = command(
         "redis-acl",
-        help="print the least-privilege Redis ACL rules of a gateway, a worker or an upstream "
-        "service (hubbub.upstream)",
+        "Print the least-privilege Redis ACL rules of a gateway, a worker or an upstream "
+        "service (hubbub.upstream).",
     )
-    a.add_argument("role", choices=list(COMMANDS))
-    a.add_argument("--prefix", default=settings.key_prefix, help="default: $HUBBUB_KEY_PREFIX")
+    a.add_argument("role", choices=list(COMMANDS), help="whose rules")
+    a.add_argument("--prefix", default=settings.key_prefix, help="key prefix ($HUBBUB_KEY_PREFIX)")
     a.set_defaults(func=redis_acl)
     return p
 

@@ -181,8 +181,9 @@ class RedisEndpoint:
             health_check_interval=10,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=None,  # blocking reads (XREAD BLOCK) set their own
-            socket_keepalive=True,
             retry=self._retry(),
+            # TCP only: redis-py's Unix socket connection takes no keepalive option.
+            **({} if self.address().path else {"socket_keepalive": True}),
             **self._tls_kwargs(),
         )
         return Redis.from_pool(pool)

@@ -15,6 +15,39 @@ import httpx
 from hubbub.tokens import mint_token
 
 
+class HubbubError(httpx.HTTPStatusError):
+    """A gateway refused a call: its status and its ``{"code", "message"}`` body.
+
+    A subclass of ``httpx.HTTPStatusError``, so callers catching that keep working;
+    ``str()`` reads ``404 Error.Connection.NotFound: connection ... does not exist``.
+    ``code`` and ``message`` are ``None`` when the body is not Hubbub's (a proxy's page)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.code: str | None = None
+        self.message: str | None = None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict):
+            code, message = body.get("code"), body.get("message")
+            self.code = code if isinstance(code, str) else None
+            self.message = message if isinstance(message, str) else None
+        if self.code is not None:
+            text = f"{self.status_code} {self.code}: {self.message or ''}".rstrip(": ")
+        else:
+            text = f"{self.status_code} {response.reason_phrase}".rstrip()
+        super().__init__(text, request=response.request, response=response)
+
+
+def raise_for_status(response: httpx.Response) -> httpx.Response:
+    """``response`` if it is a success, else :class:`HubbubError` (body read first)."""
+    if response.is_success:
+        return response
+    raise HubbubError(response)
+
+
 class ServiceAuth(httpx.Auth):
     """Signs each request for its URL: ``aud`` is the URL without its query, except
     ``application``, which names part of the hub (docs/security.md, "Audiences")."""
@@ -79,7 +112,7 @@ class HubbubClient:
             params=[("excluded", c) for c in excluded],
             headers={"Idempotency-Key": idempotency_key} if idempotency_key else None,
         )
-        response.raise_for_status()
+        raise_for_status(response)
         message_id: str = response.json()["messageId"]
         return message_id
 
@@ -135,40 +168,40 @@ class HubbubClient:
         "arguments": [...], "excluded": [...], "idempotencyKey": ...}``. One request, one
         Redis round trip."""
         response = await self.http.post(self._path("/:batch"), json={"messages": list(messages)})
-        response.raise_for_status()
+        raise_for_status(response)
         ids: list[str] = response.json()["messageIds"]
         return ids
 
     async def add_connection_to_group(self, group: str, connection: str) -> None:
         url = self._path(f"/groups/{_q(group)}/connections/{_q(connection)}")
-        (await self.http.put(url)).raise_for_status()
+        raise_for_status(await self.http.put(url))
 
     async def remove_connection_from_group(self, group: str, connection: str) -> None:
         url = self._path(f"/groups/{_q(group)}/connections/{_q(connection)}")
-        (await self.http.delete(url)).raise_for_status()
+        raise_for_status(await self.http.delete(url))
 
     async def add_user_to_group(self, group: str, user: str, ttl: int | None = None) -> None:
         params = {"ttl": ttl} if ttl is not None else {}
         url = self._path(f"/users/{_q(user)}/groups/{_q(group)}")
-        (await self.http.put(url, params=params)).raise_for_status()
+        raise_for_status(await self.http.put(url, params=params))
 
     async def remove_user_from_group(self, group: str, user: str) -> None:
         url = self._path(f"/users/{_q(user)}/groups/{_q(group)}")
-        (await self.http.delete(url)).raise_for_status()
+        raise_for_status(await self.http.delete(url))
 
     async def remove_user_from_all_groups(self, user: str) -> None:
-        (await self.http.delete(self._path(f"/users/{_q(user)}/groups"))).raise_for_status()
+        raise_for_status(await self.http.delete(self._path(f"/users/{_q(user)}/groups")))
 
     async def close_connection(self, connection: str, reason: str | None = None) -> None:
         params = {"reason": reason} if reason else {}
         url = self._path(f"/connections/{_q(connection)}")
-        (await self.http.delete(url, params=params)).raise_for_status()
+        raise_for_status(await self.http.delete(url, params=params))
 
     async def _exists(self, tail: str) -> bool:
         response = await self.http.head(self._path(tail))
         if response.status_code == 404:
             return False
-        response.raise_for_status()
+        raise_for_status(response)
         return True
 
     async def connection_exists(self, connection: str) -> bool:
@@ -191,6 +224,6 @@ class HubbubClient:
             params.append(("userId", user_id))
         params += [("role", r) for r in roles]
         response = await self.http.post(self._path("/:generateToken"), params=params)
-        response.raise_for_status()
+        raise_for_status(response)
         token: str = response.json()["token"]
         return token

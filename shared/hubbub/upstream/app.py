@@ -213,7 +213,7 @@ class Upstream:
         self.consumer_name = consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self.concurrency = concurrency
         self.hubs: dict[str, Hub] = {}
-        self.metrics = Metrics()
+        self.metrics = Metrics("service")
         self._publishers: dict[str, Publisher] = {}
         self._members: Membership | None = None
         self._consumer: UpstreamConsumer | None = None
