@@ -52,8 +52,14 @@ USER 10001:10001
 
 # ---------------------------------------------------------------------------- fanout
 # The fan-out worker: reads the publish stream in a consumer group and writes to the gateways'
-# inboxes; it listens on no port but its /metrics (9102).
+# inboxes. It serves one port, 9102 (HUBBUB_METRICS_PORT): /metrics for Prometheus and the
+# /livez and /readyz probes, on every interface (HUBBUB_METRICS_HOST) so kubelet reaches them.
 FROM runtime AS fanout
+
+ENV HUBBUB_METRICS_HOST=0.0.0.0 \
+    HUBBUB_METRICS_PORT=9102
+
+EXPOSE 9102
 
 # Exec form: the worker is PID 1 and handles SIGTERM itself (it stops reading, releases its
 # leases and closes its Redis connections).

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 from hubbub.dev.embedded import RedisProcess, free_port
 from hubbub.dev.launcher import NotOurs, start_process
 from hubbub.dev.lifetime import port_in_use
+from tests.integration.test_metrics import listening_addresses
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
 from tests.support.rawclient import RawClient
 
@@ -178,7 +180,21 @@ async def test_hubbub_dev_runs_and_delivers(tmp_path: Path) -> None:
                 assert (await http.get(url)).status_code == 200, url
         assert f"127.0.0.1:{metrics + 1}/metrics" in banner
 
+        # Workers' /metrics only on the loopback interface.
+        assert listening_addresses(metrics) == {"127.0.0.1"}
+        assert "development default" not in banner  # its own key
+
         client = await RawClient.connect(gateways.group(2))
+        # The banner's `hubbub listen` sees what its `hubbub send` sends.
+        watch = re.search(r"^\s*(\S*hubbub listen .+)$", banner, re.MULTILINE)
+        assert watch is not None, banner
+        listen = await asyncio.create_subprocess_exec(
+            *shlex.split(watch.group(1)), cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert listen.stdout is not None and listen.stderr is not None
+        connected = await asyncio.wait_for(listen.stderr.readline(), 20)
+        assert connected == b"connected to hub 'chat' as user 'alice'\n"
         command = re.search(r"^\s*(\S*hubbub send .+)$", banner, re.MULTILINE)
         assert command is not None, banner
         send = await asyncio.create_subprocess_exec(
@@ -190,6 +206,10 @@ async def test_hubbub_dev_runs_and_delivers(tmp_path: Path) -> None:
         assert message["target"] == "newMessage"
         assert message["arguments"] == ["hello from hubbub"]
         assert sent.decode().strip().startswith(tuple(f"{n}:" for n in range(16)))  # its id
+        line = await asyncio.wait_for(listen.stdout.readline(), 15)
+        assert json.loads(line) == {"target": "newMessage", "arguments": ["hello from hubbub"]}
+        listen.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(listen.wait(), 15) == 0
         await client.close()
         dev.process.send_signal(signal.SIGINT)
         assert await dev.exit_code() == 0, "".join(dev.stderr)
@@ -231,6 +251,36 @@ async def test_a_second_hubbub_dev_refuses_to_start(tmp_path: Path) -> None:
                 assert health.status_code == 200
                 assert health.json()["pid"] in children_of(first.pid)
         assert first.process.returncode is None
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("localhost:6379", "bad Redis URL localhost:6379: no scheme"),
+        ("redis://127.0.0.1:70000/0", "bad Redis URL redis://127.0.0.1:70000/0: Port out of"),
+        ("redis://:pw@127.0.0.1:{port}/0", "cannot reach Redis at redis://:***@127.0.0.1:{port}/0"),
+    ],
+)
+async def test_a_bad_redis_url_is_one_line(tmp_path: Path, url: str, reason: str) -> None:
+    """``hubbub dev --redis-url``: the one line says what is wrong with it; no child starts,
+    no banner, exit 2."""
+    port = free_port()
+    url, reason = url.format(port=port), reason.format(port=port)
+    process = await asyncio.create_subprocess_exec(
+        *dev_args(two_free_ports(), two_free_ports(), "--redis-url", url), cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    assert process.returncode == 2
+    assert out == b""
+    assert err.decode().startswith(f"hubbub dev: {reason}"), err
+    assert err.count(b"\n") == 1, err
+    assert b"pw" not in err
 
 
 @pytest.mark.parametrize(
