@@ -174,5 +174,4 @@ def bind_port(prog: str, host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             fail(prog, f"port {port} on {host} is already in use (HUBBUB_PORT, HUBBUB_HOST)")
         fail(prog, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    sock.set_inheritable(True)
     return sock

@@ -200,3 +200,31 @@ async def test_listen_prints_a_group_message(cluster: Deployment, api: HubbubCli
         if listen.returncode is None:
             listen.kill()
             await listen.wait()
+
+
+async def test_listen_answers_pings_and_stays_connected(deployment: Deployment) -> None:
+    """A gateway that closes a client silent for 2 s (pinging it every second): ``hubbub
+    listen`` answers each Ping, so it is still connected well past that, and still receives."""
+    gateway = await deployment.start_gateway(
+        HUBBUB_KEEPALIVE_INTERVAL="1", HUBBUB_CLIENT_TIMEOUT="2"
+    )
+    deployment.start_worker()
+    listen = await asyncio.create_subprocess_exec(
+        str(BIN / "hubbub"), "listen", "--url", gateway.url, "--user", "carol",
+        "--access-key", ACCESS_KEY,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert listen.stdout is not None and listen.stderr is not None
+    try:
+        connected = await asyncio.wait_for(listen.stderr.readline(), 20)
+        assert connected == b"connected to hub 'chat' as user 'carol'\n"
+        with pytest.raises(TimeoutError):  # three client timeouts go by: it must not exit
+            await asyncio.wait_for(listen.wait(), 6)
+        async with HubbubClient(gateway.url, ACCESS_KEY, "chat") as api:
+            await api.send_to_user("carol", "still", ["here"])
+        line = await asyncio.wait_for(listen.stdout.readline(), 15)
+        assert json.loads(line) == {"target": "still", "arguments": ["here"]}
+    finally:
+        if listen.returncode is None:
+            listen.kill()
+        await listen.wait()

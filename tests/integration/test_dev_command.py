@@ -253,6 +253,19 @@ async def test_a_second_hubbub_dev_refuses_to_start(tmp_path: Path) -> None:
         assert first.process.returncode is None
 
 
+async def test_the_default_key_is_said_once_in_the_banner(tmp_path: Path) -> None:
+    """Under hubbub dev the gateways do not each warn about the development key: the banner
+    says it once."""
+    env = {k: v for k, v in os.environ.items() if k != "HUBBUB_ACCESS_KEY"}
+    one = ("--gateways", "1", "--workers", "1")
+    async with hubbub_dev(tmp_path, free_port(), free_port(), *one, env=env) as dev:
+        assert dev.banner.count("The access key is the development default") == 1, dev.banner
+        os.killpg(dev.pid, signal.SIGINT)
+        assert await dev.exit_code() == 0
+    stderr = "".join(dev.stderr)
+    assert "HUBBUB_ACCESS_KEY" not in stderr and " WARNING " not in stderr, stderr
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [

@@ -112,3 +112,17 @@ async def test_the_default_access_key_is_one_warning(deployment: Deployment) -> 
     assert len(lines) == 1, default.output()
     assert " WARNING " in lines[0] and "development default" in lines[0], lines
     assert "HUBBUB_ACCESS_KEY" not in own.output()
+
+
+async def test_an_upstream_service_run_is_one_line_too() -> None:
+    """``Upstream(...).run()``, a service's own entry point, checks its Redis the same way."""
+    port = free_port()
+    script = "from hubbub.upstream.app import Upstream; Upstream(name='svc').run()"
+    env = service_env(f"redis://127.0.0.1:{port}/0")
+    code, out, err = await run([sys.executable, "-c", script], env)
+    assert code == 2, err
+    assert out == ""
+    assert err == (
+        f"hubbub upstream svc: cannot reach Redis at redis://127.0.0.1:{port}/0: "
+        "Connection refused\n"
+    )

@@ -185,6 +185,8 @@ def dev(args: argparse.Namespace) -> int:
             deployment.start_worker(HUBBUB_METRICS_PORT=str(port))
         for gateway in deployment.gateways:
             _wait_healthy(gateway)
+        for child in deployment.exited():  # a worker that refused to start (its line is above)
+            raise _Refused(f"{child.name} exited during start-up (code {child.returncode})")
         _print_banner(args, deployment, redis, redis_url, access_key)
         code = _wait(deployment, redis)
     except _Stopped:
@@ -261,7 +263,7 @@ Hubbub is running.
   redis    : {redis_url}   ({kind})
   metrics  : {metrics}
 
-For `hubbub send` / `hubbub token` in another terminal, and the Python SDK:
+For `hubbub listen` / `send` / `token` in another terminal, and the Python SDK:
   export HUBBUB_REDIS_URL={shlex.quote(redis_url)} HUBBUB_ACCESS_KEY={shlex.quote(key)}
 
 Watch hub "chat" in another terminal (one JSON line per message):

@@ -40,6 +40,7 @@ from hubbub.redis.endpoint import RedisEndpoint
 from hubbub.redis.membership import Membership
 from hubbub.sdk.publisher import Publisher
 from hubbub.settings import Settings
+from hubbub.startup import require_redis
 from hubbub.telemetry import setup_tracing
 from hubbub.wire.envelopes import Event, UpstreamEntry
 
@@ -268,8 +269,12 @@ class Upstream:
             await self._task
 
     def run(self) -> None:
-        """Serve in this process until SIGTERM or SIGINT (uvloop)."""
+        """Serve in this process until SIGTERM or SIGINT (uvloop). A bad Redis URL or a Redis
+        that does not answer at start ends the process: one line on stderr, exit code 2
+        (:mod:`hubbub.startup`); later outages are retried."""
         import uvloop
+
+        require_redis(f"hubbub upstream {self.name}", self.settings, f"hubbub-upstream-{self.name}")
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
