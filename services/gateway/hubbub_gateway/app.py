@@ -170,7 +170,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_ticker(state), name="ticker"),
             asyncio.create_task(Reconciler(state).run(), name="reconcile"),
         ]
-        log.info("gateway %s ready", settings.gateway_id)
+        log.info(
+            "gateway %s ready on http://%s:%d", settings.gateway_id, settings.host, settings.port
+        )
         try:
             yield
         finally:
