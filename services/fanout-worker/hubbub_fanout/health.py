@@ -102,7 +102,8 @@ class Health:
 
 
 def probes_app(registry: CollectorRegistry, health: Health) -> Callable[..., Iterable[bytes]]:
-    """``/livez`` and ``/readyz`` (JSON, 200 or 503), everything else is ``/metrics``."""
+    """``/livez`` and ``/readyz`` (small JSON bodies, 200 or 503; HEAD: no body), everything
+    else is ``/metrics``."""
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -114,7 +115,8 @@ def probes_app(registry: CollectorRegistry, health: Health) -> Callable[..., Ite
                 "200 OK" if ok else "503 Service Unavailable",
                 [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))],
             )
-            return [payload]
+            # HEAD: the headers alone (wsgiref would write the body too).
+            return [] if environ.get("REQUEST_METHOD") == "HEAD" else [payload]
         result: Iterable[bytes] = metrics(environ, start_response)
         return result
 

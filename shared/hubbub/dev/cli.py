@@ -24,7 +24,7 @@ from hubbub.dev.lifetime import ChildGroup, DirectoryLock, DirectoryTaken, port_
 from hubbub.dev.listen import Listener, listen
 from hubbub.redis.acl import COMMANDS, rules
 from hubbub.sdk.client import HubbubClient, HubbubError
-from hubbub.settings import DEFAULT_ACCESS_KEY, Settings
+from hubbub.settings import DEFAULT_ACCESS_KEY
 from hubbub.startup import EXIT_STARTUP, StartupError, add_version, check_redis, load_settings
 from hubbub.tokens import mint_token
 
@@ -71,6 +71,9 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+DEV_METRICS_HOST = "127.0.0.1"  # workers' /metrics under hubbub dev: this machine only
+
+
 def _check_ports(args: argparse.Namespace) -> None:
     """Refuse ports that a listener holds, before any child starts: a child would lose the
     race for them, and the process holding them would answer its health check."""
@@ -89,9 +92,6 @@ def _check_ports(args: argparse.Namespace) -> None:
                 f"port {port} ({what}) is already in use, by another hubbub dev? "
                 "stop it, or choose other ports (--port, --metrics-port, --redis-port)"
             )
-
-
-DEV_METRICS_HOST = "127.0.0.1"
 
 
 def _wait_healthy(gateway: ChildProcess) -> None:
@@ -248,8 +248,8 @@ def _print_banner(
         metrics += "; " + ", ".join(f"http://127.0.0.1:{p}/metrics" for p in ports) + " (workers)"
     client = mint_token(key, f"{first}/client", user_id="alice")
     warning = (
-        "\nThe access key is the development default: anyone can sign tokens with it. Set\n"
-        "HUBBUB_ACCESS_KEY to a secret of your own before this is reachable by others.\n"
+        "The access key is the development default: anyone can sign tokens with it. Set\n"
+        "HUBBUB_ACCESS_KEY to a secret of your own before this is reachable by others.\n\n"
         if key == DEFAULT_ACCESS_KEY
         else ""
     )
@@ -278,16 +278,22 @@ or with curl (token valid 60 minutes):
   curl -i -X POST '{send_url}' -H 'Authorization: Bearer {service}' \\
        -H 'Content-Type: application/json' -d '{{"target":"newMessage","arguments":["hi"]}}'
 
-{warning}
-Ctrl-C stops everything.
+{warning}Ctrl-C stops everything.
 """,
         flush=True,
     )
 
 
+def _access_key(args: argparse.Namespace) -> str:
+    """``--access-key``, else ``$HUBBUB_ACCESS_KEY``, else the development key (never shown
+    in ``--help``: it may be a secret)."""
+    key: str = args.access_key or load_settings("hubbub").access_key
+    return key
+
+
 async def _send(args: argparse.Namespace) -> str:
     arguments = [_json_or_text(a) for a in args.arguments]
-    async with HubbubClient(args.url, args.access_key or Settings().access_key, args.hub) as client:
+    async with HubbubClient(args.url, _access_key(args), args.hub) as client:
         if args.group:
             return await client.send_to_group(args.group, args.target, arguments, args.exclude)
         if args.user:
@@ -314,7 +320,7 @@ def token(args: argparse.Namespace) -> int:
     audience = args.audience or f"{args.url.rstrip('/')}/client"
     print(
         mint_token(
-            args.access_key or Settings().access_key,
+            _access_key(args),
             audience,
             minutes=args.minutes,
             user_id=args.user,
@@ -335,7 +341,7 @@ def listen_command(args: argparse.Namespace) -> int:
     listener = Listener(
         url=args.url,
         hub=args.hub,
-        access_key=args.access_key or Settings().access_key,
+        access_key=_access_key(args),
         user=args.user,
         groups=args.group,
     )
