@@ -242,3 +242,23 @@ async def test_listen_answers_pings_and_stays_connected(deployment: Deployment) 
         if listen.returncode is None:
             listen.kill()
         await listen.wait()
+
+
+async def test_listen_refused_is_one_line(deployment: Deployment) -> None:
+    """A token the gateway rejects (another key), or a group the client may not join."""
+    gateway = await deployment.start_gateway()
+    hubbub = str(BIN / "hubbub")
+    code, out, err = await run(
+        [hubbub, "listen", "--url", gateway.url, "--access-key", "not-the-key-" * 4], within=20
+    )
+    assert code == 1
+    assert out == ""
+    assert err.startswith("hubbub listen: negotiate answered 401: "), err
+    assert err.count("\n") == 1, err
+    code, out, err = await run(
+        [hubbub, "listen", "--url", gateway.url, "--access-key", ACCESS_KEY, "--group", "x" * 1025],
+        within=20,
+    )
+    assert code == 1
+    assert out == ""
+    assert err.splitlines()[-1].startswith("hubbub listen: cannot join group "), err

@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from hubbub.protocol.signalr import (
     PING_RECORD,
@@ -75,12 +75,18 @@ class Listener:
         url = f"{base}/hubs/{quote(self.hub, safe='')}/negotiate?negotiateVersion=1"
         async with httpx.AsyncClient(timeout=10.0) as http:
             response = await http.post(url, headers={"Authorization": f"Bearer {token}"})
+        shown = " ".join(response.text.split())[:300]  # one line, bounded
         if response.status_code != 200:
-            raise ListenError(f"negotiate answered {response.status_code}: {response.text}")
-        body = response.json()
+            raise ListenError(f"negotiate answered {response.status_code}: {shown}")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise ListenError(f"negotiate answered no JSON object: {shown}")
         connection = body.get("connectionToken") or body.get("connectionId")
         if not isinstance(connection, str):
-            raise ListenError(f"negotiate answered no connection token: {response.text}")
+            raise ListenError(f"negotiate answered no connection token: {shown}")
         parts = urlsplit(base)
         scheme = "wss" if parts.scheme == "https" else "ws"
         path = f"{parts.path}/hubs/{quote(self.hub, safe='')}"
@@ -114,8 +120,13 @@ class Listener:
             frame = await ws.recv()
             parts = records.feed(frame.encode() if isinstance(frame, str) else frame)
             if parts:
-                answer = orjson.loads(parts[0])
-                if isinstance(answer, dict) and answer.get("error"):
+                try:
+                    answer = orjson.loads(parts[0])
+                except orjson.JSONDecodeError:
+                    raise ListenError("the handshake answer is not JSON") from None
+                if not isinstance(answer, dict):
+                    raise ListenError("the handshake answer is not a JSON object")
+                if answer.get("error"):
                     raise ListenError(f"handshake refused: {answer['error']}")
                 return parts[1:]
 
@@ -164,7 +175,10 @@ def listen(listener: Listener) -> int:
         asyncio.run(listener.run())
     except KeyboardInterrupt:
         return 0
-    except ListenError as exc:
+    except (ListenError, ProtocolError) as exc:
+        print(f"hubbub listen: {exc}", file=listener.err, flush=True)
+        return 1
+    except WebSocketException as exc:  # the upgrade was refused, or the peer broke WebSocket
         print(f"hubbub listen: {exc}", file=listener.err, flush=True)
         return 1
     except (httpx.TransportError, OSError) as exc:
