@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from hubbub.dev.embedded import RedisProcess, free_port
+from hubbub.sdk.client import HubbubClient
 from hubbub.settings import DEFAULT_ACCESS_KEY
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
+from tests.support.rawclient import RawClient
 
 BIN = Path(sys.executable).parent
 ENTRY_POINTS = ["hubbub-gateway", "hubbub-fanout"]
@@ -126,3 +128,26 @@ async def test_an_upstream_service_run_is_one_line_too() -> None:
         f"hubbub upstream svc: cannot reach Redis at redis://127.0.0.1:{port}/0: "
         "Connection refused\n"
     )
+
+
+async def test_a_unix_socket_url_passes_the_check_and_delivers(tmp_path: Path) -> None:
+    """``unix:///path``: the check's PING goes through the same client the services use (it
+    once passed a TCP-only option to redis-py's Unix socket connection), and messages flow."""
+    socket_path = tmp_path / "redis.sock"
+    server = RedisProcess(
+        directory=str(tmp_path / "r"), extra_args=("--unixsocket", str(socket_path))
+    )
+    (tmp_path / "r").mkdir()
+    server.start()
+    deployment = Deployment(f"unix://{socket_path}", tmp_path, "unix")
+    try:
+        gateway = await deployment.start_gateway()
+        deployment.start_worker()
+        client = await RawClient.connect(gateway.url)
+        async with HubbubClient(gateway.url, ACCESS_KEY, "chat") as api:
+            await api.send_to_all("t", ["over a unix socket"])
+        assert (await client.recv())["arguments"] == ["over a unix socket"]
+        await client.close()
+    finally:
+        deployment.stop()
+        server.stop()
