@@ -151,3 +151,13 @@ async def test_a_unix_socket_url_passes_the_check_and_delivers(tmp_path: Path) -
     finally:
         deployment.stop()
         server.stop()
+
+
+@pytest.mark.parametrize("program", ENTRY_POINTS)
+async def test_an_invalid_setting_is_one_line(program: str) -> None:
+    env = service_env("redis://127.0.0.1:6379/0", HUBBUB_KEY_PREFIX="{x}")
+    code, out, err = await run([str(BIN / program)], env)
+    assert code == 2, err
+    assert out == ""
+    assert err.startswith(f"{program}: invalid settings: HUBBUB_KEY_PREFIX: "), err
+    assert err.count("\n") == 1, err
