@@ -82,9 +82,9 @@ function drawCluster(data) {
 
 function drawHubs(data) {
   fill("hubs", data.items.map((h) => {
-    const approx = h.complete === false ? "≥ " : "";
-    return row([h.name, h.connections, h.groups === undefined ? null : approx + h.groups,
-                h.users === undefined ? null : approx + h.users], { hub: h.name });
+    // Past the count's budget, groups and users are lower bounds.
+    const count = (n) => (n === undefined ? null : h.complete === false ? `≥ ${n}` : n);
+    return row([h.name, h.connections, count(h.groups), count(h.users)], { hub: h.name });
   }));
   $("hubs-note").textContent = data.truncated ? "More hubs exist than are listed here." : "";
 }
