@@ -107,7 +107,7 @@ async def test_a_group_of_250_walked_100_at_a_time_gives_every_member(
 
 
 async def test_groups_of_a_user_and_of_a_hub(hub: tuple[str, list[RawClient]]) -> None:
-    base, clients = hub
+    base, _ = hub
     async with httpx.AsyncClient() as http:
         # Two pages of one: the whole (small) set comes in one Redis batch, cut after g1.
         items, pages = await walk(http, f"{base}/api/hubs/chat/users/alice/groups", 1)
