@@ -4,13 +4,19 @@ from another origin."""
 from __future__ import annotations
 
 import re
+import signal
+import socket
 from html.parser import HTMLParser
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import websockets
 
+from hubbub.sdk.client import HubbubClient
 from hubbub.tokens import mint_token
-from tests.support.processes import ACCESS_KEY, Deployment
+from tests.support.processes import ACCESS_KEY, Deployment, eventually
+from tests.support.rawclient import RawClient, client_token
 
 ADMIN_JSON = [
     "/api/admin/cluster",
@@ -122,3 +128,58 @@ async def test_the_page_needs_no_token_and_nothing_from_elsewhere(
         assert r.status_code == 404, r.text
         r = await http.get("/admin/index.py")
         assert r.status_code == 404, r.text
+
+
+async def test_a_draining_gateway_shows_as_draining(deployment: Deployment) -> None:
+    """SIGTERM: the gateway drains until its clients' Close has gone out; a client that
+    stopped reading with megabytes waiting for it holds the drain open until the gateway
+    gives up on it (the close timeout, 5 s), as in tests/faults/test_drain.py. Meanwhile
+    the other gateway's console reports it draining, and then gone."""
+    first = await deployment.start_gateway(HUBBUB_SEND_BUFFER_MAX=str(64 * 1024 * 1024))
+    second = await deployment.start_gateway()
+    deployment.start_worker()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", first.port or 0))
+    stubborn = await websockets.connect(
+        first.url.replace("http://", "ws://") + f"/hubs/chat?access_token={client_token('u')}",
+        sock=sock,
+        max_queue=1,  # stops reading once one message waits unconsumed
+        max_size=None,
+    )
+    await stubborn.send('{"protocol":"json","version":1}\x1e')
+    assert await stubborn.recv() == "{}\x1e"
+    reader = await RawClient.connect(first.url)
+    async with HubbubClient(first.url, ACCESS_KEY, "chat") as api:
+        for n in range(200):
+            await api.send_to_all("fill", ["x" * 20_000, n])
+        for n in range(200):  # all written to the stubborn client too
+            assert (await reader.recv())["arguments"][1] == n
+    admin = bearer(mint_token(ACCESS_KEY, f"{second.url}/api/admin"))
+    ours = f"{deployment.prefix}-gw1"
+    async with httpx.AsyncClient(base_url=second.url) as http:
+
+        async def status() -> dict[str, Any]:
+            r = await http.get("/api/admin/cluster", headers=admin)
+            assert r.status_code == 200, r.text
+            return {g["id"]: g for g in r.json()["gateways"]}
+
+        async def reported() -> bool:
+            return (await status())[ours]["connections"] == 2
+
+        await eventually(reported)
+        assert (await status())[ours]["draining"] is False
+        first.signal(signal.SIGTERM)
+
+        async def draining() -> bool:
+            gateway = (await status()).get(ours)
+            return gateway is not None and gateway["draining"] is True and gateway["live"]
+
+        await eventually(draining, timeout=4)
+
+        async def gone() -> bool:  # deregistered once it stopped
+            return ours not in await status()
+
+        await eventually(gone, timeout=15)
+    assert first.stop(timeout=30) == 0
+    stubborn.transport.abort()
