@@ -210,3 +210,39 @@ async def test_limits_and_tokens(deployment: Deployment) -> None:
         long_group = f"{gateway.url}/api/hubs/chat/groups/{'g' * 1025}/connections"
         r = await get(http, long_group)
         assert r.status_code == 400 and r.json()["code"] == "Error.InvalidName", r.text
+
+
+async def test_glob_characters_in_hub_and_group_names_match_only_themselves(
+    deployment: Deployment,
+) -> None:
+    """Hub names may hold ``[`` and ``]``, group names anything: as a SCAN pattern, hub
+    ``h[1]`` would match hub ``h1``'s keys, group ``*`` every group."""
+    gateway = await deployment.start_gateway()
+    async with httpx.AsyncClient() as http:
+        a = await RawClient.connect(gateway.url, hub="h[1]", token=client_token("ann"), http=http)
+        b = await RawClient.connect(gateway.url, hub="h1", token=client_token("ben"), http=http)
+        try:
+            for hub, client in (("h[1]", a), ("h1", b)):
+                async with HubbubClient(gateway.url, ACCESS_KEY, hub) as api:
+                    await api.add_connection_to_group("*", client.connection_id or "")
+                    await api.add_connection_to_group("g?", client.connection_id or "")
+            url = f"{gateway.url}/api/hubs/h%5B1%5D/counts"
+            r = await get(http, url)
+            assert r.json() == {"connections": 1, "groups": 2, "users": 1, "complete": True}
+            groups, _ = await walk(http, f"{gateway.url}/api/hubs/h%5B1%5D/groups", 10)
+            assert sorted(g["name"] for g in groups) == ["*", "g?"]
+            admin = {
+                "Authorization": f"Bearer {mint_token(ACCESS_KEY, f'{gateway.url}/api/admin')}"
+            }
+            for prefix, expected in (("*", ["*"]), ("g", ["g?"]), ("?", []), ("", ["*", "g?"])):
+                r = await http.get(
+                    f"{gateway.url}/api/admin/hubs/h%5B1%5D/groups",
+                    params={"prefix": prefix},
+                    headers=admin,
+                )
+                assert sorted(g["name"] for g in r.json()["items"]) == expected, (prefix, r.text)
+            r = await http.get(f"{gateway.url}/api/admin/hubs/h1/users", headers=admin)
+            assert r.json() == {"items": ["ben"], "next": None}, r.text
+        finally:
+            await a.close()
+            await b.close()

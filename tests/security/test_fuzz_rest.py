@@ -54,7 +54,8 @@ TIMEOUT = 10.0  # seconds per request: a hung request fails the test instead of 
 class SignedAuth(requests.auth.AuthBase):
     """A service token per request, ``aud`` = the request URL as it goes on the wire (path
     parameters encoded) without its query but its last ``application`` (ServiceAuth's rule:
-    ``application`` names part of the hub)."""
+    ``application`` names part of the hub); for the admin console's endpoints, its one
+    audience ``<origin>/api/admin``."""
 
     def __init__(self, key: str = ACCESS_KEY) -> None:
         self.key = key
@@ -64,6 +65,8 @@ class SignedAuth(requests.auth.AuthBase):
         url, _, query = request.url.partition("?")
         if url.endswith("/negotiate"):  # the client side: a client token, for a user
             token = mint_token(self.key, CLIENT_AUDIENCE, user_id="fuzzer")
+        elif (admin := url.find("/api/admin/")) != -1:  # the console's one audience
+            token = mint_token(self.key, url[:admin] + "/api/admin", minutes=5)
         else:
             application = [
                 v for k, v in parse_qsl(query, keep_blank_values=True) if k == "application"
