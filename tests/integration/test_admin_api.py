@@ -3,10 +3,13 @@ from another origin."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import socket
+import sys
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -58,6 +61,17 @@ async def test_admin_endpoints_need_a_token_for_the_admin_audience(
                 assert body["code"] == "Error.Unauthorized" and body["message"], (path, why, body)
             r = await http.get(path, headers=bearer(good))
             assert r.status_code == 200, (path, r.text)
+        # The token as the page and the README say to make it.
+        cli = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "hubbub"), "token", "--access-key", ACCESS_KEY,
+            "--audience", f"{base}/api/admin", "--minutes", "5",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await cli.communicate()
+        assert cli.returncode == 0
+        made = out.decode().strip()
+        r = await http.get("/api/admin/cluster", headers=bearer(made))
+        assert r.status_code == 200, r.text
         # What an answer holds, with no worker and no client: this gateway, 16 partitions.
         cluster = (await http.get("/api/admin/cluster", headers=bearer(good))).json()
         assert cluster["gateway"] == f"{deployment.prefix}-gw1"

@@ -401,10 +401,10 @@ class Directory:
         ]
 
     async def gateways(self) -> list[GatewayInfo]:
-        """Gateways with a heartbeat (live or not yet reaped): their own report of their
-        connections and whether they drain (renewed with each heartbeat)."""
+        """Gateways with a heartbeat (live or not yet reaped), by id: their own report of
+        their connections and whether they drain (renewed with each heartbeat)."""
         now = time.time()
-        listed = await self._scored(self.schema.gateways)
+        listed = sorted(await self._scored(self.schema.gateways))
         async with self.redis.pipeline(transaction=False) as pipe:
             for gateway, _ in listed:
                 pipe.hmget(

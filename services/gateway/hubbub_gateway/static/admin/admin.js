@@ -139,7 +139,7 @@ function start() {
   setState("loading", "loading...");
   poll("fast");
   poll("slow");
-  timers = [setInterval(() => poll("fast"), 2000), setInterval(() => poll("slow"), 5000)];
+  timers = [setInterval(() => poll("fast"), 2000), setInterval(() => poll("slow"), 10000)];
 }
 
 function forget(message) {
