@@ -429,6 +429,16 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
             ),
             ("connect time (s)", lambda r: r["connect_seconds"], ".1f"),
             (
+                "**server CPU per connection opened (µs)**",
+                lambda r: r.get("connect_server_us_per_connection"),
+                ".0f",
+            ),
+            (
+                "… of which the server processes (gateways)",
+                lambda r: r.get("connect_gateway_us_per_connection"),
+                ".0f",
+            ),
+            (
                 "**gateway RSS growth per connection (KB)**",
                 lambda r: kb(r["gateway_bytes_per_connection"]),
                 ".1f",
