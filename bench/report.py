@@ -576,6 +576,7 @@ KEPT_SECTIONS = (
     "## Stateful reconnect and MessagePack",  # python -m bench --client-protocol ...
     "## The way back",  # python -m bench.upstream
     "## Redis Cluster",  # python -m bench --redis ...
+    "## Group size",  # python -m bench.group_size
     "## WAIT for replicas",  # python -m bench.wait
     "## Targeted messages at 1,000 clients",  # python -m bench --peer node --preset fanout-1k
 )
