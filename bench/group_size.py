@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.procstat import cpu_seconds
 from hubbub.dev.embedded import RedisProcess
 from hubbub.dev.launcher import LocalDeployment
 from hubbub.redis.endpoint import RedisEndpoint
@@ -31,8 +32,6 @@ from hubbub.redis.pipe import Pipe
 from hubbub.sdk.publisher import Publisher
 from hubbub.settings import Settings
 from hubbub.wire.keys import KeySchema
-
-from bench.procstat import cpu_seconds
 
 HUB = "bench"
 GATEWAYS = ("ga", "gb")
