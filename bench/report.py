@@ -296,7 +296,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
         out.append("")
 
     # ---------------------------------------------------------------- fixed workloads
-    all_phases = ["broadcast", "groups", "users", "latency"]
+    all_phases = ["broadcast", "groups", "users", "unit10", "latency"]
     for w in all_phases:
         runs = [(labels[n], sessions[n]["phases"].get(w)) for n in names if n in sessions]
         short = [
