@@ -9,6 +9,7 @@ no longer works against Hubbub fails the second.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -43,6 +44,15 @@ def test_the_guide_quotes_every_example_exactly() -> None:
     assert "/tmp/" not in guide  # nothing outside the repository
 
 
+async def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a command to its end (at most 60 s); it must succeed."""
+    done = await asyncio.to_thread(
+        subprocess.run, argv, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, (argv, done.stdout, done.stderr)
+    return done
+
+
 def start(name: str, script: str, env: dict[str, str], tmp_path: Path) -> ChildProcess:
     return start_process(
         name, [sys.executable, str(EXAMPLES / script)], env=env, log=tmp_path / f"{name}.log"
@@ -63,31 +73,25 @@ def wait_for_line(child: ChildProcess, text: str, timeout: float = 30.0) -> None
 async def test_the_examples_run_against_a_real_stack(cluster: Deployment, tmp_path: Path) -> None:
     a, b = cluster.gateways
     # As the guide says: the token from `hubbub token` (the CLI in this environment).
-    token = subprocess.run(
-        [str(Path(sys.executable).with_name("hubbub")), "token", "--access-key", ACCESS_KEY,
-         "--user", "alice", "--role", "hubbub.joinLeaveGroup"],
-        capture_output=True, text=True, check=True,
+    hubbub = str(Path(sys.executable).with_name("hubbub"))
+    token = (
+        await run([hubbub, "token", "--access-key", ACCESS_KEY, "--user", "alice",
+                   "--role", "hubbub.joinLeaveGroup"], cluster.env())
     ).stdout.strip()  # fmt: skip
-    env = cluster.env(HUBBUB_URL=b.url, COUNT="0")
-    alice = start("pysignalr", "pysignalr_listen.py", {**env, "TOKEN": token, "COUNT": "3"}, tmp_path)
+    env = {**cluster.env(HUBBUB_URL=b.url), "TOKEN": token}
+    alice = start("pysignalr", "pysignalr_listen.py", {**env, "COUNT": "3"}, tmp_path)
     bob = start("signalrcore", "signalrcore_listen.py", {**env, "COUNT": "2"}, tmp_path)
     try:
-        wait_for_line(alice, "listening in group vip")
-        wait_for_line(bob, "listening in group vip")
-        sender = subprocess.run(
-            [sys.executable, str(EXAMPLES / "send.py")],
-            env=cluster.env(HUBBUB_URL=a.url),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        await asyncio.to_thread(wait_for_line, alice, "listening in group vip")
+        await asyncio.to_thread(wait_for_line, bob, "listening in group vip")
+        sender = await run(
+            [sys.executable, str(EXAMPLES / "send.py")], cluster.env(HUBBUB_URL=a.url)
         )
-        assert sender.returncode == 0, sender.stderr
         assert re.fullmatch(r"sent \S+\npublished \S+\n", sender.stdout), sender.stdout
 
         # Each listener exits 0 after COUNT messages, having printed them in order.
         for child in (alice, bob):
-            child.process.wait(30)
+            await asyncio.to_thread(child.process.wait, 30)
             assert child.returncode == 0, child.output()
         group = ["newMessage vip news, over REST", "newMessage vip news, from Publisher"]
         got_alice = [ln for ln in alice.output().splitlines() if ln.startswith("newMessage")]

@@ -39,7 +39,7 @@ BEARER_DESCRIPTION = (
     "A JWT signed (HS256) with the access key (`HUBBUB_ACCESS_KEY`), with `exp` and "
     "`aud` = **the exact URL of the request** (scheme, host, port and path; the query is "
     "ignored but `application`). A token therefore serves one operation on one path: for "
-    "\"Try it out\", mint one for the URL Swagger UI shows under *Request URL*:\n\n"
+    '"Try it out", mint one for the URL Swagger UI shows under *Request URL*:\n\n'
     "    hubbub token --access-key KEY --audience "
     "http://127.0.0.1:8080/api/hubs/chat/:send\n\n"
     "and paste it here (without `Bearer`). `hubbub.sdk.client.HubbubClient` signs each call "
@@ -52,11 +52,12 @@ def _one_method_each(routes: list[BaseRoute]) -> list[BaseRoute]:
     its operation id, the others get ``_<method>`` appended."""
     out: list[BaseRoute] = []
     for route in routes:
-        if not (isinstance(route, APIRoute) and route.include_in_schema and len(route.methods) > 1):
+        methods = sorted(route.methods or ()) if isinstance(route, APIRoute) else []
+        if not (isinstance(route, APIRoute) and route.include_in_schema and len(methods) > 1):
             out.append(route)
             continue
         base = route.operation_id or route.name
-        for i, method in enumerate(sorted(route.methods)):
+        for i, method in enumerate(methods):
             one = copy.copy(route)
             one.methods = {method}
             one.operation_id = base if i == 0 else f"{base}_{method.lower()}"
