@@ -26,7 +26,7 @@ from hubbub.telemetry import setup_tracing
 from hubbub.tokens import ServiceTokenVerifier
 from hubbub.wire.keys import KeySchema
 
-from . import connect, endpoints, errors, negotiate
+from . import apidocs, connect, demo, endpoints, errors, negotiate
 from .deliver import LocalConnection, LocalIndex
 from .health import Health
 from .inbox import InboxReader
@@ -185,6 +185,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="SignalR-compatible real-time messaging on Redis",
         lifespan=lifespan,
+        # Swagger UI from the gateway's own files (apidocs), never a CDN; no ReDoc.
+        docs_url=None,
+        redoc_url=None,
         # The gateway traces with its own spans (hubbub.telemetry) and counts with Prometheus;
         # FastAPI's telemetry would also look for global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -193,6 +196,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(negotiate.router)
     app.include_router(connect.router)
     sends = endpoints.install(app, settings)
+    apidocs.install(app)
+    demo.install(app, settings)
 
     @app.api_route("/api/health", methods=["GET", "HEAD"], tags=["health"])
     async def health(request: Request) -> Response:
