@@ -20,7 +20,14 @@ import bench
 from bench.clients import CLIENT_IMPLS, CLIENT_PROTOCOLS
 from bench.common import log, run_loop
 from bench.phases import run_all
-from bench.report import kept_sections, machine_and_versions, print_details, results_markdown
+from bench.report import (
+    kept_sections,
+    machine_and_versions,
+    print_details,
+    results_markdown,
+    section_markdown,
+    write_section,
+)
 from bench.targets import PEERS, TARGETS, cluster_masters
 from bench.workloads import DEFAULT_RATES, EXTRA_RATES, WORKLOADS
 
@@ -201,6 +208,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "inflates their CPU figures)",
     )
     parser.add_argument("--results", type=Path, help="write the report (markdown) to this file")
+    parser.add_argument(
+        "--section",
+        metavar="HEADING",
+        help="with --results: replace (or add) only this section of the file, e.g. "
+        "'## Unit10 on one box' (bench/run does so for its presets)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure (JSON) to this file")
     parser.add_argument("--details", action="store_true", help="print every figure of each phase")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -286,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.details:
         print_details(report)
     print(text)
-    if args.results:
+    if args.results and args.section:
+        section = section_markdown(report, args, info, args.section)
+        write_section(args.results, args.section, section)
+        log(f"section {args.section!r} of {args.results} written")
+    elif args.results:
         args.results.write_text(text + "\n" + kept_sections(args.results))
         log(f"results written to {args.results}")
     if args.json:
