@@ -467,7 +467,7 @@ async def run_idle(
 ) -> dict[str, Any]:
     """W4: a fresh start, ``--idle`` idle connections over the gateways; RSS growth of each."""
     target = TARGETS[name](
-        workdir / f"{name}-idle", gateways=args.gateways, workers=args.workers, profile=False
+        workdir / f"{name}-idle", gateways=args.gateways, workers=args.workers, profile=args.profile
     )
     if isinstance(target, HubbubTarget):
         target.redis_topology = args.redis[0]
