@@ -110,7 +110,7 @@ async def main(args: argparse.Namespace) -> None:
     redis.start()
     assert redis.process is not None
     redis_pid = redis.process.pid
-    deployment = LocalDeployment(redis.url, ACCESS_KEY, workdir=workdir)
+    deployment = LocalDeployment(redis.url, ACCESS_KEY, workdir=workdir, profile=args.profile)
     settings = Settings(redis_url=redis.url, access_key=ACCESS_KEY)
     try:
         # Two gateways that are alive as far as Redis says (a day of heartbeat), with inboxes.
@@ -166,6 +166,8 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         deployment.stop()
         redis.stop()
+        if args.profile:
+            print(f"profile: {workdir / 'worker1.prof'}")
 
 
 def _warmup(args: argparse.Namespace) -> argparse.Namespace:
@@ -178,6 +180,7 @@ def cli() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="group messages per second")
     parser.add_argument("--messages", type=int, default=2500, help="messages per size")
     parser.add_argument("--results", type=Path, help="write the table as a section of this file")
+    parser.add_argument("--profile", action="store_true", help="the worker under cProfile")
     asyncio.run(main(parser.parse_args()))
 
 
