@@ -29,10 +29,21 @@ from hubbub.redis.directory import (
 )
 from hubbub.tokens import TokenError, bearer
 
-from .errors import ApiError
+from .errors import ERROR_RESPONSES, ApiError
 from .state import GatewayState
 
 AUDIENCE_PATH = "/api/admin"
+# The OpenAPI security scheme of the admin endpoints (the REST API's is per URL).
+SECURITY_SCHEME = "adminToken"
+SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "A JWT signed (HS256) with the access key, with `exp` and `aud` = "
+    f"`<origin>{AUDIENCE_PATH}` (one token for every admin endpoint):\n\n"
+    "    hubbub token --access-key KEY --audience "
+    f"http://127.0.0.1:8080{AUDIENCE_PATH} --minutes 15",
+}
 HUBS_WITH_COUNTS = 20  # hubs whose group and user counts one answer walks for
 
 # The page's own files, read once; served with a policy that forbids any other origin.
@@ -70,12 +81,22 @@ Admin = Annotated[GatewayState, Depends(admin_token)]
 router = APIRouter(prefix=AUDIENCE_PATH, tags=["admin console (Hubbub extension)"])
 
 
+def _route(name: str) -> dict[str, Any]:
+    """What each admin route documents: its operation id, the bearer scheme, the refusals."""
+    return {
+        "name": name,
+        "operation_id": name,
+        "responses": ERROR_RESPONSES,
+        "openapi_extra": {"security": [{SECURITY_SCHEME: []}]},
+    }
+
+
 def _page(page: Page[Any]) -> dict[str, Any]:
     items = [i if isinstance(i, str) else dataclasses.asdict(i) for i in page.items]
     return {"items": items, "next": page.next}
 
 
-@router.get("/cluster", name="admin_cluster")
+@router.get("/cluster", **_route("admin_cluster"))
 async def cluster(state: Admin) -> dict[str, Any]:
     """Gateways (connections, draining, last heartbeat), workers (partitions held, last
     heartbeat) and each publish partition's holder, lag and pending."""
@@ -90,7 +111,7 @@ async def cluster(state: Admin) -> dict[str, Any]:
     }
 
 
-@router.get("/hubs", name="admin_hubs")
+@router.get("/hubs", **_route("admin_hubs"))
 async def hubs(state: Admin) -> dict[str, Any]:
     """Hubs the gateways hold connections of, with their counts (the first
     :data:`HUBS_WITH_COUNTS` of them; the others by name only)."""
@@ -104,7 +125,7 @@ async def hubs(state: Admin) -> dict[str, Any]:
     return {"items": items, "truncated": truncated}
 
 
-@router.get("/hubs/{hub}/{kind}", name="admin_search")
+@router.get("/hubs/{hub}/{kind}", **_route("admin_search"))
 async def search(
     state: Admin,
     hub: str,
@@ -124,7 +145,7 @@ async def search(
     return _page(await directory.groups(name, limit, cursor, prefix))
 
 
-@router.get("/refusals", name="admin_refusals")
+@router.get("/refusals", **_route("admin_refusals"))
 async def refusals(state: Admin) -> dict[str, Any]:
     """The refusals this gateway logged lately (newest first)."""
     return {"gateway": state.settings.gateway_id, "items": state.refusals.recent()}

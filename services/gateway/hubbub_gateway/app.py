@@ -29,7 +29,7 @@ from hubbub.tokens import ServiceTokenVerifier
 from hubbub.wire import keys
 from hubbub.wire.keys import KeySchema
 
-from . import admin, connect, endpoints, errors, negotiate
+from . import admin, apidocs, connect, demo, endpoints, errors, negotiate
 from .deliver import LocalConnection, LocalIndex
 from .health import Health
 from .inbox import InboxReader
@@ -152,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             redis=redis,
             schema=schema,
-            membership=Membership.from_settings(redis, settings),
+            membership=Membership.from_settings(redis, settings, publish_pipe),
             publish=publish,
             index=index,
             metrics=metrics,
@@ -208,6 +208,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="SignalR-compatible real-time messaging on Redis",
         lifespan=lifespan,
+        # Swagger UI from the gateway's own files (apidocs), never a CDN; no ReDoc.
+        docs_url=None,
+        redoc_url=None,
         # The gateway traces with its own spans (hubbub.telemetry) and counts with Prometheus;
         # FastAPI's telemetry would also look for global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -217,6 +220,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(connect.router)
     sends = endpoints.install(app, settings)
     admin.install(app)
+    apidocs.install(app)
+    demo.install(app, settings)
 
     @app.api_route("/api/health", methods=["GET", "HEAD"], tags=["health"])
     async def health(request: Request) -> Response:

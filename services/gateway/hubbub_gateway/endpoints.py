@@ -37,7 +37,7 @@ from hubbub.urls import escape_segment, routed_path, segment_value
 from hubbub.wire.envelopes import Kind
 from hubbub.wire.messages import EXCLUDABLE, MAX_METHOD_LENGTH
 
-from .errors import ApiError
+from .errors import ERROR_RESPONSES, ApiError
 from .ingest import (
     Accepted,
     BatchAccepted,
@@ -54,6 +54,8 @@ from .state import GatewayState
 # Prefix -> documented in OpenAPI.
 PREFIXES = {"/api/hubs/{hub}": True, "/api/v1/hubs/{hub}": False}
 TAGS: list[Any] = ["REST API"]
+# The OpenAPI security scheme every REST operation requires (defined by .apidocs).
+SECURITY_SCHEME = "accessKeyToken"
 
 
 class TokenAnswer(BaseModel):
@@ -543,6 +545,17 @@ def _app_of(route: str, endpoint: Endpoint) -> RawEndpoint:
     return SendEndpoint(route, endpoint.kind, recipient)
 
 
+def _responses(endpoint: Endpoint) -> dict[int | str, dict[str, Any]]:
+    """The endpoint's own responses over the refusals every operation may answer, each with
+    the ``{code, message}`` body."""
+    merged = {status: dict(answer) for status, answer in ERROR_RESPONSES.items()}
+    for status, answer in (endpoint.responses or {}).items():
+        merged[status] = {**merged.get(status, {}), **answer}
+        if isinstance(status, int) and status >= 400:
+            merged[status].setdefault("model", ERROR_RESPONSES[400]["model"])
+    return merged
+
+
 def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
     """Register the REST routes on ``app``; the send and batch routes' (template, ASGI app),
     for :func:`send_shortcut`.
@@ -556,14 +569,19 @@ def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
         for endpoint in endpoints:
             path = prefix + endpoint.path
             handler = endpoint.handler or _documented(endpoint)
+            name = endpoint.name or handler.__name__
             app.router.add_api_route(
                 prefix + re.sub(r"{(\w+)}", r"{\1:name}", endpoint.path),  # NameConvertor
                 handler,
                 methods=list(endpoint.methods),
-                name=endpoint.name or handler.__name__,
+                name=name,
+                # Unique per documented operation; .apidocs suffixes the method when a route
+                # has several (GET and HEAD).
+                operation_id=name,
                 summary=endpoint.summary,
                 status_code=endpoint.status_code,
-                responses=endpoint.responses,
+                responses=_responses(endpoint),
+                openapi_extra={"security": [{SECURITY_SCHEME: []}]},
                 response_model=endpoint.response_model or Default(None),
                 dependencies=[Depends(authenticate)],
                 tags=TAGS,

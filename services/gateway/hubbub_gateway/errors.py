@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
@@ -85,6 +86,31 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.quiet = quiet
+
+
+class ErrorBody(BaseModel):
+    """Every error's body (OpenAPI documents it; :func:`error_response` writes it)."""
+
+    code: str = Field(
+        description="Azure-style error code, also in the x-ms-error-code header",
+        examples=["Error.InvalidRequest"],
+    )
+    message: str = Field(description="What was wrong, for a human")
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The refusals every REST operation may answer, as OpenAPI documents them (never FastAPI's
+# 422: validation errors are 400 here).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Malformed body, name or query (Error.InvalidRequest, Error.InvalidName)"),
+    401: _documented("Missing or bad token: HS256 with the access key, aud = the request URL"),
+    404: _documented("No such hub, connection, user or group"),
+    413: _documented("Request body over HUBBUB_MAX_BODY_SIZE (1 MiB)"),
+    503: _documented("Redis unreachable or the gateway draining"),
+}
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
