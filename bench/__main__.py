@@ -20,9 +20,16 @@ import bench
 from bench.clients import CLIENT_IMPLS, CLIENT_PROTOCOLS
 from bench.common import log, run_loop
 from bench.phases import run_all
-from bench.report import kept_sections, machine_and_versions, print_details, results_markdown
+from bench.report import (
+    kept_sections,
+    machine_and_versions,
+    print_details,
+    results_markdown,
+    section_markdown,
+    write_section,
+)
 from bench.targets import PEERS, TARGETS, cluster_masters
-from bench.workloads import DEFAULT_RATES, WORKLOADS
+from bench.workloads import DEFAULT_RATES, EXTRA_RATES, WORKLOADS
 
 # --preset NAME: options put before the command line's own (which win, e.g. --seconds 5).
 PRESETS: dict[str, tuple[str, list[str]]] = {
@@ -30,6 +37,13 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
         "issue 14's phases: W2 (groups of 10) and W3 (one user) at 500 msg/s, 1,000 clients",
         ["--clients", "1000", "--workload", "groups", "--workload", "users",
          "--groups-rate", "500", "--users-rate", "500"],
+    ),
+    "unit10": (
+        "issue 14's Azure Unit10 on one box: 10,000 clients, 2.2 broadcasts/s (22,000 "
+        "deliveries/s) and 2,200 REST sends to users/s at the same time",
+        ["--target", "hubbub", "--clients", "10000", "--workload", "unit10",
+         "--hubbub-publish", "rest", "--client-procs", "2", "--publisher-procs", "2",
+         "--publishers", "32"],
     ),
 }  # fmt: skip
 
@@ -95,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle", type=int, default=None, help="W4: this many idle connections")
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--rate", type=float, help="messages/s of every fixed workload")
-    for w, rate in DEFAULT_RATES.items():
+    for w, rate in {**DEFAULT_RATES, **EXTRA_RATES}.items():
         parser.add_argument(f"--{w}-rate", type=float, default=rate, help=f"default {rate:g}")
     parser.add_argument("--seconds", type=float, default=10, help="duration of each fixed phase")
     parser.add_argument("--client-procs", type=int, default=2)
@@ -194,6 +208,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "inflates their CPU figures)",
     )
     parser.add_argument("--results", type=Path, help="write the report (markdown) to this file")
+    parser.add_argument(
+        "--section",
+        metavar="HEADING",
+        help="with --results: replace (or add) only this section of the file, e.g. "
+        "'## Unit10 on one box' (bench/run does so for its presets)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure (JSON) to this file")
     parser.add_argument("--details", action="store_true", help="print every figure of each phase")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -231,7 +251,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         and "users" in args.workloads
         and args.rest_seconds > 0
     )
-    args.rates = {w: args.rate or getattr(args, f"{w}_rate") for w in DEFAULT_RATES}
+    args.rates = {
+        w: args.rate or getattr(args, f"{w}_rate") for w in {**DEFAULT_RATES, **EXTRA_RATES}
+    }
     if args.clients < 1 or args.client_procs < 1 or args.seconds <= 0:
         parser.error("--clients, --client-procs and --seconds must be positive")
     if any(r <= 0 for r in args.rates.values()) or args.publisher_procs < 1:
@@ -277,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.details:
         print_details(report)
     print(text)
-    if args.results:
+    if args.results and args.section:
+        section = section_markdown(report, args, info, args.section)
+        write_section(args.results, args.section, section)
+        log(f"section {args.section!r} of {args.results} written")
+    elif args.results:
         args.results.write_text(text + "\n" + kept_sections(args.results))
         log(f"results written to {args.results}")
     if args.json:

@@ -467,7 +467,7 @@ async def run_idle(
 ) -> dict[str, Any]:
     """W4: a fresh start, ``--idle`` idle connections over the gateways; RSS growth of each."""
     target = TARGETS[name](
-        workdir / f"{name}-idle", gateways=args.gateways, workers=args.workers, profile=False
+        workdir / f"{name}-idle", gateways=args.gateways, workers=args.workers, profile=args.profile
     )
     if isinstance(target, HubbubTarget):
         target.redis_topology = args.redis[0]
@@ -487,7 +487,7 @@ async def run_idle(
         specs = [
             ClientSpec(i, endpoints[i % len(endpoints)], f"u{i}", "") for i in range(args.idle)
         ]
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), cpu_snapshot(pids)
         client_protocol = client_protocol_of(target, args)
         out["client_protocol"] = client_protocol
         ready = await pool.start(
@@ -500,7 +500,17 @@ async def run_idle(
             client_protocol if target.protocol == "signalr" else "json",
         )
         out["connect_seconds"] = time.monotonic() - t0
+        cpu1 = cpu_snapshot(pids)
         connected = sum(len(a["ready"]) for a in ready)
+        # Server CPU spent opening them (negotiate, upgrade, handshake, registration), per
+        # connection: every server-side process, and the gateways (server processes) alone.
+        spent = {k: cpu1[k] - cpu0[k] for k in pids}
+        out["connect_cpu_seconds"] = spent
+        if connected:
+            out["connect_server_us_per_connection"] = sum(spent.values()) / connected * 1e6
+            out["connect_gateway_us_per_connection"] = (
+                sum(spent[k] for k in gateways) / connected * 1e6
+            )
         errors = [e for a in ready for e in a["errors"]]
         out["connected"] = connected
         out["connect_errors"] = errors[:5]

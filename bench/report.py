@@ -296,7 +296,7 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
         out.append("")
 
     # ---------------------------------------------------------------- fixed workloads
-    all_phases = ["broadcast", "groups", "users", "latency"]
+    all_phases = ["broadcast", "groups", "users", "unit10", "latency"]
     for w in all_phases:
         runs = [(labels[n], sessions[n]["phases"].get(w)) for n in names if n in sessions]
         short = [
@@ -428,6 +428,16 @@ def markdown_report(report: dict[str, Any], args: argparse.Namespace) -> str:
                 "d",
             ),
             ("connect time (s)", lambda r: r["connect_seconds"], ".1f"),
+            (
+                "**server CPU per connection opened (µs)**",
+                lambda r: r.get("connect_server_us_per_connection"),
+                ".0f",
+            ),
+            (
+                "… of which the server processes (gateways)",
+                lambda r: r.get("connect_gateway_us_per_connection"),
+                ".0f",
+            ),
             (
                 "**gateway RSS growth per connection (KB)**",
                 lambda r: kb(r["gateway_bytes_per_connection"]),
@@ -566,9 +576,48 @@ KEPT_SECTIONS = (
     "## Stateful reconnect and MessagePack",  # python -m bench --client-protocol ...
     "## The way back",  # python -m bench.upstream
     "## Redis Cluster",  # python -m bench --redis ...
+    "## Group size",  # python -m bench.group_size
     "## WAIT for replicas",  # python -m bench.wait
     "## Targeted messages at 1,000 clients",  # python -m bench --peer node --preset fanout-1k
+    "## Unit10 on one box",  # python -m bench --preset unit10
 )
+
+
+def write_section(path: Path, heading: str, body: str) -> None:
+    """Put ``body`` (which starts with ``heading``) in place of the results file's section
+    with that heading (up to the next ``## ``), or at its end: how runs other than the main
+    one keep their figures in the same file (see :data:`KEPT_SECTIONS`)."""
+    text = path.read_text() if path.exists() else ""
+    body = body.rstrip("\n") + "\n"
+    pattern = rf"^{re.escape(heading)}.*?(?=^## |\Z)"
+    if re.search(pattern, text, re.S | re.M):
+        text = re.sub(pattern, lambda _: body + "\n", text, count=1, flags=re.S | re.M)
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def section_markdown(
+    report: dict[str, Any], args: argparse.Namespace, info: dict[str, str], heading: str
+) -> str:
+    """This run as one section of the results file (``--section``): what ran, then its
+    tables, their headings one level down."""
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(report["started"]))
+    phases = [p for s in report["sessions"].values() for p in s["phases"].values()]
+    other = [p["other_cpu_cores"] for p in phases]
+    load = f"other load {min(other):.2f} to {max(other):.2f} cores" if other else "no phase"
+    body = markdown_report(report, args)
+    body = re.sub(r"^## ", "### ", body, flags=re.M)
+    return "\n".join(
+        [
+            heading,
+            "",
+            f"`{info['command']}`: {started}, hubbub {info['hubbub']}, {load}. Every ratio is "
+            "against the peer measured in the same invocation.",
+            "",
+            body,
+        ]
+    )
 
 
 def kept_sections(path: Path) -> str:

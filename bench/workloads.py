@@ -73,7 +73,33 @@ class Users(Workload):
         return ("user", user), {"u": user}, self.users[user]
 
 
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (Broadcast, Groups, Users)}
+class Unit10(Users):
+    """Issue 14's Azure Unit10 mix: mostly messages to one user, and one broadcast every
+    :data:`UNIT10_USERS_PER_BROADCAST` of them. With 10,000 clients, 2,202 messages/s are
+    2,200 sends to users and 2.2 broadcasts (22,000 deliveries) a second. Each publisher
+    process draws only its own share, so each keeps the ratio over its own messages."""
+
+    name = "unit10"
+    label = "Unit10 mix (broadcasts + one user)"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.drawn = 0
+
+    def next(self) -> tuple[tuple[str, str], dict[str, str], int]:
+        self.drawn += 1
+        if self.drawn % UNIT10_USERS_PER_BROADCAST == UNIT10_USERS_PER_BROADCAST // 2:
+            return ("all", ""), {}, len(self.connected)
+        return super().next()
+
+
+UNIT10_USERS_PER_BROADCAST = 1000
+# Workloads outside --all (a preset runs them), with their default rates.
+EXTRA_RATES = {"unit10": 2202.0}
+
+WORKLOADS: dict[str, type[Workload]] = {
+    w.name: w for w in (Broadcast, Groups, Users, Unit10)
+}
 
 
 def ramp_verdict(r: dict[str, Any], p99_limit_ms: float) -> str | None:

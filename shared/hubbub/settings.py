@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     # Browser origins allowed to call the REST API and open WebSockets (JSON list): [] = none
     # (pages served from the gateway's own origin always work), ["*"] = any (hubbub dev).
     cors_origins: list[str] = []
+    # The demo page at / and its token endpoints under /demo (hubbub_gateway.demo): for a
+    # local deployment only (hubbub dev turns it on), since they mint tokens for any caller.
+    # Off: / answers a small JSON index and /demo/* does not exist.
+    demo_page: bool = False
     # The hubs this deployment serves (JSON list, matched case-insensitively); [] = any valid
     # name. Pinned, an unknown hub is a 404 on negotiate, connect and REST.
     hubs: list[str] = []

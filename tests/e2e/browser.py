@@ -46,8 +46,19 @@ def chromium_paths() -> tuple[str, str]:
     return binary, driver
 
 
-def headless_chromium(binary: str, driver: str) -> Browser:
-    """A fresh headless browser (its own profile: pages of two of them share nothing)."""
+# Chromium options that leave it only this machine's loopback: every host name but 127.0.0.1
+# fails to resolve, and anything else would go to a proxy that is not there. A page that
+# needs a CDN then breaks, as it would offline.
+LOOPBACK_ONLY = (
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--proxy-server=http://127.0.0.1:9",
+    "--proxy-bypass-list=127.0.0.1",
+)
+
+
+def headless_chromium(binary: str, driver: str, extra: tuple[str, ...] = ()) -> Browser:
+    """A fresh headless browser (its own profile: pages of two of them share nothing);
+    ``extra``: more command-line options (e.g. :data:`LOOPBACK_ONLY`)."""
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for argument in (
@@ -58,6 +69,7 @@ def headless_chromium(binary: str, driver: str) -> Browser:
         "--window-size=1100,800",
         "--no-first-run",
         "--disable-extensions",
+        *extra,
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -69,6 +81,23 @@ def artifacts_dir() -> Path:
     (git-ignored; the directory a CI job keeps)."""
     path = Path(os.environ.get("HUBBUB_ARTIFACTS") or REPO / "artifacts")
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def screenshot(page: Browser, name: str) -> Path | None:
+    """Save the page as ``test-artifacts/screenshots/<name>.png`` at the repository root
+    (git-ignored; ``$HUBBUB_ARTIFACTS/screenshots`` when set), print and return its path.
+    A failed screenshot never hides the test's own outcome."""
+    base = os.environ.get("HUBBUB_ARTIFACTS")
+    folder = Path(base) / "screenshots" if base else REPO / "test-artifacts" / "screenshots"
+    path = folder / f"{name}.png"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        page.save_screenshot(str(path))
+    except Exception as exc:
+        print(f"screenshot {name} failed: {exc!r}")
+        return None
+    print(f"screenshot: {path}")
     return path
 
 

@@ -25,8 +25,10 @@ Event = dict[str, Any]
 
 
 def ensure_node_modules() -> None:
-    """Install the pinned client from the lock file once, so a fresh checkout just works."""
-    if (NODE_DIR / "node_modules" / "@microsoft" / "signalr").is_dir():
+    """Install the pinned packages from the lock file once, so a fresh checkout just works
+    (again when package.json names one that node_modules lacks)."""
+    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
+    if all((NODE_DIR / "node_modules" / name).is_dir() for name in wanted):
         return
     npm = shutil.which("npm")
     if npm is None:

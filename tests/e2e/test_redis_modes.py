@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
 from hubbub.dev.topologies import RedisClusterProcesses, SentinelProcesses
 from hubbub.redis.endpoint import RedisEndpoint
+from hubbub.sdk.client import HubbubClient
 from hubbub.settings import Settings
+from hubbub.tokens import mint_token
 from tests.e2e.test_js_client import (  # noqa: F401  (fixtures and tests run here again)
     _js_installed,
     js,
@@ -39,7 +43,8 @@ from tests.e2e.test_upstream import (  # noqa: F401
     test_client_results_across_gateways,
     test_invoke_returns_the_handlers_value_and_send_reaches_it,
 )
-from tests.support.processes import Deployment
+from tests.support.processes import ACCESS_KEY, Deployment, eventually
+from tests.support.rawclient import RawClient, client_token
 
 pytestmark = pytest.mark.e2e
 
@@ -88,3 +93,68 @@ async def deployment(
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         print(dep.logs())
+
+
+async def test_listings_and_admin_data(deployment: Deployment) -> None:
+    """The listings and the admin console's data on Sentinel and Cluster: in Cluster a hub's
+    SCAN goes to the master that owns the hub's slot (a SCAN of every master would answer
+    with a cursor per master)."""
+    first = await deployment.start_gateway()
+    second = await deployment.start_gateway()
+    deployment.start_worker()
+    sockets = [
+        await RawClient.connect(gw.url, token=client_token(user))
+        for gw, user in ((first, "alice"), (second, "bob"), (second, "carol"))
+    ]
+    ids = {c.connection_id for c in sockets}
+
+    async def walk(http: httpx.AsyncClient, path: str) -> list[Any]:
+        items: list[Any] = []
+        params: dict[str, Any] = {"limit": 1}
+        while True:
+            url = f"{first.url}/api/hubs/chat{path}"
+            auth = {"Authorization": f"Bearer {mint_token(ACCESS_KEY, url)}"}
+            r = await http.get(url, params=params, headers=auth)
+            assert r.status_code == 200, r.text
+            items += r.json()["items"]
+            if r.json()["next"] is None:
+                return items
+            params["cursor"] = r.json()["next"]
+
+    try:
+        async with HubbubClient(first.url, ACCESS_KEY, "chat") as api:
+            for c in sockets:
+                await api.add_connection_to_group("room", c.connection_id or "")
+        async with httpx.AsyncClient() as http:
+            assert set(await walk(http, "/groups/room/connections")) == ids
+            assert await walk(http, "/groups") == [{"name": "room", "connections": 3}]
+            assert await walk(http, "/users/bob/connections") == [sockets[1].connection_id]
+            url = f"{first.url}/api/hubs/chat/counts"
+            r = await http.get(
+                url, headers={"Authorization": f"Bearer {mint_token(ACCESS_KEY, url)}"}
+            )
+            assert r.json() == {"connections": 3, "groups": 1, "users": 3, "complete": True}, r.text
+            admin = {"Authorization": f"Bearer {mint_token(ACCESS_KEY, f'{second.url}/api/admin')}"}
+
+            async def reported() -> bool:
+                r = await http.get(f"{second.url}/api/admin/cluster", headers=admin)
+                assert r.status_code == 200, r.text
+                body = r.json()
+                gateways = {g["id"]: g["connections"] for g in body["gateways"]}
+                held = {p["worker"] for p in body["partitions"]}
+                ours = {
+                    f"{deployment.prefix}-{first.name}": 1,
+                    f"{deployment.prefix}-{second.name}": 2,
+                }
+                return gateways == ours and held == {"worker1"}
+
+            await eventually(reported, timeout=15)
+            r = await http.get(f"{second.url}/api/admin/hubs/chat/users?prefix=c", headers=admin)
+            assert r.json() == {"items": ["carol"], "next": None}, r.text
+            r = await http.get(f"{second.url}/api/admin/hubs", headers=admin)
+            (hub,) = r.json()["items"]
+            assert hub == {"name": "chat", "connections": 3, "groups": 1, "users": 3,
+                           "complete": True}, hub  # fmt: skip
+    finally:
+        for c in sockets:
+            await c.close()

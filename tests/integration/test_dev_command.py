@@ -178,6 +178,9 @@ async def test_hubbub_dev_runs_and_delivers(tmp_path: Path) -> None:
         async with httpx.AsyncClient() as http:
             for url in re.findall(r"http://\S+/metrics", banner):
                 assert (await http.get(url)).status_code == 200, url
+            # hubbub dev turns the gateways' demo page on (HUBBUB_DEMO_PAGE).
+            front = await http.get(f"{gateways.group(1)}/")
+            assert front.status_code == 200 and "signalr.min.js" in front.text, front.text
         assert f"127.0.0.1:{metrics + 1}/metrics" in banner
 
         # Workers' /metrics only on the loopback interface.

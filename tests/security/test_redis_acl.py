@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
@@ -22,6 +23,7 @@ from redis.exceptions import NoPermissionError
 from hubbub.dev.embedded import RedisProcess
 from hubbub.redis.acl import Role, rules
 from hubbub.sdk.client import HubbubClient
+from hubbub.tokens import mint_token
 from hubbub.upstream import Call, Upstream
 from hubbub.wire.keys import KeySchema
 from tests.support.processes import ACCESS_KEY, Deployment, eventually
@@ -33,6 +35,10 @@ PASSWORDS: dict[Role, str] = {
     "worker": "worker-secret",
     "service": "service-secret",
 }
+
+
+def _bearer(audience: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint_token(ACCESS_KEY, audience)}"}
 
 
 def user_url(server: RedisProcess, role: Role) -> str:
@@ -123,6 +129,30 @@ async def test_a_deployment_runs_under_its_least_privilege_users(
             await api.remove_user_from_all_groups("alice")
             assert not await api.user_in_group("vip", "alice")
             await api.send_to_group("room", "left", [6])  # alice left: not for her
+            # The read-only listings and the admin console's data, under the gateway's user.
+            async with httpx.AsyncClient() as http:
+                for path in (
+                    "/api/hubs/chat/groups/room/connections",
+                    "/api/hubs/chat/users/alice/connections",
+                    "/api/hubs/chat/users/alice/groups",
+                    "/api/hubs/chat/groups",
+                    "/api/hubs/chat/counts",
+                ):
+                    url = first.url + path
+                    r = await http.get(url, headers=_bearer(url))
+                    assert r.status_code == 200, (path, r.text)
+                admin_token = _bearer(f"{first.url}/api/admin")
+                answers = {}
+                for path in ("cluster", "hubs", "hubs/chat/connections", "hubs/chat/groups"):
+                    r = await http.get(f"{first.url}/api/admin/{path}", headers=admin_token)
+                    assert r.status_code == 200, (path, r.text)
+                    answers[path] = r.json()
+                assert len(answers["cluster"]["gateways"]) == 2, answers
+                assert [c["id"] for c in answers["hubs/chat/connections"]["items"]] == [
+                    alice.connection_id
+                ], answers
+                (chat,) = answers["hubs"]["items"]
+                assert chat["name"] == "chat" and chat["connections"] == 1, answers
             await api.send_to_connection(alice.connection_id, "end", [7])
             assert (await alice.recv())["target"] == "end"
             await api.close_connection(alice.connection_id, "bye")

@@ -200,6 +200,7 @@ def test_process_wide_keys() -> None:
     assert schema.inbox("gw-1") == "p:inbox:gw-1"
     assert schema.gateways == "p:gateways"
     assert schema.gateway_hubs("gw-1") == "p:gwh:gw-1"
+    assert schema.gateway_status("gw-1") == "p:gws:gw-1"
     assert schema.reaper_lock("gw-1") == "p:reaping:gw-1"
 
 
@@ -213,9 +214,10 @@ def test_process_wide_keys_never_collide_with_per_hub_keys() -> None:
         schema.inbox("gw-1"),
         schema.gateways,
         schema.gateway_hubs("gw-1"),
+        schema.gateway_status("gw-1"),
         schema.reaper_lock("gw-1"),
     }
-    assert len(process) == 8
+    assert len(process) == 9
     hub_keys = {k for name in NASTY_NAMES for k in all_hub_keys(schema.hub("chat"), name)}
     assert process.isdisjoint(hub_keys)
     # Process-wide keys carry no hash tag of any hub.

@@ -1,6 +1,7 @@
 """Gauges: how far behind the partitions this worker owns are, for dashboards and alerts.
 
-Lag is what no worker has read yet, pending what was read and not yet acknowledged. A worker
+Lag is what no worker has read yet, pending what was read and not yet acknowledged
+(:func:`hubbub.redis.directory.partition_backlog`, which the admin console shows too). A worker
 reports only the partitions it owns and drops the others' series, so each partition is
 reported by one worker.
 """
@@ -10,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from hubbub.metrics import Metrics
+from hubbub.redis.directory import partition_backlog
 from hubbub.settings import Settings
 from hubbub.wire.keys import KeySchema
 
@@ -37,23 +38,6 @@ class Gauges:
                         pass
                 continue
             stream = self.schema.publish_partition(n)
-            try:
-                groups = await self.redis.xinfo_groups(stream)
-            except ResponseError as exc:
-                if "no such key" not in str(exc):
-                    raise
-                # No stream (yet): nothing published since Redis lost it; recovery makes it.
-                lag.labels(str(n)).set(0)
-                pending.labels(str(n)).set(0)
-                continue
-            for group in groups:
-                name = group["name"]
-                if (name.decode() if isinstance(name, bytes) else name) == self.group:
-                    lag.labels(str(n)).set(group.get("lag") or 0)
-                    pending.labels(str(n)).set(group["pending"])
-                    break
-            else:
-                # A stream without our group (Redis came back empty, then a publish made the
-                # stream): nothing of it was read yet, so all of it is lag.
-                lag.labels(str(n)).set(await self.redis.xlen(stream))
-                pending.labels(str(n)).set(0)
+            behind, waiting = await partition_backlog(self.redis, stream, self.group)
+            lag.labels(str(n)).set(behind)
+            pending.labels(str(n)).set(waiting)

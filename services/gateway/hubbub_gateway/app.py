@@ -16,7 +16,9 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp
 
 from hubbub.identity import JwksVerifier
+from hubbub.logs import REFUSALS
 from hubbub.metrics import Metrics
+from hubbub.redis.directory import Directory
 from hubbub.redis.endpoint import RedisEndpoint
 from hubbub.redis.membership import Membership
 from hubbub.redis.pipe import Pipe
@@ -24,9 +26,10 @@ from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
 from hubbub.telemetry import setup_tracing
 from hubbub.tokens import ServiceTokenVerifier
+from hubbub.wire import keys
 from hubbub.wire.keys import KeySchema
 
-from . import connect, endpoints, errors, negotiate
+from . import admin, apidocs, connect, demo, endpoints, errors, negotiate
 from .deliver import LocalConnection, LocalIndex
 from .health import Health
 from .inbox import InboxReader
@@ -50,6 +53,7 @@ async def _heartbeat(state: GatewayState, reader: InboxReader) -> None:
                 schema.gateways, {settings.gateway_id: now + settings.gateway_lease}
             )
             # Workers heartbeat into their own set, scored by when their heartbeat expires.
+            await _report_status(state)
             workers = await redis.zcount(schema.workers, now, "+inf")
             services = await redis.zcount(schema.upstream_services, now, "+inf")
             state.invoker.services = state.health.upstream_services = services
@@ -66,6 +70,22 @@ async def _heartbeat(state: GatewayState, reader: InboxReader) -> None:
             state.metrics.redis_errors.labels("heartbeat").inc()
             log.warning("heartbeat failed: %r", exc)
         await asyncio.sleep(settings.heartbeat_interval)
+
+
+async def _report_status(state: GatewayState) -> None:
+    """What the admin console shows of this gateway (every gateway's, from any gateway):
+    its connections and whether it drains, renewed with each heartbeat, gone with it."""
+    status = state.schema.gateway_status(state.settings.gateway_id)
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.hset(
+            status,
+            mapping={
+                keys.GATEWAY_STATUS_CONNECTIONS: len(state.index.connections),
+                keys.GATEWAY_STATUS_DRAINING: int(state.draining),
+            },
+        )
+        pipe.pexpire(status, int(state.settings.gateway_ttl * 1000))
+        await pipe.execute()
 
 
 async def _ticker(state: GatewayState) -> None:
@@ -132,7 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             redis=redis,
             schema=schema,
-            membership=Membership.from_settings(redis, settings),
+            membership=Membership.from_settings(redis, settings, publish_pipe),
             publish=publish,
             index=index,
             metrics=metrics,
@@ -141,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             invoker=Invoker(
                 settings, pipe=publish_pipe, publish=publish, index=index, metrics=metrics
             ),
+            directory=Directory.from_settings(redis, settings),
             telemetry=telemetry,
             identity=JwksVerifier.from_settings(settings),
         )
@@ -170,12 +191,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_ticker(state), name="ticker"),
             asyncio.create_task(Reconciler(state).run(), name="reconcile"),
         ]
+        logging.getLogger(REFUSALS).addHandler(state.refusals)
         log.info(
             "gateway %s ready on http://%s:%d", settings.gateway_id, settings.host, settings.port
         )
         try:
             yield
         finally:
+            logging.getLogger(REFUSALS).removeHandler(state.refusals)
             await _shutdown(state, tasks)
             if state.identity is not None:
                 await state.identity.aclose()
@@ -187,6 +210,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="SignalR-compatible real-time messaging on Redis",
         lifespan=lifespan,
+        # Swagger UI from the gateway's own files (apidocs), never a CDN; no ReDoc.
+        docs_url=None,
+        redoc_url=None,
         # The gateway traces with its own spans (hubbub.telemetry) and counts with Prometheus;
         # FastAPI's telemetry would also look for global providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
@@ -195,6 +221,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(negotiate.router)
     app.include_router(connect.router)
     sends = endpoints.install(app, settings)
+    admin.install(app)
+    apidocs.install(app)
+    demo.install(app, settings)
 
     @app.api_route("/api/health", methods=["GET", "HEAD"], tags=["health"])
     async def health(request: Request) -> Response:

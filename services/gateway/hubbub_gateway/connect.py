@@ -57,7 +57,7 @@ from hubbub.wire.envelopes import Event as Upstream
 from hubbub.wire.envelopes import ResultEntry
 
 from .deliver import LocalConnection
-from .errors import ApiError
+from .errors import REFUSAL_CODE, REFUSAL_PATH, REFUSAL_STATUS, ApiError
 from .middleware import origin_allowed
 from .negotiate import admit_client
 from .resume import WINDOW_PASSED, Resume
@@ -74,7 +74,10 @@ NO_ROLES = ClientIdentity(user_id=None, roles=frozenset())
 
 async def _deny(ws: WebSocket, status: int, code: str, message: str) -> None:
     """Refuse the upgrade with an HTTP status and a JSON body (or 1008 if unsupported)."""
-    refusals.warning("upgrade refused: %s %s: %s", status, code, message)
+    refusals.warning(
+        "upgrade refused: %s %s: %s", status, code, message,
+        extra={REFUSAL_STATUS: status, REFUSAL_CODE: code, REFUSAL_PATH: ws.scope.get("path")},
+    )  # fmt: skip
     try:
         await ws.send_denial_response(
             JSONResponse({"code": code, "message": message}, status_code=status)

@@ -30,13 +30,14 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hubbub.protocol import names
+from hubbub.redis.directory import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT
 from hubbub.settings import Settings
 from hubbub.tokens import mint_token
 from hubbub.urls import escape_segment, routed_path, segment_value
 from hubbub.wire.envelopes import Kind
 from hubbub.wire.messages import EXCLUDABLE, MAX_METHOD_LENGTH
 
-from .errors import ApiError
+from .errors import ERROR_RESPONSES, ApiError
 from .ingest import (
     Accepted,
     BatchAccepted,
@@ -53,6 +54,8 @@ from .state import GatewayState
 # Prefix -> documented in OpenAPI.
 PREFIXES = {"/api/hubs/{hub}": True, "/api/v1/hubs/{hub}": False}
 TAGS: list[Any] = ["REST API"]
+# The OpenAPI security scheme every REST operation requires (defined by .apidocs).
+SECURITY_SCHEME = "accessKeyToken"
 
 
 class TokenAnswer(BaseModel):
@@ -213,6 +216,114 @@ async def close_connection(
     return Response(status_code=200)
 
 
+# ---------------------------------------------------------------- listings (Hubbub extensions)
+
+Limit = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description=f"Items per page, at most {MAX_LIMIT}")
+]
+Cursor = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_CURSOR_LENGTH,
+        description="The previous page's `next`; absent for the first page",
+    ),
+]
+_NEXT = Field(description="Cursor of the next page; null: this was the last. A page may "
+              "hold fewer than `limit` items (even none) before the last one")  # fmt: skip
+
+
+class ConnectionsPage(BaseModel):
+    """Connection ids, one page (a member present during the whole walk is listed at least
+    once; Redis may repeat one across pages)."""
+
+    items: list[str]
+    next: str | None = _NEXT
+
+
+class GroupItem(BaseModel):
+    name: str
+    connections: int = Field(description="Connections in the group")
+
+
+class GroupsPage(BaseModel):
+    """Groups with at least one connection, one page."""
+
+    items: list[GroupItem]
+    next: str | None = _NEXT
+
+
+class UserGroupItem(BaseModel):
+    name: str
+    expiresAt: float | None = Field(description="Unix seconds; null: durable")
+
+
+class UserGroupsPage(BaseModel):
+    """Groups the user was added to (PUT /users/{user}/groups/{group}), one page."""
+
+    items: list[UserGroupItem]
+    next: str | None = _NEXT
+
+
+class HubCountsAnswer(BaseModel):
+    connections: int = Field(description="Exact")
+    groups: int = Field(description="Groups with a connection in them")
+    users: int = Field(description="Users with a live connection")
+    complete: bool = Field(
+        description="false: groups and users are lower bounds (the count stopped at its "
+        "budget of Redis calls)"
+    )
+
+
+async def list_group_connections(
+    state: State, hub: Hub, group: str, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> ConnectionsPage:
+    """The group's connection ids (Hubbub extension)."""
+    page = await state.directory.group_connections(hub, names.group_name(group), limit, cursor)
+    return ConnectionsPage(items=page.items, next=page.next)
+
+
+async def list_user_connections(
+    state: State, hub: Hub, user: str, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> ConnectionsPage:
+    """The user's live connection ids (Hubbub extension)."""
+    page = await state.directory.user_connections(hub, names.user_id(user), limit, cursor)
+    return ConnectionsPage(items=page.items, next=page.next)
+
+
+async def list_user_groups(
+    state: State, hub: Hub, user: str, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> UserGroupsPage:
+    """The groups the user was added to, with their expiry (Hubbub extension). Groups one of
+    its connections joined by itself are not listed (ask GET /users/{user}/groups/{group})."""
+    page = await state.directory.user_groups(hub, names.user_id(user), limit, cursor)
+    return UserGroupsPage(
+        items=[UserGroupItem(name=g.name, expiresAt=g.expires) for g in page.items],
+        next=page.next,
+    )
+
+
+async def list_groups(
+    state: State, hub: Hub, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> GroupsPage:
+    """The hub's groups with their connection counts (Hubbub extension)."""
+    page = await state.directory.groups(hub, limit, cursor)
+    return GroupsPage(
+        items=[GroupItem(name=g.name, connections=g.connections) for g in page.items],
+        next=page.next,
+    )
+
+
+async def get_hub_counts(state: State, hub: Hub) -> HubCountsAnswer:
+    """How many connections, groups and users the hub has (Hubbub extension)."""
+    counts = await state.directory.counts(hub)
+    return HubCountsAnswer(
+        connections=counts.connections,
+        groups=counts.groups,
+        users=counts.users,
+        complete=counts.complete,
+    )
+
+
 # ---------------------------------------------------------------- client results
 
 
@@ -314,7 +425,7 @@ class Endpoint:
     kind: Kind | None = None
 
 
-_POST, _PUT, _DELETE, _GET_HEAD = ("POST",), ("PUT",), ("DELETE",), ("GET", "HEAD")
+_POST, _PUT, _DELETE, _GET, _GET_HEAD = ("POST",), ("PUT",), ("DELETE",), ("GET",), ("GET", "HEAD")
 _ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"model": Accepted}}
 _BATCH_ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"model": BatchAccepted}}
 
@@ -351,6 +462,32 @@ def table(settings: Settings) -> list[Endpoint]:
         Endpoint(_GET_HEAD, "/users/{user}", user_exists),
         Endpoint(_GET_HEAD, "/groups/{group}", group_exists),
         Endpoint(_DELETE, "/connections/{connection}", close_connection),
+        # Listings (Hubbub extensions); none shares a path shape with an existence check.
+        Endpoint(
+            _GET,
+            "/groups/{group}/connections",
+            list_group_connections,
+            name="list_group_connections",
+            response_model=ConnectionsPage,
+        ),
+        Endpoint(
+            _GET,
+            "/users/{user}/connections",
+            list_user_connections,
+            name="list_user_connections",
+            response_model=ConnectionsPage,
+        ),
+        Endpoint(
+            _GET,
+            "/users/{user}/groups",
+            list_user_groups,
+            name="list_user_groups",
+            response_model=UserGroupsPage,
+        ),
+        Endpoint(_GET, "/groups", list_groups, name="list_groups", response_model=GroupsPage),
+        Endpoint(
+            _GET, "/counts", get_hub_counts, name="get_hub_counts", response_model=HubCountsAnswer
+        ),
         Endpoint(
             _POST,
             "/connections/{connection}/:invoke",
@@ -408,6 +545,17 @@ def _app_of(route: str, endpoint: Endpoint) -> RawEndpoint:
     return SendEndpoint(route, endpoint.kind, recipient)
 
 
+def _responses(endpoint: Endpoint) -> dict[int | str, dict[str, Any]]:
+    """The endpoint's own responses over the refusals every operation may answer, each with
+    the ``{code, message}`` body."""
+    merged = {status: dict(answer) for status, answer in ERROR_RESPONSES.items()}
+    for status, answer in (endpoint.responses or {}).items():
+        merged[status] = {**merged.get(status, {}), **answer}
+        if isinstance(status, int) and status >= 400:
+            merged[status].setdefault("model", ERROR_RESPONSES[400]["model"])
+    return merged
+
+
 def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
     """Register the REST routes on ``app``; the send and batch routes' (template, ASGI app),
     for :func:`send_shortcut`.
@@ -421,14 +569,19 @@ def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
         for endpoint in endpoints:
             path = prefix + endpoint.path
             handler = endpoint.handler or _documented(endpoint)
+            name = endpoint.name or handler.__name__
             app.router.add_api_route(
                 prefix + re.sub(r"{(\w+)}", r"{\1:name}", endpoint.path),  # NameConvertor
                 handler,
                 methods=list(endpoint.methods),
-                name=endpoint.name or handler.__name__,
+                name=name,
+                # Unique per documented operation; .apidocs suffixes the method when a route
+                # has several (GET and HEAD).
+                operation_id=name,
                 summary=endpoint.summary,
                 status_code=endpoint.status_code,
-                responses=endpoint.responses,
+                responses=_responses(endpoint),
+                openapi_extra={"security": [{SECURITY_SCHEME: []}]},
                 response_model=endpoint.response_model or Default(None),
                 dependencies=[Depends(authenticate)],
                 tags=TAGS,

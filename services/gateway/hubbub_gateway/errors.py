@@ -7,24 +7,73 @@ each refusal is logged once, at WARNING on the rate-limited refusal logger (:mod
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from hubbub.logs import REFUSALS
+from hubbub.logs import REFUSALS, RedactingFilter
 from hubbub.protocol.names import InvalidName
+from hubbub.redis.directory import InvalidCursor
 from hubbub.redis.membership import TooManyGroups
 from hubbub.redis.stream import NotReplicated
 from hubbub.wire.messages import InvalidArguments, TooManyExcluded
 
 refusals = logging.getLogger(REFUSALS)
+
+# Attributes a refusal's log record may carry (``extra=``), which :class:`RefusalRing` keeps.
+REFUSAL_STATUS, REFUSAL_CODE, REFUSAL_PATH = "refusal_status", "refusal_code", "refusal_path"
+RING_SIZE = 100
+_RING_MESSAGE = 500  # characters of a message kept
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    time: float
+    status: int | None
+    code: str | None
+    path: str | None
+    message: str
+
+
+def _clip(path: object) -> str | None:
+    return path[:_RING_MESSAGE] if isinstance(path, str) else None
+
+
+class RefusalRing(logging.Handler):
+    """The last :data:`RING_SIZE` refusals this process logged (REST, upgrades, handshakes,
+    limit closes), for the admin console: a handler on the refusal logger, so it sees what
+    the log sees (after the rate limit), redacted as the log is."""
+
+    def __init__(self, size: int = RING_SIZE) -> None:
+        super().__init__(logging.WARNING)
+        self.entries: collections.deque[Refusal] = collections.deque(maxlen=size)
+        self.addFilter(RedactingFilter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        status = getattr(record, REFUSAL_STATUS, None)
+        self.entries.append(
+            Refusal(
+                time=record.created,
+                status=status if isinstance(status, int) else None,
+                code=getattr(record, REFUSAL_CODE, None),
+                path=_clip(getattr(record, REFUSAL_PATH, None)),
+                message=record.getMessage()[:_RING_MESSAGE],
+            )
+        )
+
+    def recent(self) -> list[dict[str, Any]]:
+        """Newest first."""
+        return [asdict(entry) for entry in reversed(self.entries)]
 
 
 class ApiError(Exception):
@@ -39,6 +88,31 @@ class ApiError(Exception):
         self.quiet = quiet
 
 
+class ErrorBody(BaseModel):
+    """Every error's body (OpenAPI documents it; :func:`error_response` writes it)."""
+
+    code: str = Field(
+        description="Azure-style error code, also in the x-ms-error-code header",
+        examples=["Error.InvalidRequest"],
+    )
+    message: str = Field(description="What was wrong, for a human")
+
+
+def _documented(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The refusals every REST operation may answer, as OpenAPI documents them (never FastAPI's
+# 422: validation errors are 400 here).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("Malformed body, name or query (Error.InvalidRequest, Error.InvalidName)"),
+    401: _documented("Missing or bad token: HS256 with the access key, aud = the request URL"),
+    404: _documented("No such hub, connection, user or group"),
+    413: _documented("Request body over HUBBUB_MAX_BODY_SIZE (1 MiB)"),
+    503: _documented("Redis unreachable or the gateway draining"),
+}
+
+
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse(
         {"code": code, "message": message},
@@ -49,9 +123,11 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 def refusal(scope: Scope, status: int, code: str, message: str) -> JSONResponse:
     """:func:`error_response`, logged as a refusal: one WARNING line, no traceback."""
+    path = scope.get("path")
     refusals.warning(
-        "refused %s %s: %d %s: %s", scope.get("method"), scope.get("path"), status, code, message
-    )
+        "refused %s %s: %d %s: %s", scope.get("method"), path, status, code, message,
+        extra={REFUSAL_STATUS: status, REFUSAL_CODE: code, REFUSAL_PATH: path},
+    )  # fmt: skip
     return error_response(status, code, message)
 
 
@@ -83,6 +159,8 @@ def known_error_response(scope: Scope, exc: Exception) -> JSONResponse | None:
         return refusal(scope, 409, "Error.Connection.TooManyGroups", str(exc))
     if isinstance(exc, TooManyExcluded):
         return refusal(scope, 400, "Error.TooManyExcluded", str(exc))
+    if isinstance(exc, InvalidCursor):
+        return refusal(scope, 400, "Error.InvalidCursor", str(exc))
     if isinstance(exc, InvalidArguments):
         return refusal(scope, 400, "Error.InvalidRequest", str(exc))
     if isinstance(exc, NotReplicated):
@@ -96,6 +174,7 @@ KNOWN_ERRORS = (
     ApiError,
     InvalidName,
     InvalidArguments,
+    InvalidCursor,
     TooManyExcluded,
     TooManyGroups,
     RedisError,

@@ -64,7 +64,7 @@ async def admit_client(
         raise ApiError(503, "Error.IdentityProvider.Unavailable", str(exc)) from None
 
 
-@router.post("/hubs/{hub}/negotiate")
+@router.post("/hubs/{hub}/negotiate", operation_id="negotiate")
 async def negotiate(request: Request, hub: str, negotiateVersion: int = 0) -> JSONResponse:
     """Answer v0 (pysignalr, signalrcore) and v1 (the JS client) negotiation."""
     state: GatewayState = request.app.state.hubbub

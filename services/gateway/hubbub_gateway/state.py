@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from hubbub.identity import JwksVerifier
 from hubbub.metrics import Metrics
 from hubbub.protocol import names
+from hubbub.redis.directory import Directory
 from hubbub.redis.membership import Membership
 from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
@@ -19,7 +20,7 @@ from hubbub.tokens import ServiceTokenVerifier
 from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
-from .errors import ApiError
+from .errors import ApiError, RefusalRing
 from .health import Health
 
 if TYPE_CHECKING:
@@ -38,11 +39,15 @@ class GatewayState:
     tokens: ServiceTokenVerifier
     health: Health
     invoker: Invoker
+    directory: Directory  # the read-only listings (REST extensions, the admin console)
     telemetry: Telemetry | None = None
     identity: JwksVerifier | None = None  # HUBBUB_JWKS_URL set: identity-provider tokens
     draining: bool = False
     # Set when an unregister failed: the reconciler retries it without waiting its interval.
     reconcile_soon: asyncio.Event = field(default_factory=asyncio.Event)
+    # The refusals this gateway logged lately, for the admin console (attached to the
+    # refusal logger for the app's lifetime).
+    refusals: RefusalRing = field(default_factory=RefusalRing)
 
     def hub(self, raw: str, application: str | None = None) -> str:
         """The canonical name of a hub this gateway serves: a valid name

@@ -37,8 +37,12 @@ COMMANDS: dict[Role, tuple[str, ...]] = {
     # Publishing (with an idempotency key: EVAL of its script, see hubbub.redis.stream),
     # reading its inbox and the broadcast feed, trimming its inbox, counting live workers
     # (readiness reports them) and live upstream services, appending what clients do
-    # upstream.
-    "gateway": (*_COMMON, "eval", "xread", "xrevrange", "xtrim", "zcount"),
+    # upstream; and the read-only listings of the REST API and the admin console
+    # (hubbub.redis.directory: scans, partition lag).
+    "gateway": (
+        *_COMMON, "eval", "xread", "xrevrange", "xtrim", "zcount",
+        "scan", "sscan", "zscan", "xinfo|groups", "xlen",
+    ),
     # Consuming the publish partitions in a group, recovering what a dead worker held,
     # leases, reaping dead gateways, trimming, and the lag gauges; and the webhook
     # dispatcher's upstream consumer (as a service's below).

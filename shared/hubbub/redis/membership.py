@@ -18,10 +18,13 @@ so that no one script made on a client's behalf blocks Redis for long.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from hubbub.redis.pipe import Pipe, PipeScript
 from hubbub.redis.stream import target_partition
 from hubbub.settings import (
     DEFAULT_MAX_GROUPS_PER_CONNECTION,
@@ -400,6 +403,12 @@ class Reaped:
     user: str | None
 
 
+class ScriptCall(Protocol):
+    """A script run with keys and arguments: redis-py's, or a :class:`PipeScript`."""
+
+    def __call__(self, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]: ...
+
+
 class Membership:
     """Membership operations of one deployment, each one atomic in Redis.
 
@@ -418,6 +427,7 @@ class Membership:
         partitions: int = DEFAULT_PUBLISH_PARTITIONS,
         stream_maxlen: int = DEFAULT_PUBLISH_STREAM_MAXLEN,
         markers: bool = False,
+        pipe: Pipe | None = None,
     ) -> None:
         self.redis = redis
         self.schema = schema
@@ -435,8 +445,14 @@ class Membership:
         # the connection token's lifetime, past which an unknown id is refused anyway.
         self.resume_memory = max(1, int(resume_memory))
         self._claim = redis.register_script(_CLAIM)
-        self._register = redis.register_script(_REGISTER)
-        self._unregister = redis.register_script(_UNREGISTER)
+        # Every connection's open and close: on the hot path's pipe where there is one
+        # (a gateway), so concurrent connects share round trips and skip redis-py's overhead.
+        self._register: ScriptCall = (
+            PipeScript(pipe, _REGISTER) if pipe else redis.register_script(_REGISTER)
+        )
+        self._unregister: ScriptCall = (
+            PipeScript(pipe, _UNREGISTER) if pipe else redis.register_script(_UNREGISTER)
+        )
         self._connection_group = redis.register_script(_CONNECTION_GROUP)
         self._connection_all_groups = redis.register_script(_CONNECTION_ALL_GROUPS)
         self._add_user_group = redis.register_script(_ADD_USER_GROUP)
@@ -444,7 +460,9 @@ class Membership:
         self._user_in_group = redis.register_script(_USER_IN_GROUP)
 
     @classmethod
-    def from_settings(cls, redis: Redis, settings: Settings) -> Membership:
+    def from_settings(
+        cls, redis: Redis, settings: Settings, pipe: Pipe | None = None
+    ) -> Membership:
         return cls(
             redis,
             KeySchema(settings.key_prefix),
@@ -454,6 +472,7 @@ class Membership:
             partitions=settings.publish_partitions,
             stream_maxlen=settings.publish_stream_maxlen,
             markers=settings.route_cache_size > 0,
+            pipe=pipe,
         )
 
     # ------------------------------------------------------------ connection lifecycle

@@ -10,6 +10,7 @@ primary the Sentinels name, or the masters of a Redis Cluster.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 from collections import deque
@@ -346,6 +347,27 @@ class Pipe:
             done, _ = await asyncio.wait({read}, timeout=0.05)
             if done:
                 return
+
+
+class PipeScript:
+    """A Lua script run on a :class:`Pipe`: ``EVALSHA``, and ``EVAL`` of its text only when
+    the server does not know it yet (``NOSCRIPT``: a new or restarted server, or another
+    master). Concurrent calls share the pipe's writes, so connections opened together are
+    registered in one round trip; the script's text travels once per server, not per call.
+    Like every pipe call it is not retried after a lost connection: it may have run."""
+
+    def __init__(self, pipe: Pipe, text: str) -> None:
+        self.pipe = pipe
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        try:
+            return await self.pipe.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        return await self.pipe.execute("EVAL", self.text, len(keys), *keys, *args)
 
 
 class _Link:

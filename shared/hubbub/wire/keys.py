@@ -35,6 +35,10 @@ CONNECTION_RECEIVED = "rx"
 CONNECTION_INBOX_AT = "ic"
 CONNECTION_FEED_AT = "fc"
 
+# Fields of a gateway's status hash (:meth:`KeySchema.gateway_status`).
+GATEWAY_STATUS_CONNECTIONS = "n"
+GATEWAY_STATUS_DRAINING = "d"
+
 
 @dataclass(frozen=True, slots=True)
 class HubKeys:
@@ -160,6 +164,12 @@ class KeySchema:
     def gateway_hubs(self, gateway: str) -> str:
         """Set of hubs a gateway has held connections of, for the reaper."""
         return f"{self.prefix}:gwh:{gateway}"
+
+    def gateway_status(self, gateway: str) -> str:
+        """Hash, with a TTL renewed by the gateway's heartbeat: its connections
+        (:data:`GATEWAY_STATUS_CONNECTIONS`) and ``1`` while draining
+        (:data:`GATEWAY_STATUS_DRAINING`), for the admin console."""
+        return f"{self.prefix}:gws:{gateway}"
 
     def reaper_lock(self, gateway: str) -> str:
         return f"{self.prefix}:reaping:{gateway}"
