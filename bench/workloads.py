@@ -97,9 +97,7 @@ UNIT10_USERS_PER_BROADCAST = 1000
 # Workloads outside --all (a preset runs them), with their default rates.
 EXTRA_RATES = {"unit10": 2202.0}
 
-WORKLOADS: dict[str, type[Workload]] = {
-    w.name: w for w in (Broadcast, Groups, Users, Unit10)
-}
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (Broadcast, Groups, Users, Unit10)}
 
 
 def ramp_verdict(r: dict[str, Any], p99_limit_ms: float) -> str | None:

@@ -167,6 +167,8 @@ def dev(args: argparse.Namespace) -> int:
             "HUBBUB_METRICS_HOST": DEV_METRICS_HOST,
             # The banner says it once, rather than each gateway.
             "HUBBUB_WARN_DEFAULT_ACCESS_KEY": "false",
+            # The demo page at / (a developer's deployment only: it mints tokens for anyone).
+            "HUBBUB_DEMO_PAGE": "true",
         },
         group=group,
     )

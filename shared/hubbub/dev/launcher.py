@@ -269,8 +269,6 @@ class LocalDeployment:
     ``group``, every child is started in it (:func:`start_process`). With a
     ``workdir``, each child's output goes to ``<workdir>/<name>.log`` (and, with ``profile``,
     its cProfile statistics to ``<name>.prof``); without one, to this process's stdout/stderr.
-    ``demo_page``: the gateways serve the demo page (``HUBBUB_DEMO_PAGE``); default: with a
-    ``group``, as under ``hubbub dev``.
     """
 
     def __init__(
@@ -286,17 +284,11 @@ class LocalDeployment:
         new_session: bool = False,
         group: ChildGroup | None = None,
         profile: bool = False,
-        demo_page: bool | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.access_key = access_key
         self.workdir = workdir
-        # The gateways' demo page (HUBBUB_DEMO_PAGE): by default on for children that die with
-        # this process (``group``: hubbub dev, a deployment for one developer), off for the
-        # tests and the benchmark; ``settings`` may still say otherwise.
-        on = group is not None if demo_page is None else demo_page
-        self.settings: dict[str, str] = {"HUBBUB_DEMO_PAGE": "true"} if on else {}
-        self.settings.update(settings or {})
+        self.settings: dict[str, str] = dict(settings or {})
         self.host = host
         self.gateway_id = gateway_id
         self.worker_id = worker_id
