@@ -225,6 +225,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     apidocs.install(app)
     demo.install(app, settings)
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        """Browsers ask for it with every page (the admin console, /docs): nothing, and no
+        refusal logged for it."""
+        return Response(status_code=204)
+
     @app.api_route("/api/health", methods=["GET", "HEAD"], tags=["health"])
     async def health(request: Request) -> Response:
         state: GatewayState = request.app.state.hubbub
