@@ -180,6 +180,20 @@ async def test_demo_endpoints_refuse_other_origins_and_other_paths(demo_stack: D
             foreign = await http.post(path, json=body, headers={"Origin": "https://evil.example"})
             assert foreign.status_code == 403, foreign.text
             assert foreign.json()["code"] == "Error.Demo.ForeignOrigin"
+        # Nor does a page of a site that rebound its name to this gateway (DNS rebinding):
+        # same origin to the browser, its own name in Host.
+        port = httpx.URL(gateway.url).port
+        for host in (f"rebind.example:{port}", "rebind.example"):
+            rebound = await http.post(
+                "/demo/token",
+                json={"user": "x"},
+                headers={"Host": host, "Origin": f"http://{host}"},
+            )
+            assert rebound.status_code == 403, rebound.text
+            assert rebound.json()["code"] == "Error.Demo.ForeignOrigin"
+        for host in (f"localhost:{port}", f"[::1]:{port}", f"127.0.0.1:{port}"):
+            local = await http.post("/demo/token", json={"user": "x"}, headers={"Host": host})
+            assert local.status_code == 200, (host, local.text)
 
         # REST tokens only for the demo hub's REST paths.
         for path in ("/api/hubs/other/:send", "/metrics", "/api/hubs/chat/:send?x=1"):

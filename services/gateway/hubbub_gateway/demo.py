@@ -19,6 +19,7 @@ otherwise get tokens from a developer's gateway through the browser.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -77,13 +78,36 @@ def _endpoint(request: Request) -> str:
 
 def _same_origin_only(request: Request) -> None:
     """Refuse a browser request from another origin's page (its ``Origin`` header); requests
-    without one (curl, the SDK) pass: they could sign their own tokens with the key."""
+    without one (curl, the SDK) pass: they could sign their own tokens with the key. And
+    refuse a request addressed to a host name other than ``localhost`` (an IP address is
+    fine): a page of another site that rebinds its own name to this gateway's address (DNS
+    rebinding) is same-origin as far as the browser knows, but keeps its name in ``Host``."""
+    host = request.headers.get("host", "")
     origin = request.headers.get("origin")
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    own = f"{request.url.scheme}://{host}"
     if origin is not None and origin != own:
         raise ApiError(
             403, "Error.Demo.ForeignOrigin", f"the demo endpoints serve {own}'s page only"
         )
+    if not _loopback_or_address(host):
+        raise ApiError(
+            403,
+            "Error.Demo.ForeignOrigin",
+            "the demo endpoints answer requests to localhost or an IP address only",
+        )
+
+
+def _loopback_or_address(host: str) -> bool:
+    """``Host`` is ``localhost`` or an IP address (with or without a port)."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or "]" in host else host
+    name = name.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def install(app: FastAPI, settings: Settings) -> None:
