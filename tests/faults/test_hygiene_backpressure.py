@@ -206,6 +206,7 @@ async def test_redis_down_at_rest_edge(own_redis: RedisProcess, tmp_path: Path) 
     try:
         gateway = await dep.start_gateway()
         dep.start_worker()
+        await dep.workers_seen()  # past its start-up check of Redis
         client = await RawClient.connect(gateway.url)
         async with HubbubClient(gateway.url, ACCESS_KEY, "chat") as api:
             own_redis.stop()

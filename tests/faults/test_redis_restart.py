@@ -26,6 +26,7 @@ async def test_no_request_fails_on_a_connection_that_died_while_idle(
     try:
         gateway = await dep.start_gateway()
         dep.start_worker()
+        await dep.workers_seen()  # past its start-up check of Redis, which is killed below
         async with HubbubClient(gateway.url, ACCESS_KEY, "chat") as api:
             # Fill the gateway's pool: concurrent connects and membership calls.
             first = await asyncio.gather(

@@ -71,6 +71,23 @@ class Deployment(LocalDeployment):
                 values[name.removeprefix("HUBBUB_").lower()] = value
         return Settings(**{**values, **overrides})
 
+    async def workers_seen(self, n: int = 1, timeout: float = 15.0) -> None:
+        """Wait until ``n`` workers are live as the gateways see them (their heartbeats): a
+        worker checks its Redis once at start and exits if it is down, so a test that stops
+        Redis must let the workers it started get past that first."""
+
+        async def seen() -> bool:
+            async with httpx.AsyncClient() as http:
+                for gateway in self.gateways:
+                    if gateway.returncode is not None:
+                        continue
+                    health = (await http.get(f"{gateway.url}/api/health")).json()
+                    if health["workers"]["live"] < n:
+                        return False
+            return True
+
+        await eventually(seen, timeout=timeout)
+
     async def upstream_services_seen(self, n: int = 1, timeout: float = 15.0) -> None:
         """Wait until every gateway's heartbeat has seen ``n`` live upstream services (until
         then a gateway answers invocations itself: "does not exist")."""
