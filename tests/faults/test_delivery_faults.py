@@ -228,6 +228,7 @@ async def test_redis_restarted_empty_is_recovered_without_restarting_anything(
         await dep.start_gateway()
         dep.start_worker()
         dep.start_worker()
+        await dep.workers_seen(2)  # both past their start-up check of Redis, killed below
         async with HubbubClient(dep.gateways[0].url, ACCESS_KEY, "chat") as api:
             before = await RawClient.connect(dep.gateways[1].url, token=client_token("ua"))
             await api.send_to_user("ua", "seq", ["before", 0])

@@ -158,6 +158,7 @@ async def test_failover_with_wait_loses_nothing_accepted(
     await dep.start_gateway()
     dep.start_worker()
     dep.start_worker()
+    await dep.workers_seen(2)  # both past their start-up check of Redis
     probes = Outcome()
     async with HubbubClient(dep.gateways[0].url, ACCESS_KEY, "chat") as api:
 
