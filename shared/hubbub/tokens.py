@@ -15,7 +15,7 @@ import hmac
 import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -182,13 +182,55 @@ class ServiceTokenVerifier:
 def verify_client_token(
     token: str, keys: tuple[str, ...], hub: str, origins: PublicOrigins = ANY_ORIGIN
 ) -> ClientIdentity:
+    return _verify_client(token, keys, hub, origins)[1]
+
+
+def _verify_client(
+    token: str, keys: tuple[str, ...], hub: str, origins: PublicOrigins
+) -> tuple[float, ClientIdentity]:
+    """The token's ``exp`` and who it says the client is on ``hub``."""
     claims = _decode(token, keys)
     if not _names_client_endpoint(claims.get("aud"), hub, origins):
         raise TokenError(
             "token audience must name a client endpoint (<endpoint>/client/?hub=<hub> or "
             "<endpoint>/hubs/<hub>): REST tokens do not open client connections"
         )
-    return client_identity(claims, hub)
+    return float(claims["exp"]), client_identity(claims, hub)
+
+
+class ClientTokenVerifier:
+    """:func:`verify_client_token` with a bounded memory of the identities already verified.
+
+    A SignalR client shows its token twice per connection (at negotiate and at the upgrade)
+    and again on every reconnect, and the signature check was a quarter of a connect's
+    gateway CPU. Only tokens that passed every check are remembered, keyed by the whole token
+    (signature included) and the hub, so a forged or altered token never matches; a
+    remembered one is still refused once its ``exp`` has passed.
+    """
+
+    def __init__(
+        self,
+        keys: tuple[str, ...],
+        capacity: int = 4096,
+        public_urls: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = keys
+        self.capacity = capacity
+        self.origins = PublicOrigins(public_urls)
+        self.clock = clock
+        self._known: dict[tuple[str, str], tuple[float, ClientIdentity]] = {}
+
+    def verify(self, token: str, hub: str) -> ClientIdentity:
+        """Who ``token`` says the client is on canonical ``hub``; :class:`TokenError` if
+        it may not open a connection there."""
+        known = self._known.get((token, hub))
+        if known is None or known[0] < self.clock():
+            known = _verify_client(token, self.keys, hub, self.origins)
+            if len(self._known) >= self.capacity:
+                self._known.clear()  # crude but bounded; refilling costs one check per token
+            self._known[token, hub] = known
+        return known[1]
 
 
 def client_identity(

@@ -15,6 +15,7 @@ from hubbub.settings import Settings
 from hubbub.tokens import (
     JOIN_LEAVE_ROLE,
     ClientIdentity,
+    ClientTokenVerifier,
     ServiceTokenVerifier,
     TokenError,
     connection_token,
@@ -228,6 +229,44 @@ class TestClientToken:
     def test_malformed_token_refused(self, token: str) -> None:
         with pytest.raises(TokenError):
             verify_client_token(token, KEYS, "chat")
+
+
+class TestClientTokenVerifier:
+    """The gateway's memory of client tokens it verified (negotiate, then the upgrade)."""
+
+    def test_remembers_a_verified_token_until_its_exp(self) -> None:
+        now = [time.time()]
+        verifier = ClientTokenVerifier(KEYS, clock=lambda: now[0])
+        token = signed({"sub": "alice", "exp": int(now[0]) + 60})
+        first = verifier.verify(token, "chat")
+        assert first.user_id == "alice"
+        # The keys no longer verify it: only the memory can answer now.
+        verifier.keys = (OTHER,)
+        assert verifier.verify(token, "chat") is first
+        now[0] += 61  # past exp: checked again, and the signature fails
+        with pytest.raises(TokenError, match="(?i)signature"):
+            verifier.verify(token, "chat")
+
+    def test_memory_is_per_hub_and_per_exact_token(self) -> None:
+        verifier = ClientTokenVerifier(KEYS)
+        token = signed({"sub": "alice", "aud": "https://hubbub.example/hubs/chat"})
+        assert verifier.verify(token, "chat").user_id == "alice"
+        with pytest.raises(TokenError, match="client endpoint"):
+            verifier.verify(token, "other")
+        head, body, signature = token.split(".")
+        forged_body = signed({"sub": "mallory"}).split(".")[1]
+        with pytest.raises(TokenError, match="(?i)signature"):
+            verifier.verify(f"{head}.{forged_body}.{signature}", "chat")
+
+    def test_refused_tokens_are_not_remembered_and_memory_is_bounded(self) -> None:
+        verifier = ClientTokenVerifier(KEYS, capacity=3)
+        for _ in range(2):
+            with pytest.raises(TokenError):
+                verifier.verify(signed({"sub": "x"}, key=OTHER), "chat")
+        assert len(verifier._known) == 0
+        for i in range(10):
+            assert verifier.verify(signed({"sub": f"u{i}"}), "chat").user_id == f"u{i}"
+            assert len(verifier._known) <= 3
 
 
 # ---------------------------------------------------------------- service tokens

@@ -25,7 +25,7 @@ from hubbub.redis.pipe import Pipe
 from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
 from hubbub.telemetry import setup_tracing
-from hubbub.tokens import ServiceTokenVerifier
+from hubbub.tokens import ClientTokenVerifier, ServiceTokenVerifier
 from hubbub.wire import keys
 from hubbub.wire.keys import KeySchema
 
@@ -157,6 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             index=index,
             metrics=metrics,
             tokens=ServiceTokenVerifier(settings.access_keys, public_urls=settings.public_urls),
+            client_tokens=ClientTokenVerifier(
+                settings.access_keys, public_urls=settings.public_urls
+            ),
             health=Health.for_settings(settings),
             invoker=Invoker(
                 settings, pipe=publish_pipe, publish=publish, index=index, metrics=metrics

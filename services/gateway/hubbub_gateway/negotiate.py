@@ -18,7 +18,6 @@ from hubbub.tokens import (
     bearer,
     connection_token,
     new_connection_id,
-    verify_client_token,
 )
 
 from .errors import ApiError
@@ -55,9 +54,7 @@ async def admit_client(
     try:
         if state.identity is not None and is_idp_token(token):
             return hub, await state.identity.identify(token, hub)
-        return hub, verify_client_token(
-            token, state.settings.access_keys, hub, state.tokens.origins
-        )
+        return hub, state.client_tokens.verify(token, hub)
     except TokenError as exc:
         raise ApiError(401, "Error.Unauthorized", str(exc)) from None
     except IdentityProviderUnavailable as exc:

@@ -16,7 +16,7 @@ from hubbub.redis.membership import Membership
 from hubbub.redis.stream import PublishStream
 from hubbub.settings import Settings
 from hubbub.telemetry import Telemetry
-from hubbub.tokens import ServiceTokenVerifier
+from hubbub.tokens import ClientTokenVerifier, ServiceTokenVerifier
 from hubbub.wire.keys import KeySchema
 
 from .deliver import LocalIndex
@@ -37,6 +37,7 @@ class GatewayState:
     index: LocalIndex
     metrics: Metrics
     tokens: ServiceTokenVerifier
+    client_tokens: ClientTokenVerifier
     health: Health
     invoker: Invoker
     directory: Directory  # the read-only listings (REST extensions, the admin console)
