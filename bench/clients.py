@@ -548,6 +548,113 @@ CLIENT_PROTOCOLS: dict[str, ClientProtocol] = {
 }
 
 
+class _HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of :class:`Negotiator`: one request at a time,
+    the response parsed by httptools' C parser (what uvicorn uses)."""
+
+    def __init__(self) -> None:
+        import httptools
+
+        self.transport: Any = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.body: list[bytes] = []
+        self.waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
+
+    async def request(self, data: bytes) -> tuple[int, bytes, bool]:
+        """Status, body, and whether the connection may be reused."""
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError("connection closed")
+        self.body = []
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await asyncio.wait_for(self.waiter, 60)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # asyncio.Protocol and the parser's callbacks
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        import httptools
+
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"bad response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"connection lost: {exc!r}"))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            response = self.parser.get_status_code(), b"".join(self.body)
+            self.waiter.set_result((*response, self.parser.should_keep_alive()))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Negotiator:
+    """The load clients' negotiate POSTs, over keep-alive connections to each gateway.
+
+    httpx spent 56 % of a load-client process's CPU while W4 opened 6,000 connections
+    (py-spy: its connection pool's bookkeeping per request), so the clients, not the
+    gateways, set W4's connect time. This does the one request shape negotiate needs,
+    in a few Python calls per request: connect time is then the servers' to set.
+    """
+
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, int], list[_HttpConnection]] = {}
+
+    async def post(self, url: str, headers: dict[str, str]) -> tuple[int, bytes]:
+        """POST with an empty body; status and body. A reused connection the server closed
+        meanwhile (uvicorn closes idle ones after 5 s) is retried once on a new one."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        head = [f"POST {parts.path}?{parts.query} HTTP/1.1", f"Host: {parts.netloc}"]
+        head += [f"{name}: {value}" for name, value in headers.items()]
+        data = ("\r\n".join([*head, "Content-Length: 0", "", ""])).encode()
+        pool = self.idle.setdefault((host, port), [])
+        while True:
+            reused = bool(pool)
+            if reused:
+                connection = pool.pop()
+            else:
+                _, connection = await asyncio.get_running_loop().create_connection(
+                    _HttpConnection, host, port
+                )
+            try:
+                status, body, keep_alive = await connection.request(data)
+            except ConnectionError:
+                connection.close()
+                if reused:
+                    continue  # closed while idle: try the next one, or a new one
+                raise
+            if keep_alive:
+                pool.append(connection)
+            else:
+                connection.close()
+            return status, body
+
+    def close(self) -> None:
+        for pool in self.idle.values():
+            for connection in pool:
+                connection.close()
+        self.idle.clear()
+
+
 async def open_signalr_client(
     spec: ClientSpec,
     http: Any,
@@ -559,28 +666,29 @@ async def open_signalr_client(
     """Negotiate, open the WebSocket, complete the SignalR handshake in ``client_protocol``;
     then the receiver counts everything that arrives. Returns the connection id and the
     client."""
-    import httpx
+    import orjson
 
     from hubbub.tokens import mint_token
 
     proto = CLIENT_PROTOCOLS[client_protocol]
     query = "negotiateVersion=1" + ("&useStatefulReconnect=true" if proto.stateful else "")
     token = mint_token(ACCESS_KEY, "http://bench/client", user_id=spec.user)
-    for attempt in range(3):  # a pooled keep-alive connection may close as it is reused
+    for attempt in range(3):
         try:
-            response = await http.post(
+            status, raw = await http.post(
                 f"{spec.base_url}/hubs/{HUB}/negotiate?{query}",
                 headers={"Authorization": f"Bearer {token}"},
             )
             break
-        except httpx.TransportError as exc:
+        except (ConnectionError, OSError) as exc:  # a new connection refused or lost
             stats.negotiate_retries[repr(exc)[:80]] = (
                 stats.negotiate_retries.get(repr(exc)[:80], 0) + 1
             )
             if attempt == 2:
                 raise
-    response.raise_for_status()
-    body = response.json()
+    if status != 200:
+        raise RuntimeError(f"negotiate answered {status}: {raw[:200]!r}")
+    body = orjson.loads(raw)
     if proto.stateful and body.get("useStatefulReconnect") is not True:
         raise RuntimeError(f"negotiate did not grant stateful reconnect: {body}")
     ws_url = spec.base_url.replace("http://", "ws://", 1)
@@ -644,8 +752,6 @@ def client_process_main(
 async def _client_process(
     conn: multiprocessing.connection.Connection, config: dict[str, Any]
 ) -> None:
-    import httpx
-
     loop = asyncio.get_running_loop()
     stats = ClientStats()
     specs = [ClientSpec(**s) for s in config["specs"]]
@@ -655,7 +761,7 @@ async def _client_process(
     limit = asyncio.Semaphore(config["connect_concurrency"])
     opener = OPENERS[config["protocol"]]
 
-    async def open_one(spec: ClientSpec, http: httpx.AsyncClient) -> None:
+    async def open_one(spec: ClientSpec, http: Negotiator) -> None:
         async with limit:
             try:
                 ids[spec.index], clients[spec.index] = await opener(
@@ -682,10 +788,11 @@ async def _client_process(
     # which the gateway closes a silent client (W4 once measured 10,000 connections of which
     # 2,000 had been closed so).
     ping_task = loop.create_task(pinger()) if config["protocol"] == "signalr" else None
-    async with httpx.AsyncClient(
-        timeout=60, limits=httpx.Limits(max_connections=config["connect_concurrency"])
-    ) as http:
+    http = Negotiator()
+    try:
         await asyncio.gather(*(open_one(s, http) for s in specs))
+    finally:
+        http.close()
     first = next(iter(clients.values()), None)
     conn.send(
         {
