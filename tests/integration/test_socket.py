@@ -42,6 +42,34 @@ async def test_negotiate_v0_and_v1(cluster: Deployment) -> None:
     assert "useStatefulReconnect" not in v1
 
 
+@pytest.mark.parametrize(
+    ("query", "version"),
+    [("", 0), ("negotiateVersion=%2B1", 1), ("negotiateVersion=1.0", 1),
+     ("negotiateVersion=1&negotiateVersion=0", 0), ("negotiateVersion=7", 1),
+     ("negotiateVersion=abc", None), ("negotiateVersion=", None), ("negotiateVersion=1.5", None),
+     ("negotiateVersion=inf", None)],
+)  # fmt: skip
+async def test_negotiate_reads_its_query_as_fastapi_did(
+    cluster: Deployment, query: str, version: int | None
+) -> None:
+    """Negotiate is a plain ASGI endpoint (the send shortcut's), not a FastAPI handler: it
+    must read ``negotiateVersion`` as FastAPI's ``int`` did (the last value; ``+1`` and
+    ``1.0`` pass), refuse the rest with a 400 body, and take the token from the query."""
+    base = cluster.gateways[0].url
+    token = client_token("u")
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"{base}/hubs/chat/negotiate?{query}&access_token={token}")
+    if version is None:
+        assert r.status_code == 400, r.text
+        assert r.json()["code"] == "Error.InvalidRequest"
+        assert "negotiateVersion" in r.json()["message"]
+    else:
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["negotiateVersion"] == version
+        assert ("connectionToken" in r.json()) is (version == 1)
+
+
 async def test_negotiate_on_one_gateway_connect_to_other(
     cluster: Deployment, api: HubbubClient
 ) -> None:

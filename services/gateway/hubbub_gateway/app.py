@@ -221,9 +221,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
-    app.include_router(negotiate.router)
+    negotiating = negotiate.install(app)
     app.include_router(connect.router)
-    sends = endpoints.install(app, settings)
+    sends: list[tuple[str, endpoints.ShortcutTarget]] = [
+        *endpoints.install(app, settings),
+        ("/hubs/{hub}/negotiate", negotiating),
+    ]
     admin.install(app)
     apidocs.install(app)
     demo.install(app, settings)

@@ -19,7 +19,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
@@ -596,9 +596,19 @@ def install(app: FastAPI, settings: Settings) -> list[tuple[str, RawEndpoint]]:
     return sends
 
 
-def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASGIApp:
-    """The innermost middleware: a ``POST`` to a send or batch endpoint goes straight to its
-    app (:meth:`.ingest.RawEndpoint.serve`), with the path parameters the router would find.
+class ShortcutTarget(Protocol):
+    """What the send shortcut calls: an endpoint's ASGI app taking its path parameters."""
+
+    def serve(
+        self, scope: Scope, receive: Receive, send: Send, hub: str, name: str
+    ) -> Awaitable[None]:
+        """Answer the request; ``hub`` and ``name`` (the recipient, or empty) as in the path."""
+
+
+def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, ShortcutTarget]]) -> ASGIApp:
+    """The innermost middleware: a ``POST`` to a send or batch endpoint (or to negotiate,
+    :class:`.negotiate.NegotiateEndpoint`) goes straight to its app
+    (:meth:`.ingest.RawEndpoint.serve`), with the path parameters the router would find.
 
     Its one regex is made from the routes' templates with Starlette's rule for a parameter
     (``[^/]+``), so it takes exactly the requests those routes would serve; anything else
@@ -615,7 +625,7 @@ def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, RawEndpoint]]) -> ASG
     """
     # The number of each template's group in the regex -> its app and the numbers of its
     # parameters' groups (the hub, and the recipient's or 0 for none).
-    targets: dict[int, tuple[RawEndpoint, int, int]] = {}
+    targets: dict[int, tuple[ShortcutTarget, int, int]] = {}
     alternatives = []
     group = 1
     for template, target in sends:
