@@ -22,6 +22,7 @@ from hubbub_gateway.endpoints import PREFIXES, table
 from hubbub_gateway.ingest import BatchEndpoint, RawEndpoint, SendEndpoint
 from hubbub_gateway.state import GatewayState
 from tests.support.processes import ACCESS_KEY
+from tests.support.rawclient import client_token
 
 LIMIT = 4096
 JSON = {"content-type": "application/json"}
@@ -120,6 +121,43 @@ async def test_the_router_answers_as_the_shortcut_does(
         assert routed.headers["x-ms-error-code"] == fast.headers["x-ms-error-code"]
     assert fast.headers["vary"] == "Origin"  # CORS wraps the shortcut; the bare router has none
     assert "vary" not in routed.headers
+
+
+NEGOTIATES = [
+    "/hubs/chat/negotiate?negotiateVersion=1&access_token={token}",
+    "/hubs/Chat/negotiate?access_token={token}",
+    "/hubs/chat/negotiate?negotiateVersion=1&useStatefulReconnect=true&access_token={token}",
+    "/hubs/chat/negotiate?negotiateVersion=x&access_token={token}",
+    "/hubs/chat/negotiate?negotiateVersion=1",
+    "/hubs/chat/negotiate?access_token=nope",
+    "/hubs/1bad/negotiate?access_token={token}",
+]
+
+
+@pytest.mark.parametrize("url", NEGOTIATES)
+async def test_the_router_negotiates_as_the_shortcut_does(app: FastAPI, url: str) -> None:
+    """Negotiate, too, is one ASGI app (:class:`hubbub_gateway.negotiate.NegotiateEndpoint`)
+    behind the shortcut and the route alike."""
+
+    async def router(scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = app
+        await app.router(scope, receive, send)
+
+    url = url.format(token=client_token("u"))
+    answers = []
+    for asgi in (app, router):
+        transport = httpx.ASGITransport(app=asgi)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as plain:
+            answers.append(await plain.post(url))
+    fast, routed = answers
+    assert routed.status_code == fast.status_code, routed.text
+    assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
+    if fast.status_code == 200:
+        assert routed.json().keys() == fast.json().keys()
+        assert fast.json()["negotiateVersion"] == routed.json()["negotiateVersion"]
+    else:
+        assert routed.content == fast.content
+        assert fast.status_code in (400, 401, 404), fast.text
 
 
 async def test_cors_and_the_body_limit_wrap_the_send_endpoints(

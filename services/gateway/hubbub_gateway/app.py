@@ -264,7 +264,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Innermost first: each add_middleware wraps what was added before, so the send shortcut
     # sits behind the body limit, CORS and anything added later, like every route.
-    app.add_middleware(endpoints.send_shortcut, sends=sends)
+    app.add_middleware(
+        endpoints.send_shortcut, sends=sends, sockets=[("/hubs/{hub}", connect.SocketEndpoint())]
+    )
     app.add_middleware(body_limit, limit=settings.max_body_size)
     app.add_middleware(
         cors,

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 
 from fastapi import APIRouter, WebSocket
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
 from hubbub.logs import REFUSALS
 from hubbub.protocol import names
@@ -150,6 +152,18 @@ async def hub_socket(ws: WebSocket, hub: str) -> None:
         await session.run(ws)
     finally:
         state.index.release(conn_id)
+
+
+class SocketEndpoint:
+    """The hub's WebSocket for the shortcut (:func:`.endpoints.send_shortcut`): straight to
+    :func:`hub_socket`, without FastAPI's routing and dependencies; the route above serves
+    what the shortcut leaves to the router (a ``root_path``), with the same function."""
+
+    def serve(
+        self, scope: Scope, receive: Receive, send: Send, hub: str, name: str
+    ) -> Awaitable[None]:
+        """Serve the socket at ``hub`` (``name``: no recipient here, always empty)."""
+        return hub_socket(WebSocket(scope, receive, send), hub)
 
 
 async def _resume(

@@ -605,12 +605,19 @@ class ShortcutTarget(Protocol):
         """Answer the request; ``hub`` and ``name`` (the recipient, or empty) as in the path."""
 
 
-def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, ShortcutTarget]]) -> ASGIApp:
+def send_shortcut(
+    app: ASGIApp,
+    sends: Sequence[tuple[str, ShortcutTarget]],
+    sockets: Sequence[tuple[str, ShortcutTarget]] = (),
+) -> ASGIApp:
     """The innermost middleware: a ``POST`` to a send or batch endpoint (or to negotiate,
     :class:`.negotiate.NegotiateEndpoint`) goes straight to its app
-    (:meth:`.ingest.RawEndpoint.serve`), with the path parameters the router would find.
+    (:meth:`.ingest.RawEndpoint.serve`), with the path parameters the router would find; so
+    does a WebSocket to one of ``sockets`` (the hub's, :class:`.connect.SocketEndpoint`).
+    Every connection negotiates and opens its socket once: FastAPI's routing, dependencies
+    and ``Request`` were a sixth of a gateway's CPU per connection (W4, py-spy).
 
-    Its one regex is made from the routes' templates with Starlette's rule for a parameter
+    Its regexes are made from the routes' templates with Starlette's rule for a parameter
     (``[^/]+``), so it takes exactly the requests those routes would serve; anything else
     (other methods: 405, other paths: 404, a trailing slash: 307, any path under a
     ``root_path``) goes on to the router, which finds the same apps for the same requests.
@@ -623,29 +630,43 @@ def send_shortcut(app: ASGIApp, sends: Sequence[tuple[str, ShortcutTarget]]) -> 
     ``%`` (nearly all) are left as they are; doing this here, not in a layer of its own,
     saves a call per request. Middleware outside it sees the server's path.
     """
-    # The number of each template's group in the regex -> its app and the numbers of its
-    # parameters' groups (the hub, and the recipient's or 0 for none).
-    targets: dict[int, tuple[ShortcutTarget, int, int]] = {}
-    alternatives = []
-    group = 1
-    for template, target in sends:
-        params = _params(template)
-        assert params[0] == "hub" and len(params) <= 2, template
-        alternatives.append("(" + re.sub(r"\\{\w+\\}", "([^/]+)", re.escape(template)) + ")")
-        targets[group] = (target, group + 1, group + 2 if len(params) == 2 else 0)
-        group += 1 + len(params)
-    path = re.compile("|".join(alternatives))
+    posts, post_targets = _shortcut_table(sends)
+    opens, socket_targets = _shortcut_table(sockets)
 
     def shortcut(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         raw = scope.get("raw_path")
         if raw and b"%" in raw:
             scope = {**scope, "path": routed_path(raw.decode("latin-1"))}
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            match = path.fullmatch(scope["path"])
+        kind = scope["type"]
+        if kind == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            match = posts.fullmatch(scope["path"])
             if match is not None and match.lastindex is not None:
-                target, hub, name = targets[match.lastindex]
+                target, hub, name = post_targets[match.lastindex]
                 recipient = segment_value(match[name]) if name else ""  # as NameConvertor
                 return target.serve(scope, receive, send, match[hub], recipient)
+        elif kind == "websocket" and not scope.get("root_path"):
+            match = opens.fullmatch(scope["path"])
+            if match is not None and match.lastindex is not None:
+                target, hub, _ = socket_targets[match.lastindex]
+                return target.serve(scope, receive, send, match[hub], "")
         return app(scope, receive, send)
 
     return shortcut
+
+
+def _shortcut_table(
+    routes: Sequence[tuple[str, ShortcutTarget]],
+) -> tuple[re.Pattern[str], dict[int, tuple[ShortcutTarget, int, int]]]:
+    """One regex for ``routes``' templates, and the number of each template's group in it ->
+    its app and the numbers of its parameters' groups (the hub, and the recipient's or 0 for
+    none). No routes: a regex that matches nothing."""
+    targets: dict[int, tuple[ShortcutTarget, int, int]] = {}
+    alternatives = []
+    group = 1
+    for template, target in routes:
+        params = _params(template)
+        assert params[0] == "hub" and len(params) <= 2, template
+        alternatives.append("(" + re.sub(r"\\{\w+\\}", "([^/]+)", re.escape(template)) + ")")
+        targets[group] = (target, group + 1, group + 2 if len(params) == 2 else 0)
+        group += 1 + len(params)
+    return re.compile("|".join(alternatives) or "(?!)"), targets
