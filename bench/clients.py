@@ -482,8 +482,13 @@ class SansIOClient(asyncio.Protocol):
     # what the load client calls
 
     def send_now(self, data: str | bytes) -> None:
-        """Text for a ``str``, a binary frame for ``bytes``."""
+        """Text for a ``str``, a binary frame for ``bytes``; nothing once the connection is
+        closing (a Socket.IO ping answered while the peer closes it at the end of a run)."""
+        from websockets.protocol import State
+
         if self.transport is None or self.transport.is_closing():
+            return
+        if self.protocol.state is not State.OPEN:
             return
         if isinstance(data, str):
             self.protocol.send_text(data.encode())
