@@ -378,7 +378,9 @@ class HubbubWebSocketProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        # uvicorn hands over the transport it was given: behind the edge, a coalescing one
+        # (.edge.CoalescingTransport); the socket's frames go to the real one.
+        self.transport = cast(asyncio.Transport, getattr(transport, "real", transport))
         connections: set[Any] = self.server_state.connections
         connections.add(self)
 
