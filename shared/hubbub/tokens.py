@@ -202,10 +202,11 @@ class ClientTokenVerifier:
     """:func:`verify_client_token` with a bounded memory of the identities already verified.
 
     A SignalR client shows its token twice per connection (at negotiate and at the upgrade)
-    and again on every reconnect, and the signature check was a quarter of a connect's
-    gateway CPU. Only tokens that passed every check are remembered, keyed by the whole token
-    (signature included) and the hub, so a forged or altered token never matches; a
-    remembered one is still refused once its ``exp`` has passed.
+    and again on every reconnect, and a check costs about 108 µs (``timeit``; 9 % of a
+    gateway's samples while 10,000 clients connected, py-spy). Only tokens that passed every
+    check are remembered, keyed by the whole token (signature included) and the hub, so a
+    forged or altered token never matches; a remembered one is still refused once its
+    ``exp`` has passed.
     """
 
     def __init__(
